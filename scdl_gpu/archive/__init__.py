@@ -1,0 +1,45 @@
+"""The SCDL memmap archive format: header, dtype rules, feature indices, reading and writing.
+
+This layer knows nothing of torch or CuPy: it maps files to NumPy arrays and back.
+"""
+
+from ._concat import concat_archives
+from ._constants import (
+    FLOAT_ORDER,
+    INT_ORDER,
+    SCDL_PACKAGE_VERSION,
+    ArrayDType,
+    Backend,
+    FileNames,
+    Mode,
+    NeighborSamplingStrategy,
+)
+from ._dtypes import determine_dtype, smallest_uint_dtype
+from ._feature_index import ObservedFeatureIndex, RowFeatureIndex, VariableFeatureIndex, are_dicts_equal
+from ._header import ArrayInfo, FeatureIndexInfo, SCDLHeader
+from ._reader import ArchiveArrays, open_arrays
+from ._writer import ArchiveWriter
+
+__all__ = [
+    "FLOAT_ORDER",
+    "INT_ORDER",
+    "SCDL_PACKAGE_VERSION",
+    "ArchiveArrays",
+    "ArchiveWriter",
+    "ArrayDType",
+    "ArrayInfo",
+    "Backend",
+    "FeatureIndexInfo",
+    "FileNames",
+    "Mode",
+    "NeighborSamplingStrategy",
+    "ObservedFeatureIndex",
+    "RowFeatureIndex",
+    "SCDLHeader",
+    "VariableFeatureIndex",
+    "are_dicts_equal",
+    "concat_archives",
+    "determine_dtype",
+    "open_arrays",
+    "smallest_uint_dtype",
+]

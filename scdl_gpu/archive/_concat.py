@@ -1,0 +1,99 @@
+"""Concatenate archives into a new one by streaming appends (never loading a member whole)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ._constants import FileNames
+from ._dtypes import determine_dtype, smallest_uint_dtype
+from ._feature_index import ObservedFeatureIndex, VariableFeatureIndex
+from ._reader import open_arrays
+from ._writer import ArchiveWriter
+
+DEFAULT_CHUNK = 10 * 1024 * 1024  # stored values per copy step (upstream's extend_copy_size)
+
+
+def merged_dtypes(paths: Sequence[Path]) -> dict[str, str]:
+    """dtypes of the concatenation: widest per family; mixing ints and floats raises."""
+    members = [open_arrays(p) for p in paths]
+    data = [m.dtypes[FileNames.DATA.value] for m in members]
+    try:
+        data_dtype = determine_dtype(data)
+    except ValueError:
+        names = ", ".join(f"{p} ({d})" for p, d in zip(paths, data))
+        raise ValueError(f"Cannot merge datasets with a mix of int and float dtypes for data: {names}") from None
+    return {
+        FileNames.DATA.value: data_dtype,
+        FileNames.COLPTR.value: determine_dtype([m.dtypes[FileNames.COLPTR.value] for m in members]),
+        FileNames.ROWPTR.value: smallest_uint_dtype(sum(m.nnz for m in members)),
+    }
+
+
+def concat_archives(
+    paths: Sequence[str | Path], out: str | Path, *, overwrite: bool = False, chunk: int = DEFAULT_CHUNK
+) -> Path:
+    """Write the rows of every archive in ``paths``, in order, into a new archive ``out``.
+
+    Values are widened to the common dtype, feature indices concatenated (identical var tables
+    merge into one block, as upstream does), and neighbor graphs concatenated with their indices
+    offset, when every member has one. ``out`` may be one of ``paths`` with ``overwrite=True``:
+    the new archive replaces it only once complete.
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("Nothing to concatenate.")
+    dtypes = merged_dtypes(paths)
+    members = [open_arrays(p, load_neighbors=True) for p in paths]
+    with_neighbors = [m.neighbors is not None for m in members]
+    if any(with_neighbors) and not all(with_neighbors):
+        missing = [str(m.path) for m in members if m.neighbors is None]
+        warnings.warn(f"Neighbor arrays dropped: these archives have none: {missing}", UserWarning, stacklevel=2)
+    var_index, obs_index = VariableFeatureIndex(), ObservedFeatureIndex()
+    for m in members:
+        var_index.concat(_load_index(VariableFeatureIndex, m.path, FileNames.VAR_FEATURES, m.n_rows))
+        obs_index.concat(_load_index(ObservedFeatureIndex, m.path, FileNames.OBS_FEATURES, m.n_rows))
+    with ArchiveWriter(
+        out, n_vars=0, data_dtype=dtypes[FileNames.DATA.value], col_dtype=dtypes[FileNames.COLPTR.value], overwrite=overwrite
+    ) as w:
+        row_offset = 0
+        for m in members:
+            _copy_rows(m, w, chunk)
+            if all(with_neighbors):
+                ip, idx, vals = m.neighbors
+                for s, e in _row_chunks(ip, chunk):
+                    lo, hi = int(ip[s]), int(ip[e])
+                    w.append_neighbor_rows(ip[s : e + 1], idx[lo:hi].astype(np.uint64) + row_offset, vals[lo:hi])
+            row_offset += m.n_rows
+        w.var_index, w.obs_index = var_index, obs_index
+        return w.commit()
+
+
+def _load_index(cls, path: Path, name: FileNames, n_rows: int):
+    d = path / name.value
+    if name is FileNames.VAR_FEATURES and not d.is_dir() and (path / FileNames.FEATURES.value).is_dir():
+        d = path / FileNames.FEATURES.value  # layouts before obs features existed
+    if d.is_dir():
+        return cls.load(str(d))
+    return cls()
+
+
+def _row_chunks(row_ptr: np.ndarray, chunk: int):
+    """Row ranges ``[s, e)`` holding about ``chunk`` stored values each (at least one row)."""
+    n = len(row_ptr) - 1
+    s = 0
+    while s < n:
+        e = int(np.searchsorted(row_ptr, int(row_ptr[s]) + chunk, side="right")) - 1
+        e = min(max(e, s + 1), n)
+        yield s, e
+        s = e
+
+
+def _copy_rows(m, w: ArchiveWriter, chunk: int) -> None:
+    for s, e in _row_chunks(m.row_ptr, chunk):
+        ip = np.asarray(m.row_ptr[s : e + 1], dtype=np.int64)
+        lo, hi = int(ip[0]), int(ip[-1])
+        w.append_rows(ip, m.col_ptr[lo:hi].astype(w.col_dtype), m.data[lo:hi].astype(w.data_dtype))

@@ -1,0 +1,183 @@
+"""Open an archive: decide its dtypes, check every file against the others, map the arrays.
+
+Checks are cheap (file sizes and the two ends of ``row_ptr``), so opening a 100M-row archive
+stays instant; :func:`validate_archive`-style full scans belong to the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ArchiveError, ArchiveNotFoundError, HeaderSerializationError
+from ._constants import DEFAULT_DTYPES, FLOAT_ORDER, INT_ORDER, FileNames
+from ._feature_index import RowFeatureIndex
+from ._header import SCDLHeader
+from ._memmap import map_raw, raw_length
+
+log = logging.getLogger(__name__)
+
+_CSR_FILES = (FileNames.DATA, FileNames.ROWPTR, FileNames.COLPTR)
+
+
+@dataclass
+class ArchiveArrays:
+    """The mapped arrays of one archive and what was learned while checking them."""
+
+    path: Path
+    data: np.ndarray
+    row_ptr: np.ndarray
+    col_ptr: np.ndarray
+    dtypes: dict[str, str]
+    header: SCDLHeader | None
+    metadata: dict
+    neighbors: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.row_ptr) - 1
+
+    @property
+    def nnz(self) -> int:
+        return len(self.data)
+
+
+def read_dtypes(path: Path) -> tuple[dict[str, str], SCDLHeader | None]:
+    """dtypes of the three CSR arrays: from ``header.sch``, or upstream's defaults when absent.
+
+    A header that exists but cannot be decoded is an error (upstream silently falls back to the
+    defaults and then reads downcast archives as garbage).
+    """
+    dtypes = dict(DEFAULT_DTYPES)
+    hpath = path / FileNames.HEADER.value
+    if not hpath.exists():
+        log.info("%s has no header.sch; using the pre-header default dtypes", path)
+        return dtypes, None
+    try:
+        header = SCDLHeader.load(str(hpath))
+    except HeaderSerializationError as e:
+        raise ArchiveError(f"{hpath} is corrupted: {e}") from e
+    for member in _CSR_FILES:
+        info = header.get_array(member.name)
+        if info is None:
+            raise ArchiveError(f"{hpath} does not describe the {member.name} array ({member.value})")
+        name = info.dtype.numpy_dtype_string
+        allowed = INT_ORDER + FLOAT_ORDER if member is FileNames.DATA else INT_ORDER
+        if name not in allowed:
+            raise ArchiveError(f"{hpath}: {member.name} has dtype {name}; expected one of {allowed}")
+        dtypes[member.value] = name
+    return dtypes, header
+
+
+def open_arrays(path: str | Path, writable: bool = False, load_neighbors: bool = False) -> ArchiveArrays:
+    """Check an archive directory and memory-map its arrays (read-only unless ``writable``).
+
+    Raises
+    ------
+    ArchiveNotFoundError
+        The directory, ``metadata.json`` or an array file is missing.
+    ArchiveError
+        A file is truncated, mistyped or disagrees with the others; the message names it.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise ArchiveNotFoundError(f"No SCDL archive at {path}")
+    meta_path = path / FileNames.METADATA.value
+    if not meta_path.is_file():
+        raise ArchiveNotFoundError(f"Error: the metadata file {meta_path} does not exist.")
+    try:
+        metadata = json.loads(meta_path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ArchiveError(f"{meta_path} is not valid JSON: {e}") from e
+    dtypes, header = read_dtypes(path)
+    notes: list[str] = []
+
+    n_rowptr = raw_length(path / FileNames.ROWPTR.value, dtypes[FileNames.ROWPTR.value])
+    if n_rowptr < 1:
+        raise ArchiveError(f"{path / FileNames.ROWPTR.value} is empty; it needs at least one entry (0)")
+    row_ptr = map_raw(path / FileNames.ROWPTR.value, dtypes[FileNames.ROWPTR.value], n_rowptr, writable)
+    nnz = int(row_ptr[-1])
+    if int(row_ptr[0]) != 0:
+        raise ArchiveError(f"{path / FileNames.ROWPTR.value} starts at {int(row_ptr[0])}, expected 0")
+    arrays = {}
+    for member in (FileNames.DATA, FileNames.COLPTR):
+        fpath = path / member.value
+        dt = dtypes[member.value]
+        if nnz == 0 and fpath.is_file() and fpath.stat().st_size < np.dtype(dt).itemsize:
+            # Upstream writes a 1-byte placeholder when an array is empty.
+            arrays[member] = np.empty(0, dt)
+            continue
+        n = raw_length(fpath, dt)
+        if n != nnz:
+            raise ArchiveError(
+                f"{fpath} holds {n} {dt} values but {FileNames.ROWPTR.value} ends at {nnz} "
+                f"({'truncated' if n < nnz else 'extra data'}; or the header's dtypes are wrong)"
+            )
+        arrays[member] = map_raw(fpath, dt, n, writable)
+
+    if header is not None:
+        expect = {FileNames.DATA: nnz, FileNames.COLPTR: nnz, FileNames.ROWPTR: n_rowptr}
+        for member, n in expect.items():
+            declared = header.get_array(member.name).length
+            if declared != n:
+                # Upstream re-saves stale headers after mutating reopened archives; the files
+                # agree with each other, so read them and say so.
+                msg = f"{path / FileNames.HEADER.value} says {member.name} has {declared} entries; {member.value} has {n}"
+                notes.append(msg)
+                warnings.warn(f"Stale header: {msg}. Reading the files.", UserWarning, stacklevel=3)
+
+    n_rows = n_rowptr - 1
+    for member in (FileNames.VAR_FEATURES, FileNames.OBS_FEATURES, FileNames.FEATURES):
+        fdir = path / member.value
+        if fdir.is_dir() and (fdir / "cumulative_sum_index.npy").exists():
+            rows = RowFeatureIndex.peek_num_rows(str(fdir))
+            if rows and rows != n_rows:
+                raise ArchiveError(
+                    f"The number of rows in the feature index {fdir} ({rows}) does not correspond to "
+                    f"the number of rows in the row_index ({n_rows})"
+                )
+
+    neighbors = _open_neighbors(path, n_rows, writable) if load_neighbors else None
+    return ArchiveArrays(
+        path=path,
+        data=arrays[FileNames.DATA],
+        row_ptr=row_ptr,
+        col_ptr=arrays[FileNames.COLPTR],
+        dtypes=dtypes,
+        header=header,
+        metadata=metadata,
+        neighbors=neighbors,
+        warnings=notes,
+    )
+
+
+def _open_neighbors(path: Path, n_rows: int, writable: bool):
+    names = (FileNames.NEIGHBOR_INDICES_PTR, FileNames.NEIGHBOR_INDICES, FileNames.NEIGHBOR_VALUES)
+    if not all((path / m.value).is_file() for m in names):
+        return None
+    ptr_path = path / FileNames.NEIGHBOR_INDICES_PTR.value
+    n_ptr = raw_length(ptr_path, DEFAULT_DTYPES[ptr_path.name])
+    if n_ptr != n_rows + 1:
+        raise ArchiveError(f"{ptr_path} has {n_ptr} entries; the archive has {n_rows} rows (expected {n_rows + 1})")
+    indptr = map_raw(ptr_path, DEFAULT_DTYPES[ptr_path.name], n_ptr, writable)
+    nnz = int(indptr[-1])
+    out = [indptr]
+    for m in names[1:]:
+        fpath = path / m.value
+        dt = DEFAULT_DTYPES[m.value]
+        if nnz == 0 and fpath.stat().st_size < np.dtype(dt).itemsize:
+            out.append(np.empty(0, dt))
+            continue
+        n = raw_length(fpath, dt)
+        if n != nnz:
+            raise ArchiveError(f"{fpath} holds {n} entries but {ptr_path.name} ends at {nnz}")
+        out.append(map_raw(fpath, dt, n, writable))
+    if nnz and int(out[1].max()) >= n_rows:
+        raise ArchiveError(f"{path / FileNames.NEIGHBOR_INDICES.value} points past the last of {n_rows} rows")
+    return tuple(out)

@@ -1,0 +1,260 @@
+"""Write an archive by streaming CSR row blocks into a temporary sibling, then renaming it.
+
+Nothing under the final name exists until :meth:`ArchiveWriter.commit` has written every file,
+so an interrupted conversion never leaves something that opens as a valid archive.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from ._constants import DEFAULT_DTYPES, SCDL_PACKAGE_VERSION, FileNames
+from ._dtypes import check_data_dtype, col_dtype_for, smallest_uint_dtype
+from ._feature_index import ObservedFeatureIndex, VariableFeatureIndex
+from ._header import build_archive_header, feature_index_info
+from ._memmap import fsync_dir, write_raw
+
+log = logging.getLogger(__name__)
+
+_ROWPTR_TMP = "row_ptr.u64.partial"
+_COPY_CHUNK = 8 * 1024 * 1024  # items per chunk when re-typing row pointers
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
+
+
+class ArchiveWriter:
+    """Streams rows into a new archive at ``path``.
+
+    Parameters
+    ----------
+    path
+        Final archive directory; must not exist (unless ``overwrite``).
+    n_vars
+        Number of columns (genes); fixes the column-index dtype (smallest unsigned type).
+    data_dtype
+        Stored value dtype, one of the format's unsigned or float types (default float32).
+    col_dtype
+        Override for the column-index dtype (used when concatenating wider archives).
+
+    Use as a context manager: leaving the block by an exception deletes the partial directory.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        n_vars: int,
+        data_dtype: str | None = None,
+        col_dtype: str | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise FileExistsError(f"Output archive already exists: {self.path}")
+        self.data_dtype = check_data_dtype(data_dtype)
+        self.col_dtype = col_dtype or col_dtype_for(n_vars)
+        self.n_vars = int(n_vars)
+        self.overwrite = overwrite
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.parent / f".{self.path.name}.partial-{uuid.uuid4().hex[:8]}"
+        self.tmp.mkdir()
+        self.n_rows = 0
+        self.nnz = 0
+        self.var_index = VariableFeatureIndex()
+        self.obs_index = ObservedFeatureIndex()
+        self._data = open(self.tmp / FileNames.DATA.value, "wb")
+        self._cols = open(self.tmp / FileNames.COLPTR.value, "wb")
+        self._rowptr = open(self.tmp / _ROWPTR_TMP, "wb")
+        write_raw(self._rowptr, np.zeros(1, np.uint64))
+        self._neighbors: _NeighborWriter | None = None
+        self._closed = False
+
+    # -- rows ---------------------------------------------------------------------------------
+    def append_rows(self, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray) -> None:
+        """Append rows given as a CSR block; ``indptr`` may start at any offset.
+
+        ``indices`` and ``data`` hold exactly the block's stored entries and must already have
+        the archive's dtypes (the caller decides how to cast, and how to warn or fail).
+        """
+        indptr = np.asarray(indptr, dtype=np.int64)
+        n = len(indptr) - 1
+        nnz = int(indptr[-1] - indptr[0]) if n >= 0 else 0
+        if len(indices) != nnz or len(data) != nnz:
+            raise ValueError(f"block has {nnz} entries by indptr but {len(indices)} indices and {len(data)} values")
+        if indices.dtype != np.dtype(self.col_dtype) or data.dtype != np.dtype(self.data_dtype):
+            raise TypeError(f"block dtypes {data.dtype}/{indices.dtype} != archive {self.data_dtype}/{self.col_dtype}")
+        write_raw(self._data, data)
+        write_raw(self._cols, indices)
+        write_raw(self._rowptr, (indptr[1:] - indptr[0] + self.nnz).astype(np.uint64))
+        self.n_rows += n
+        self.nnz += nnz
+
+    def allocate_rows(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Reserve rows of known lengths and return writable ``(indptr, data, indices)`` to fill.
+
+        For inputs that cannot be read row by row (CSC): the caller scatters entries into the
+        returned memmaps at ``indptr[row] + k``. Must be the only call that adds rows.
+        """
+        if self.n_rows:
+            raise RuntimeError("allocate_rows must be the first and only way rows are added")
+        counts = np.asarray(counts, dtype=np.uint64)
+        indptr = np.zeros(len(counts) + 1, np.uint64)
+        np.cumsum(counts, out=indptr[1:])
+        nnz = int(indptr[-1])
+        self._data.truncate(nnz * np.dtype(self.data_dtype).itemsize)
+        self._cols.truncate(nnz * np.dtype(self.col_dtype).itemsize)
+        write_raw(self._rowptr, indptr[1:])
+        self.n_rows, self.nnz = len(counts), nnz
+        if nnz == 0:
+            return indptr, np.empty(0, self.data_dtype), np.empty(0, self.col_dtype)
+        self._data.flush()
+        self._cols.flush()
+        data = np.memmap(self.tmp / FileNames.DATA.value, dtype=self.data_dtype, mode="r+", shape=(nnz,))
+        cols = np.memmap(self.tmp / FileNames.COLPTR.value, dtype=self.col_dtype, mode="r+", shape=(nnz,))
+        return indptr, data, cols
+
+    # -- neighbors ----------------------------------------------------------------------------
+    def append_neighbor_rows(self, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray) -> None:
+        """Append rows of the cell-cell neighbor graph (same CSR convention as :meth:`append_rows`)."""
+        if self._neighbors is None:
+            self._neighbors = _NeighborWriter(self.tmp)
+        self._neighbors.append(indptr, indices, values)
+
+    # -- features -----------------------------------------------------------------------------
+    def add_var_block(self, n_rows: int, features: dict, label: str | None, names=None) -> None:
+        self.var_index.append_features(n_rows, features, label, names=names)
+
+    def add_obs_block(self, features: dict, label: str | None, names=None) -> None:
+        self.obs_index.append_features(features, label, names=names)
+
+    # -- finish -------------------------------------------------------------------------------
+    def commit(self) -> Path:
+        """Write header, metadata and features, then move the directory to its final name."""
+        for f in (self._data, self._cols, self._rowptr):
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+        self._closed = True
+        tmp = self.tmp
+        row_dtype = smallest_uint_dtype(self.nnz)
+        _retype_file(tmp / _ROWPTR_TMP, tmp / FileNames.ROWPTR.value, np.uint64, row_dtype)
+        if self._neighbors is not None:
+            self._neighbors.close(self.n_rows)
+        for name, index in ((FileNames.VAR_FEATURES, self.var_index), (FileNames.OBS_FEATURES, self.obs_index)):
+            rows = index.number_of_rows()
+            if len(index) and rows != self.n_rows:
+                raise ValueError(f"{name.value} covers {rows} rows but {self.n_rows} rows were written")
+            index.save(str(tmp / name.value))
+        header = build_archive_header(
+            dtypes={
+                FileNames.DATA.value: self.data_dtype,
+                FileNames.ROWPTR.value: row_dtype,
+                FileNames.COLPTR.value: self.col_dtype,
+            },
+            lengths={
+                FileNames.DATA.value: self.nnz,
+                FileNames.ROWPTR.value: self.n_rows + 1,
+                FileNames.COLPTR.value: self.nnz,
+            },
+            feature_indices=[
+                feature_index_info(FileNames.VAR_FEATURES.value, self.var_index.number_of_rows(), len(self.var_index)),
+                feature_index_info(FileNames.OBS_FEATURES.value, self.obs_index.number_of_rows(), len(self.obs_index)),
+            ],
+        )
+        header.save(str(tmp / FileNames.HEADER.value))
+        write_json(tmp / FileNames.METADATA.value, {"num_rows": self.n_rows})
+        write_json(tmp / FileNames.VERSION.value, SCDL_PACKAGE_VERSION)
+        fsync_dir(tmp)
+        if self.path.exists():
+            if not self.overwrite:
+                raise FileExistsError(f"Output archive already exists: {self.path}")
+            # Swap: the old archive stays intact until the new one is complete.
+            old = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(self.path, old)
+            os.replace(tmp, self.path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, self.path)
+        fsync_dir(self.path.parent)
+        log.info("wrote %s: %d rows, %d values", self.path, self.n_rows, self.nnz)
+        return self.path
+
+    def abort(self) -> None:
+        """Close and delete the partial directory."""
+        if not self._closed:
+            for f in (self._data, self._cols, self._rowptr):
+                f.close()
+            self._closed = True
+        if self._neighbors is not None:
+            self._neighbors.abort()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> "ArchiveWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None or self.tmp.exists():
+            self.abort()
+
+
+class _NeighborWriter:
+    """The three neighbor arrays, with upstream's fixed dtypes (uint64 / uint32 / float32)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.files = {
+            name: open(tmp / name, "wb")
+            for name in (FileNames.NEIGHBOR_INDICES_PTR.value, FileNames.NEIGHBOR_INDICES.value, FileNames.NEIGHBOR_VALUES.value)
+        }
+        write_raw(self.files[FileNames.NEIGHBOR_INDICES_PTR.value], np.zeros(1, np.uint64))
+        self.rows = 0
+        self.nnz = 0
+
+    def append(self, indptr, indices, values) -> None:
+        indptr = np.asarray(indptr, dtype=np.int64)
+        nnz = int(indptr[-1] - indptr[0])
+        if len(indices) != nnz or len(values) != nnz:
+            raise ValueError("neighbor block: indptr, indices and values disagree")
+        if nnz and (np.min(indices) < 0 or np.max(indices) >= 2**32):
+            raise ValueError("neighbor indices must lie in [0, 2**32)")
+        f = self.files
+        write_raw(f[FileNames.NEIGHBOR_INDICES_PTR.value], (indptr[1:] - indptr[0] + self.nnz).astype(np.uint64))
+        write_raw(f[FileNames.NEIGHBOR_INDICES.value], np.asarray(indices).astype(DEFAULT_DTYPES[FileNames.NEIGHBOR_INDICES.value]))
+        write_raw(f[FileNames.NEIGHBOR_VALUES.value], np.asarray(values).astype(DEFAULT_DTYPES[FileNames.NEIGHBOR_VALUES.value]))
+        self.rows += len(indptr) - 1
+        self.nnz += nnz
+
+    def close(self, n_rows: int) -> None:
+        for f in self.files.values():
+            f.close()
+        if self.rows != n_rows:
+            raise ValueError(f"neighbor graph has {self.rows} rows but the archive has {n_rows}")
+
+    def abort(self) -> None:
+        for f in self.files.values():
+            f.close()
+
+
+def _retype_file(src: Path, dst: Path, src_dtype, dst_dtype) -> None:
+    """Stream a raw array file into another dtype (row pointers are only known to fit at the end)."""
+    n = src.stat().st_size // np.dtype(src_dtype).itemsize
+    if np.dtype(src_dtype) == np.dtype(dst_dtype):
+        os.replace(src, dst)
+        return
+    mm = np.memmap(src, dtype=src_dtype, mode="r", shape=(n,))
+    with open(dst, "wb") as out:
+        for start in range(0, n, _COPY_CHUNK):
+            write_raw(out, mm[start : start + _COPY_CHUNK].astype(dst_dtype))
+        out.flush()
+        os.fsync(out.fileno())
+    del mm
+    src.unlink()

@@ -1,0 +1,51 @@
+"""Collate functions for ``torch.utils.data.DataLoader`` over :class:`SingleCellMemMapDataset`."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def collate_sparse_matrix_batch(batch: list[torch.Tensor], num_cols: int | None = None) -> torch.Tensor:
+    """Stack ``(2, nnz_i)`` row tensors into one ``(B, num_cols)`` sparse CSR tensor.
+
+    ``num_cols`` defaults to the dataset's gene count, which ``SingleCellMemMapDataset.__getitem__``
+    records on each row tensor; for plain tensors without it, the batch's largest column + 1
+    (upstream's width). Values keep the items' dtype; ``crow`` is int64, columns int32.
+    """
+    if num_cols is None:
+        widths = [getattr(t, "scdl_num_cols", None) for t in batch]
+        if batch and all(w is not None for w in widths):
+            num_cols = max(widths)
+    counts = torch.tensor([t.shape[1] for t in batch], dtype=torch.int64)
+    crow = torch.zeros(len(batch) + 1, dtype=torch.int64)
+    torch.cumsum(counts, 0, out=crow[1:])
+    if batch:
+        cat = torch.cat(list(batch), dim=1)
+        values, cols = cat[0], cat[1].to(torch.int32)
+    else:
+        values, cols = torch.empty(0), torch.empty(0, dtype=torch.int32)
+    if num_cols is None:
+        num_cols = int(cols.max()) + 1 if cols.numel() else 0
+    elif cols.numel() and int(cols.max()) >= num_cols:
+        raise ValueError(f"column index {int(cols.max())} does not fit a batch of width {num_cols}")
+    return torch.sparse_csr_tensor(crow, cols, values, size=(len(batch), num_cols))
+
+
+def collate_neighbor_sparse_matrix_batch(batch: list[dict]) -> dict:
+    """Collate ``get_row_with_neighbor`` dicts into current/next CSR batches (float32 values)."""
+
+    def side(key: str) -> torch.Tensor:
+        rows = []
+        for item in batch:
+            values, cols = item[key]
+            rows.append(torch.from_numpy(np.stack([np.asarray(values, np.float32), np.asarray(cols, np.float32)])))
+        return collate_sparse_matrix_batch(rows)
+
+    return {
+        "current_cells": side("current_cell"),
+        "next_cells": side("next_cell"),
+        "current_cell_indices": [item["current_cell_index"] for item in batch],
+        "next_cell_indices": [item["next_cell_index"] for item in batch],
+        "batch_size": len(batch),
+    }

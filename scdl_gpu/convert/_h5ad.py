@@ -1,0 +1,254 @@
+"""Read the matrix and tables of an ``.h5ad`` file through h5py, one row block at a time.
+
+Readers are chosen from a registry keyed by the element's anndata encoding (``csr_matrix``,
+``csc_matrix``, ``array``), with the pre-0.7 layouts (``h5sparse_format`` groups, datasets
+without attributes) mapped onto the same keys. Files are always opened read-only.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from ..errors import ConversionError
+
+CSRBlock = tuple[np.ndarray, np.ndarray, np.ndarray]  # (indptr, indices, data), indptr absolute
+
+_READERS: dict[str, Callable[[h5py.Group | h5py.Dataset, str], "MatrixReader"]] = {}
+
+
+def register(encoding: str):
+    def deco(cls):
+        _READERS[encoding] = cls
+        return cls
+
+    return deco
+
+
+def _attr_str(elem, name: str) -> str:
+    v = elem.attrs.get(name, "")
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def encoding_of(elem: h5py.Group | h5py.Dataset) -> str:
+    """The anndata encoding of a matrix element, mapping legacy layouts onto current names."""
+    enc = _attr_str(elem, "encoding-type")
+    if enc:
+        return enc
+    if isinstance(elem, h5py.Dataset):
+        return "array"
+    legacy = _attr_str(elem, "h5sparse_format")
+    if legacy in ("csr", "csc"):
+        return f"{legacy}_matrix"
+    return ""
+
+
+def open_matrix(elem: h5py.Group | h5py.Dataset, where: str) -> "MatrixReader":
+    """A row-block reader for a matrix element; ``where`` names the file and key in errors."""
+    enc = encoding_of(elem)
+    try:
+        cls = _READERS[enc]
+    except KeyError:
+        raise ConversionError(
+            f"{where}: unsupported matrix encoding {enc or '(none)'!r}; expected one of {sorted(_READERS)}"
+        ) from None
+    return cls(elem, where)
+
+
+class MatrixReader:
+    """Common surface: ``shape``, ``dtype``, ``nnz`` (None when unknown before reading)."""
+
+    kind = ""
+    shape: tuple[int, int]
+    dtype: np.dtype
+    nnz: int | None
+
+    def blocks(self, max_values: int, max_rows: int) -> Iterator[CSRBlock]:
+        raise NotImplementedError
+
+
+@register("csr_matrix")
+class CSRReader(MatrixReader):
+    kind = "csr"
+    _INDPTR_CHUNK = 1 << 20  # rows of indptr read at a time, so indptr never sits whole in memory
+
+    def __init__(self, group: h5py.Group, where: str) -> None:
+        self.where = where
+        for k in ("data", "indices", "indptr"):
+            if k not in group:
+                raise ConversionError(f"{where}: sparse matrix group has no '{k}' dataset")
+        self.data, self.indices, self.indptr = group["data"], group["indices"], group["indptr"]
+        shape = group.attrs.get("shape", group.attrs.get("h5sparse_shape"))
+        if shape is None:
+            raise ConversionError(f"{where}: sparse matrix group has no 'shape' attribute")
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.dtype = self.data.dtype
+        major = self.shape[0] if self.kind == "csr" else self.shape[1]
+        if self.indptr.shape[0] != major + 1:
+            raise ConversionError(
+                f"{where}: indptr has {self.indptr.shape[0]} entries; shape {self.shape} needs {major + 1}"
+            )
+        self.nnz = int(self.indptr[-1]) if major else 0
+        if self.data.shape[0] < self.nnz or self.indices.shape[0] < self.nnz:
+            raise ConversionError(
+                f"{where}: indptr ends at {self.nnz} but data has {self.data.shape[0]} and "
+                f"indices {self.indices.shape[0]} entries (truncated file?)"
+            )
+
+    def spans(self, n: int, max_values: int, max_rows: int) -> Iterator[tuple[int, int, np.ndarray]]:
+        """Split ``n`` major-axis slots into runs of at most ``max_rows`` and about ``max_values``."""
+        for c0 in range(0, n, self._INDPTR_CHUNK):
+            ip = self.indptr[c0 : min(n, c0 + self._INDPTR_CHUNK) + 1].astype(np.int64)
+            if np.any(np.diff(ip) < 0):
+                raise ConversionError(f"{self.where}: indptr decreases near row {c0}")
+            s, m = 0, len(ip) - 1
+            while s < m:
+                e = int(np.searchsorted(ip, ip[s] + max_values, side="right")) - 1
+                e = min(max(e, s + 1), s + max_rows, m)
+                yield c0 + s, c0 + e, ip[s : e + 1]
+                s = e
+
+    def blocks(self, max_values: int, max_rows: int) -> Iterator[CSRBlock]:
+        for _, _, ip in self.spans(self.shape[0], max_values, max_rows):
+            lo, hi = int(ip[0]), int(ip[-1])
+            yield ip, self.indices[lo:hi], self.data[lo:hi]
+
+
+@register("csc_matrix")
+class CSCReader(CSRReader):
+    """CSC is read by columns; :func:`scatter_csc` turns it into rows (two passes)."""
+
+    kind = "csc"
+
+    def blocks(self, max_values: int, max_rows: int) -> Iterator[CSRBlock]:
+        raise ConversionError(f"{self.where}: CSC matrices are converted with scatter_csc, not row blocks")
+
+    def row_counts(self, max_values: int) -> np.ndarray:
+        """Stored entries per row (pass 1)."""
+        counts = np.zeros(self.shape[0], np.int64)
+        for _, _, ip in self.spans(self.shape[1], max_values, 1 << 30):
+            rows = self.indices[int(ip[0]) : int(ip[-1])]
+            _check_index_range(rows, self.shape[0], self.where, "row")
+            counts += np.bincount(rows, minlength=self.shape[0])
+        return counts
+
+    def column_blocks(self, max_values: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(row index, column index, value) triples, column-major (pass 2)."""
+        for c0, c1, ip in self.spans(self.shape[1], max_values, 1 << 30):
+            lo, hi = int(ip[0]), int(ip[-1])
+            cols = np.repeat(np.arange(c0, c1, dtype=np.int64), np.diff(ip))
+            yield self.indices[lo:hi].astype(np.int64), cols, self.data[lo:hi]
+
+
+@register("array")
+class DenseReader(MatrixReader):
+    """Dense X: row blocks aligned to HDF5 chunks, zeros dropped."""
+
+    kind = "dense"
+
+    def __init__(self, ds: h5py.Dataset, where: str) -> None:
+        if ds.ndim != 2:
+            raise ConversionError(f"{where}: dense matrix has {ds.ndim} dimensions, expected 2")
+        self.ds, self.where = ds, where
+        self.shape = (int(ds.shape[0]), int(ds.shape[1]))
+        self.dtype = ds.dtype
+        self.nnz = None
+
+    def blocks(self, max_values: int, max_rows: int) -> Iterator[CSRBlock]:
+        n, m = self.shape
+        rows = max(1, min(max_rows, max_values // max(m, 1)))
+        chunk = self.ds.chunks[0] if self.ds.chunks else 1
+        if rows > chunk:
+            rows -= rows % chunk  # whole chunks: each compressed chunk is decoded once
+        offset = 0
+        for r0 in range(0, n, rows):
+            dense = self.ds[r0 : min(n, r0 + rows)]
+            mask = dense != 0
+            counts = mask.sum(axis=1)
+            r, c = np.nonzero(mask)
+            indptr = np.empty(len(dense) + 1, np.int64)
+            indptr[0] = offset
+            np.cumsum(counts, out=indptr[1:])
+            indptr[1:] += offset
+            offset = int(indptr[-1])
+            yield indptr, c, dense[r, c]
+
+
+def _check_index_range(idx: np.ndarray, bound: int, where: str, what: str) -> None:
+    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= bound):
+        raise ConversionError(
+            f"{where}: {what} indices range from {int(idx.min())} to {int(idx.max())}, outside [0, {bound})"
+        )
+
+
+def check_column_indices(indices: np.ndarray, n_vars: int, where: str) -> None:
+    _check_index_range(indices, n_vars, where, "column")
+
+
+# -- locating elements ---------------------------------------------------------------------------
+def matrix_key(f: h5py.File, use_X_not_raw: bool) -> str:
+    """``X`` or the raw matrix (``raw/X``, or the pre-0.7 top-level ``raw.X``)."""
+    if use_X_not_raw:
+        if "X" not in f:
+            raise ValueError("This file does not have count data; set use_X_not_raw=False to use raw counts instead.")
+        return "X"
+    for key in ("raw/X", "raw.X"):
+        if key in f:
+            return key
+    raise ValueError("This file does not have raw count data; set use_X_not_raw=True to use normalized counts instead.")
+
+
+def var_key(f: h5py.File, mkey: str) -> str:
+    """The var table that describes the columns of matrix ``mkey`` (raw has its own var)."""
+    return {"X": "var", "raw/X": "raw/var", "raw.X": "raw.var"}[mkey]
+
+
+def neighbor_element(f: h5py.File, key: str) -> h5py.Group | h5py.Dataset | None:
+    for k in (f"obsp/{key}", f"uns/neighbors/{key}"):
+        if k in f:
+            return f[k]
+    return None
+
+
+def read_dataframe(f: h5py.File, key: str, path: Path) -> pd.DataFrame:
+    """An obs/var table as pandas, through anndata's own element readers.
+
+    Current encodings are read element by element (nothing else in the file is loaded); the
+    pre-0.7 compound-dataset layout goes through ``anndata.read_h5ad(backed="r")``.
+    """
+    import anndata as ad
+
+    elem = f.get(key)
+    if elem is None:
+        raise ConversionError(f"{path}: no '{key}' table")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # anndata's notices about old encodings are not the user's problem
+        if isinstance(elem, h5py.Group) and _attr_str(elem, "encoding-type") == "dataframe":
+            from anndata.io import read_elem
+
+            return read_elem(elem)
+        adata = ad.read_h5ad(path, backed="r")
+    try:
+        if key in ("obs",):
+            return adata.obs.copy()
+        if key in ("var",):
+            return adata.var.copy()
+        if adata.raw is None:
+            raise ConversionError(f"{path}: no raw var table")
+        return adata.raw.var.copy()
+    finally:
+        adata.file.close()
+
+
+def features_of(df: pd.DataFrame, index_name: str) -> dict[str, np.ndarray]:
+    """Upstream's rule: one array per column; the index only when there are no columns."""
+    if df.columns.size > 0:
+        return {str(col): np.array(df[col].values) for col in df.columns}
+    if df.index.size > 0:
+        return {index_name: np.asarray(df.index.values)}
+    return {}

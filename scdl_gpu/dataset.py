@@ -1,0 +1,352 @@
+"""``SingleCellMemMapDataset``: bionemo-scdl's dataset API over an SCDL archive.
+
+Same constructor, methods and return types as upstream; archives open read-only, rows obey
+Python indexing, the header is rebuilt on every write, and the neighbor sampler is per-process.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ._neighbors import NeighborMixin
+from .archive._concat import DEFAULT_CHUNK, concat_archives, merged_dtypes
+from .archive._constants import DEFAULT_DTYPES, SCDL_PACKAGE_VERSION, FileNames, Mode, NeighborSamplingStrategy
+from .archive._dtypes import cast_checked, check_data_dtype
+from .archive._feature_index import ObservedFeatureIndex, VariableFeatureIndex
+from .archive._header import build_archive_header, feature_index_info
+from .archive._memmap import map_raw, write_raw
+from .archive._reader import open_arrays
+from .archive._writer import write_json
+from .convert import convert_h5ad
+
+
+class SingleCellMemMapDataset(NeighborMixin, torch.utils.data.Dataset):
+    """A cell-by-gene CSR matrix on disk, one row per cell; a torch ``Dataset`` of rows.
+
+    Open an archive with ``SingleCellMemMapDataset(path)``; convert an AnnData file with
+    ``SingleCellMemMapDataset(path, h5ad_path=...)``. ``ds[i]`` is a ``(2, nnz_i)`` tensor of
+    values and column indices, as upstream; see :func:`scdl_gpu.collate_sparse_matrix_batch`.
+    """
+
+    def __init__(
+        self,
+        data_path: str | os.PathLike,
+        h5ad_path: str | os.PathLike | None = None,
+        num_elements: int | None = None,
+        num_rows: int | None = None,
+        mode: Mode = Mode.READ_APPEND,
+        paginated_load_cutoff: int = 10_000,
+        load_block_row_size: int = 1_000_000,
+        var_feature_index_name: str = "var_feature_id",
+        obs_feature_index_name: str = "obs_feature_id",
+        load_neighbors: bool = False,
+        neighbor_key: str = "next_cell_ids",
+        neighbor_sampling_strategy: str = NeighborSamplingStrategy.RANDOM,
+        fallback_to_identity: bool = True,
+        data_dtype: str | None = None,
+        data_dtype_tolerance: float = 1e-08,
+        use_X_not_raw: bool = False,
+    ) -> None:
+        if data_dtype is not None:
+            check_data_dtype(data_dtype)
+        self.data_path = data_path
+        self.mode = Mode(mode)
+        self.paginated_load_cutoff = paginated_load_cutoff
+        self.load_block_row_size = load_block_row_size
+        self.var_feature_index_name = var_feature_index_name
+        self.obs_feature_index_name = obs_feature_index_name
+        self.use_X_not_raw = use_X_not_raw
+        self.data_dtype_tolerance = data_dtype_tolerance
+        self._init_neighbors(load_neighbors, neighbor_key, neighbor_sampling_strategy, fallback_to_identity)
+        path = Path(data_path)
+        if self.mode is Mode.CREATE_APPEND and path.exists():
+            raise FileExistsError(f"Output directory already exists: {data_path}")
+        if h5ad_path is not None and path.exists():
+            raise FileExistsError(
+                "Invalid input; both an existing SCMMAP and an h5ad file were passed. "
+                "Please pass either an existing SCMMAP or an h5ad file."
+            )
+        if path.exists():
+            self.load(data_path)
+        elif h5ad_path is not None:
+            convert_h5ad(
+                h5ad_path,
+                path,
+                data_dtype=data_dtype,
+                data_dtype_tolerance=data_dtype_tolerance,
+                use_X_not_raw=use_X_not_raw,
+                paginated_load_cutoff=paginated_load_cutoff,
+                load_block_row_size=load_block_row_size,
+                var_feature_index_name=var_feature_index_name,
+                obs_feature_index_name=obs_feature_index_name,
+                load_neighbors=load_neighbors,
+                neighbor_key=neighbor_key,
+            )
+            self.load(data_path)
+        elif isinstance(num_rows, int) and isinstance(num_elements, int):
+            self._create_empty(path, num_rows, num_elements, data_dtype)
+        else:
+            raise ValueError("An np.memmap path, an h5ad path, or the number of elements and rows is required")
+
+    # -- opening and creating -----------------------------------------------------------------
+    def load(self, stored_path: str | os.PathLike) -> None:
+        """Open an existing archive read-only (checks every file against the header and row_ptr)."""
+        arrays = open_arrays(stored_path, load_neighbors=self.load_neighbors)
+        self.data_path = stored_path
+        self.data, self.row_index, self.col_index = arrays.data, arrays.row_ptr, arrays.col_ptr
+        self.dtypes = {**DEFAULT_DTYPES, **arrays.dtypes}
+        self.header = arrays.header
+        self.metadata = arrays.metadata
+        self._var_feature_index = None
+        self._obs_feature_index = None
+        self._version = SCDL_PACKAGE_VERSION
+        self._attach_neighbors(arrays.neighbors)
+
+    def _create_empty(self, path: Path, num_rows: int, num_elements: int, data_dtype: str | None) -> None:
+        if num_rows <= 0 or num_elements <= 0:
+            raise ValueError(f"num_rows and num_elements must be positive, got {num_rows} and {num_elements}")
+        path.mkdir(parents=True)
+        write_json(path / FileNames.VERSION.value, SCDL_PACKAGE_VERSION)
+        self.dtypes = dict(DEFAULT_DTYPES)
+        self.dtypes[FileNames.DATA.value] = check_data_dtype(data_dtype)
+        sizes = {FileNames.DATA: num_elements, FileNames.COLPTR: num_elements, FileNames.ROWPTR: num_rows + 1}
+        mapped = {}
+        for member, n in sizes.items():
+            with open(path / member.value, "wb") as f:
+                f.truncate(n * np.dtype(self.dtypes[member.value]).itemsize)
+            mapped[member] = map_raw(path / member.value, self.dtypes[member.value], n, writable=True)
+        self.data, self.col_index, self.row_index = mapped[FileNames.DATA], mapped[FileNames.COLPTR], mapped[FileNames.ROWPTR]
+        self.header = None
+        self.metadata = {}
+        self._var_feature_index = VariableFeatureIndex()
+        self._obs_feature_index = ObservedFeatureIndex()
+        self._version = SCDL_PACKAGE_VERSION
+        self._attach_neighbors(None)
+
+    @property
+    def header_path(self) -> str:
+        return str(Path(self.data_path) / FileNames.HEADER.value)
+
+    def _index(self, which: FileNames):
+        cls = VariableFeatureIndex if which is FileNames.VAR_FEATURES else ObservedFeatureIndex
+        d = Path(self.data_path) / which.value
+        if which is FileNames.VAR_FEATURES and not d.is_dir():
+            d = Path(self.data_path) / FileNames.FEATURES.value  # pre-0.1.3 layout
+        return cls.load(str(d)) if d.is_dir() else cls()
+
+    def var_features(self) -> VariableFeatureIndex:
+        """The gene tables, one block per distinct table (loaded on first use)."""
+        if self._var_feature_index is None:
+            self._var_feature_index = self._index(FileNames.VAR_FEATURES)
+        return self._var_feature_index
+
+    def obs_features(self) -> ObservedFeatureIndex:
+        """The cell tables (loaded on first use); ``ds.obs_features()[i]`` or ``[a:b]``."""
+        if self._obs_feature_index is None:
+            self._obs_feature_index = self._index(FileNames.OBS_FEATURES)
+        return self._obs_feature_index
+
+    def var_names(self, row: int = 0) -> np.ndarray | None:
+        """Gene ids (AnnData ``var_names``) of the gene table used by ``row``; None if not stored."""
+        index = self.var_features()
+        return index.names(index._get_dataset_id(self._check_row(row)))
+
+    def obs_names(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Cell barcodes (AnnData ``obs_names``) of rows ``[start, stop)``."""
+        return self.obs_features().names_for_rows(start, self.number_of_rows() if stop is None else stop)
+
+    # -- rows ---------------------------------------------------------------------------------
+    def _check_row(self, index) -> int:
+        """Python semantics for negative rows; anything outside the dataset is an IndexError."""
+        i = operator.index(index)
+        n = len(self.row_index) - 1
+        j = i + n if i < 0 else i
+        if not 0 <= j < n:
+            raise IndexError(f"Row index {i} out of range for dataset with {n} rows")
+        return j
+
+    def _row_slices(self, index) -> tuple[np.ndarray, np.ndarray]:
+        i = self._check_row(index)
+        lo, hi = int(self.row_index[i]), int(self.row_index[i + 1])
+        return self.data[lo:hi], self.col_index[lo:hi]
+
+    def get_row(
+        self,
+        index: int,
+        return_var_features: bool = False,
+        var_feature_names: list[str] | None = None,
+        return_obs_features: bool = False,
+        obs_feature_names: list[str] | None = None,
+    ):
+        """``((values, columns), var_features, obs_features)`` for one row; slices of the memmaps."""
+        i = self._check_row(index)
+        values, columns = self._row_slices(i)
+        var = self.var_features().lookup(i, select_features=var_feature_names)[0] if return_var_features else None
+        obs = self.obs_features().lookup(i, select_features=obs_feature_names)[0] if return_obs_features else None
+        return (values, columns), var, obs
+
+    def get_row_padded(
+        self,
+        index: int,
+        return_var_features: bool = False,
+        var_feature_names: list[str] | None = None,
+        return_obs_features: bool = False,
+        obs_feature_names: list[str] | None = None,
+    ):
+        """``(dense float64 row of the row's gene count, var_features, obs_features)``."""
+        i = self._check_row(index)
+        (values, columns), var, obs = self.get_row(
+            i, return_var_features, var_feature_names, return_obs_features, obs_feature_names
+        )
+        dense = np.zeros(self.var_features().number_vars_at_row(i), dtype=np.float64)
+        dense[columns] = values
+        return dense, var, obs
+
+    def get_row_column(self, index: int, column: int, impute_missing_zeros: bool = True):
+        """The stored value at ``(index, column)``; correct for rows with unsorted columns."""
+        values, columns = self._row_slices(index)
+        hits = np.flatnonzero(columns == column)
+        if hits.size:
+            return values[hits[-1]]  # the last duplicate wins, as in get_row_padded
+        return 0.0 if impute_missing_zeros else None
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        """A ``(2, nnz)`` tensor: row 0 values, row 1 column indices (NumPy dtype promotion)."""
+        if isinstance(idx, torch.Tensor):
+            idx = idx.item()
+        i = self._check_row(idx)
+        values, columns = self._row_slices(i)
+        row = torch.from_numpy(np.stack([values, columns]))
+        var = self.var_features()
+        if len(var):
+            row.scdl_num_cols = var.number_vars_at_row(i)  # lets the collate default to the gene count
+        return row
+
+    def __len__(self) -> int:
+        return self.number_of_rows()
+
+    # -- sizes --------------------------------------------------------------------------------
+    def number_of_rows(self) -> int:
+        return len(self.row_index) - 1
+
+    def number_of_variables(self) -> list[int]:
+        dims = self.var_features().column_dims()
+        return list(dims) if dims else [0]
+
+    def number_of_values(self) -> int:
+        return int(sum(self.var_features().number_of_values()))
+
+    def number_nonzero_values(self) -> int:
+        return int(self.data.size)
+
+    def sparsity(self) -> float:
+        total = self.number_of_values()
+        return (total - self.number_nonzero_values()) / total if total else 0.0
+
+    def shape(self) -> tuple[int, list[int]]:
+        return self.number_of_rows(), self.number_of_variables()
+
+    def version(self) -> str:
+        return self._version
+
+    # -- writing ------------------------------------------------------------------------------
+    def save(self, output_path: str | None = None) -> bool:
+        """Write header (always rebuilt), metadata (true row count), features; flush arrays."""
+        if output_path is not None:
+            raise NotImplementedError("Saving to separate path is not yet implemented.")
+        path = Path(self.data_path)
+        for arr in (self.data, self.row_index, self.col_index):
+            if isinstance(arr, np.memmap) and arr.mode != "r":
+                arr.flush()
+        var, obs = self.var_features(), self.obs_features()
+        var.save(str(path / FileNames.VAR_FEATURES.value))
+        obs.save(str(path / FileNames.OBS_FEATURES.value))
+        self._write_header()
+        self.metadata = {**self.metadata, "num_rows": self.number_of_rows()}
+        write_json(path / FileNames.METADATA.value, self.metadata)
+        if not (path / FileNames.VERSION.value).exists():
+            write_json(path / FileNames.VERSION.value, SCDL_PACKAGE_VERSION)
+        return True
+
+    def _write_header(self) -> None:
+        var, obs = self.var_features(), self.obs_features()
+        header = build_archive_header(
+            dtypes={k: self.dtypes[k] for k in (FileNames.DATA.value, FileNames.ROWPTR.value, FileNames.COLPTR.value)},
+            lengths={
+                FileNames.DATA.value: int(self.data.size),
+                FileNames.ROWPTR.value: int(self.row_index.size),
+                FileNames.COLPTR.value: int(self.col_index.size),
+            },
+            feature_indices=[
+                feature_index_info(FileNames.VAR_FEATURES.value, var.number_of_rows(), len(var)),
+                feature_index_info(FileNames.OBS_FEATURES.value, obs.number_of_rows(), len(obs)),
+            ],
+        )
+        header.save(self.header_path)
+        self.header = header
+
+    def cast_data_to_dtype(self, dtype: str) -> None:
+        """Rewrite ``data.npy`` as ``dtype`` (atomically), update the header and remap.
+
+        Values the new dtype cannot hold (negative or too large for an unsigned type) raise
+        ``ValueError`` and leave the archive untouched; lossy float casts warn.
+        """
+        new = check_data_dtype(dtype)
+        path = Path(self.data_path) / FileNames.DATA.value
+        tmp = path.with_name(path.name + ".partial")
+        try:
+            with open(tmp, "wb") as out:
+                for s in range(0, self.data.size, DEFAULT_CHUNK):
+                    chunk = np.asarray(self.data[s : s + DEFAULT_CHUNK])
+                    write_raw(out, cast_checked(chunk, new, self.data_dtype_tolerance, str(path)))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        n = self.data.size
+        self.data = np.empty(0)  # drop the old mapping before the file under it is replaced
+        os.replace(tmp, path)
+        self.dtypes[FileNames.DATA.value] = new
+        self.data = map_raw(path, new, n)
+        self._write_header()
+
+    def concat(
+        self,
+        other_dataset,
+        extend_copy_size: int = DEFAULT_CHUNK,
+        output_path: str | None = None,
+        destroy_on_copy: bool = False,
+    ) -> None:
+        """Append other archives' rows (and features, and neighbor graphs) to this one.
+
+        The result is written beside the target and swapped in when complete, so a failure
+        leaves this archive as it was. With ``output_path`` the result goes there instead.
+        """
+        others = other_dataset if isinstance(other_dataset, list) else [other_dataset]
+        if not all(isinstance(o, SingleCellMemMapDataset) for o in others):
+            raise ValueError(
+                f"Expecting either a {SingleCellMemMapDataset} or a list thereof. Actually got: {type(other_dataset)}"
+            )
+        if self._writable_dirty():
+            self.save()
+        paths = [Path(self.data_path)] + [Path(o.data_path) for o in others]
+        merged_dtypes(paths)  # raises on mixed families before anything is written
+        target = Path(output_path) if output_path is not None else Path(self.data_path)
+        concat_archives(paths, target, overwrite=output_path is None, chunk=max(1, int(extend_copy_size)))
+        if destroy_on_copy:
+            for p in paths[1:] + ([paths[0]] if output_path is not None else []):
+                shutil.rmtree(p, ignore_errors=True)
+        self.load(target)
+
+    def _writable_dirty(self) -> bool:
+        """Arrays created in memory-mapped write mode (num_rows/num_elements) must be saved first."""
+        return isinstance(self.data, np.memmap) and self.data.mode != "r" and self.header is None
+
+    def __repr__(self) -> str:
+        return f"SingleCellMemMapDataset({str(self.data_path)!r}, rows={self.number_of_rows()}, nnz={self.number_nonzero_values()})"
+
