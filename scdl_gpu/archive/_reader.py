@@ -121,17 +121,6 @@ def open_arrays(path: str | Path, writable: bool = False, load_neighbors: bool =
             )
         arrays[member] = map_raw(fpath, dt, n, writable)
 
-    if header is not None:
-        expect = {FileNames.DATA: nnz, FileNames.COLPTR: nnz, FileNames.ROWPTR: n_rowptr}
-        for member, n in expect.items():
-            declared = header.get_array(member.name).length
-            if declared != n:
-                # Upstream re-saves stale headers after mutating reopened archives; the files
-                # agree with each other, so read them and say so.
-                msg = f"{path / FileNames.HEADER.value} says {member.name} has {declared} entries; {member.value} has {n}"
-                notes.append(msg)
-                warnings.warn(f"Stale header: {msg}. Reading the files.", UserWarning, stacklevel=3)
-
     n_rows = n_rowptr - 1
     for member in (FileNames.VAR_FEATURES, FileNames.OBS_FEATURES, FileNames.FEATURES):
         fdir = path / member.value
@@ -142,6 +131,17 @@ def open_arrays(path: str | Path, writable: bool = False, load_neighbors: bool =
                     f"The number of rows in the feature index {fdir} ({rows}) does not correspond to "
                     f"the number of rows in the row_index ({n_rows})"
                 )
+
+    if header is not None:
+        expect = {FileNames.DATA: nnz, FileNames.COLPTR: nnz, FileNames.ROWPTR: n_rowptr}
+        for member, n in expect.items():
+            declared = header.get_array(member.name).length
+            if declared != n:
+                # Upstream re-saves stale headers after mutating reopened archives; the files
+                # agree with each other, so read them and say so.
+                msg = f"{path / FileNames.HEADER.value} says {member.name} has {declared} entries; {member.value} has {n}"
+                notes.append(msg)
+                warnings.warn(f"Stale header: {msg}. Reading the files.", UserWarning, stacklevel=3)
 
     neighbors = _open_neighbors(path, n_rows, writable) if load_neighbors else None
     return ArchiveArrays(

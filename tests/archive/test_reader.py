@@ -1,0 +1,154 @@
+"""Opening archives: truncated, inconsistent or corrupted files give one clear error each."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from scdl_gpu import ArchiveError, ArchiveNotFoundError, SingleCellMemMapDataset, convert_h5ad
+from scdl_gpu.archive import open_arrays
+from tests.conftest import make_adata, random_csr
+
+
+@pytest.fixture
+def archive(tmp_path, write_h5ad):
+    m = random_csr(40, 300, density=0.1, empty_rows=(39,))
+    return convert_h5ad(write_h5ad(make_adata(m)), tmp_path / "arch", use_X_not_raw=True)
+
+
+def _truncate(path, n_bytes):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - n_bytes])
+
+
+@pytest.mark.parametrize(
+    "name,cut,match",
+    [
+        pytest.param("data.npy", 4, r"data.npy holds \d+ float32 values but row_ptr.npy ends at", id="data-one-value"),
+        pytest.param("data.npy", 3, r"data.npy is \d+ bytes, not a multiple of the 4-byte float32", id="data-mid-item"),
+        pytest.param("col_ptr.npy", 2, r"col_ptr.npy holds \d+ uint16 values", id="col"),
+        pytest.param("row_ptr.npy", 2, r"feature index .* does not correspond|row_ptr", id="rowptr-one-entry"),
+        pytest.param("row_ptr.npy", 1, r"row_ptr.npy is \d+ bytes, not a multiple", id="rowptr-mid-item"),
+    ],
+)
+def test_truncated_array_files(archive, name, cut, match):
+    _truncate(archive / name, cut)
+    with pytest.raises(ArchiveError, match=match):
+        SingleCellMemMapDataset(archive)
+
+
+def test_extra_bytes_are_inconsistent_too(archive):
+    with open(archive / "data.npy", "ab") as f:
+        f.write(np.zeros(3, np.float32).tobytes())
+    with pytest.raises(ArchiveError, match="extra data"):
+        open_arrays(archive)
+
+
+@pytest.mark.parametrize("name", ["data.npy", "col_ptr.npy", "row_ptr.npy"])
+def test_missing_array_file(archive, name):
+    (archive / name).unlink()
+    with pytest.raises(FileNotFoundError, match=f"The mmap file at .*{name} is missing"):
+        SingleCellMemMapDataset(archive)
+
+
+def test_missing_metadata_and_missing_archive(archive, tmp_path):
+    with pytest.raises(ArchiveNotFoundError, match="No SCDL archive"):
+        open_arrays(tmp_path / "nothing")
+    (archive / "metadata.json").unlink()
+    with pytest.raises(FileNotFoundError, match="the metadata file .* does not exist"):
+        SingleCellMemMapDataset(archive)
+
+
+def test_unparseable_metadata(archive):
+    (archive / "metadata.json").write_text("{not json")
+    with pytest.raises(ArchiveError, match="metadata.json is not valid JSON"):
+        open_arrays(archive)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        pytest.param(lambda b: b"XXXX" + b[4:], id="magic"),
+        pytest.param(lambda b: b[:7] + b"\x02" + b[8:], id="endianness"),
+        pytest.param(lambda b: b[:40], id="truncated"),
+        pytest.param(lambda b: b + b"junk", id="trailing"),
+    ],
+)
+def test_corrupted_header(archive, mutate):
+    h = archive / "header.sch"
+    h.write_bytes(mutate(h.read_bytes()))
+    with pytest.raises(ArchiveError, match="header.sch is corrupted"):
+        SingleCellMemMapDataset(archive)
+
+
+def test_header_with_wrong_dtype_is_caught_by_sizes(archive):
+    from scdl_gpu.archive import ArrayDType, SCDLHeader
+
+    h = SCDLHeader.load(str(archive / "header.sch"))
+    h.get_array("DATA").dtype = ArrayDType.FLOAT64_ARRAY
+    h.save(str(archive / "header.sch"))
+    with pytest.raises(ArchiveError, match="data.npy"):
+        SingleCellMemMapDataset(archive)
+
+
+def test_stale_header_lengths_warn_but_read(archive):
+    from scdl_gpu.archive import SCDLHeader
+
+    h = SCDLHeader.load(str(archive / "header.sch"))
+    h.get_array("DATA").length += 5
+    h.save(str(archive / "header.sch"))
+    with pytest.warns(UserWarning, match="Stale header"):
+        ds = SingleCellMemMapDataset(archive)
+    assert ds.number_of_rows() == 40
+
+
+def test_feature_index_row_mismatch(archive):
+    csum = archive / "var_features" / "cumulative_sum_index.npy"
+    np.save(csum, np.array([-1, 41], dtype=np.int64))
+    with pytest.raises(ArchiveError, match=r"feature index .* \(41\) does not correspond .* \(40\)"):
+        SingleCellMemMapDataset(archive)
+
+
+def test_headerless_legacy_archive_uses_default_dtypes(archive, tmp_path):
+    """Before the header existed: float32 data, uint32 columns, uint64 row pointers, features/."""
+    ds = SingleCellMemMapDataset(archive)
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    np.asarray(ds.data, np.float32).tofile(legacy / "data.npy")
+    np.asarray(ds.col_index, np.uint32).tofile(legacy / "col_ptr.npy")
+    np.asarray(ds.row_index, np.uint64).tofile(legacy / "row_ptr.npy")
+    (legacy / "metadata.json").write_text(json.dumps({"num_rows": 40}))
+    shutil.copytree(archive / "var_features", legacy / "features")
+    old = SingleCellMemMapDataset(legacy)
+    assert old.header is None
+    assert old.dtypes["col_ptr.npy"] == "uint32" and old.dtypes["row_ptr.npy"] == "uint64"
+    assert old.number_of_variables() == [300]
+    for i in range(40):
+        np.testing.assert_array_equal(old.get_row(i)[0][1], ds.get_row(i)[0][1])
+    assert len(old.obs_features()) == 0
+
+
+def test_opens_read_only(archive):
+    ds = SingleCellMemMapDataset(archive)
+    with pytest.raises(ValueError, match="read-only"):
+        ds.data[0] = 1
+    archive.chmod(0o555)
+    try:
+        assert SingleCellMemMapDataset(archive).number_of_rows() == 40
+    finally:
+        archive.chmod(0o755)
+
+
+def test_neighbor_files_checked(tmp_path, write_h5ad):
+    import scipy.sparse as sp
+
+    g = sp.random(20, 20, density=0.2, format="csr", random_state=0, dtype=np.float32)
+    out = convert_h5ad(write_h5ad(make_adata(random_csr(20, 5), obsp={"next_cell_ids": g})), tmp_path / "a",
+                       use_X_not_raw=True, load_neighbors=True)
+    _truncate(out / "neighbor_indices.npy", 4)
+    with pytest.raises(ArchiveError, match="neighbor_indices.npy holds"):
+        SingleCellMemMapDataset(out, load_neighbors=True)
+    assert SingleCellMemMapDataset(out).number_of_rows() == 20  # neighbors not requested: not read
