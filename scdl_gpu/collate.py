@@ -29,7 +29,8 @@ def collate_sparse_matrix_batch(batch: list[torch.Tensor], num_cols: int | None 
         num_cols = int(cols.max()) + 1 if cols.numel() else 0
     elif cols.numel() and int(cols.max()) >= num_cols:
         raise ValueError(f"column index {int(cols.max())} does not fit a batch of width {num_cols}")
-    return torch.sparse_csr_tensor(crow, cols, values, size=(len(batch), num_cols))
+    # Rows keep their stored column order (as upstream), so skip torch's invariant check.
+    return torch.sparse_csr_tensor(crow, cols, values, size=(len(batch), num_cols), check_invariants=False)
 
 
 def collate_neighbor_sparse_matrix_batch(batch: list[dict]) -> dict:

@@ -1,0 +1,27 @@
+# Quick start: `make demo` converts a bundled real h5ad and streams an epoch; `make test` runs the tests.
+# Both create the virtual environment from nothing. CPU installs pin torch through constraints-cpu.txt
+# so no CUDA packages are pulled.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench-convert clean
+
+$(STAMP): pyproject.toml constraints-cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints-cpu.txt -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m scdl_gpu.demo tests/data/cxg_small_perturbations.h5ad
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench-convert: $(STAMP)
+	$(PY) benchmarks/bench_convert.py --n-cells 200000 --json benchmarks/results/convert_cpu.json --markdown benchmarks/results/convert_cpu.md
+
+clean:
+	rm -rf $(VENV) build *.egg-info

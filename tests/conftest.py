@@ -1,0 +1,105 @@
+"""Shared fixtures: real data locations, small AnnData builders, and marker-based skips."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+TESTS = Path(__file__).resolve().parent
+BUNDLED = TESTS / "data"
+SHARED_REAL = TESTS.parent.parent / "shared" / "data" / "real"
+
+
+def real_h5ads() -> list[Path]:
+    """Every real .h5ad: the shared collection when present, else the bundled copies."""
+    files = {p.name: p for p in BUNDLED.glob("*.h5ad")}
+    if SHARED_REAL.is_dir():
+        files.update({p.name: p for p in SHARED_REAL.glob("*.h5ad")})
+    return [files[k] for k in sorted(files)]
+
+
+@functools.cache
+def gpu_available() -> bool:
+    try:
+        import cupy
+
+        return bool(cupy.is_available())
+    except Exception:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    skips = {
+        "gpu": (not gpu_available(), "no usable CUDA device"),
+        "nvcc": (shutil.which("nvcc") is None, "nvcc not on PATH"),
+    }
+    for item in items:
+        for marker, (skip, why) in skips.items():
+            if skip and marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=why))
+
+
+def random_csr(n_rows, n_cols, density=0.1, seed=0, dtype=np.float32, empty_rows=(), shuffle_cols=False, integer=True):
+    """A random CSR matrix with chosen empty rows and, optionally, unsorted columns in each row."""
+    rng = np.random.default_rng(seed)
+    m = sp.random(n_rows, n_cols, density=density, format="csr", random_state=rng, dtype=np.float64)
+    if integer:
+        m.data = rng.integers(1, 50, size=m.nnz).astype(np.float64)
+    m = m.astype(dtype)
+    m = sp.csr_matrix(m)
+    for r in empty_rows:
+        m.data[m.indptr[r] : m.indptr[r + 1]] = 0
+    m.eliminate_zeros()
+    if shuffle_cols:
+        for r in range(n_rows):
+            s, e = m.indptr[r], m.indptr[r + 1]
+            perm = rng.permutation(e - s)
+            m.indices[s:e] = m.indices[s:e][perm]
+            m.data[s:e] = m.data[s:e][perm]
+        m.has_sorted_indices = False
+    return m
+
+
+def make_adata(X, raw_X=None, obsp=None, seed=0) -> ad.AnnData:
+    n, g = X.shape
+    rng = np.random.default_rng(seed)
+    obs = pd.DataFrame(
+        {
+            "cell_type": pd.Categorical(rng.choice(["T", "B", "NK"], size=n)),
+            "donor": [f"d{i % 4}" for i in range(n)],
+            "n_genes": rng.integers(0, 1000, size=n),
+            "score": rng.random(n),
+            "flag": rng.random(n) > 0.5,
+        },
+        index=[f"cell{i}" for i in range(n)],
+    )
+    var = pd.DataFrame(
+        {"feature_id": [f"ENSG{i:011d}" for i in range(g)], "feature_name": [f"G{i}" for i in range(g)]},
+        index=[f"ENSG{i:011d}" for i in range(g)],
+    )
+    a = ad.AnnData(X=X, obs=obs, var=var)
+    if raw_X is not None:
+        a.raw = ad.AnnData(X=raw_X, obs=obs, var=var)
+    if obsp is not None:
+        for k, v in obsp.items():
+            a.obsp[k] = v
+    return a
+
+
+@pytest.fixture
+def write_h5ad(tmp_path):
+    """Write an AnnData to tmp_path/name.h5ad and return the path."""
+
+    def _write(adata: ad.AnnData, name: str = "in.h5ad", **kwargs) -> Path:
+        p = tmp_path / name
+        adata.write_h5ad(p, **kwargs)
+        return p
+
+    return _write
