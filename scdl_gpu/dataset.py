@@ -21,7 +21,7 @@ from .archive._dtypes import cast_checked, check_data_dtype
 from .archive._feature_index import ObservedFeatureIndex, VariableFeatureIndex
 from .archive._header import build_archive_header, feature_index_info
 from .archive._memmap import map_raw, write_raw
-from .archive._reader import open_arrays
+from .archive._reader import load_feature_index, open_arrays
 from .archive._writer import write_json
 from .convert import convert_h5ad
 
@@ -133,23 +133,16 @@ class SingleCellMemMapDataset(NeighborMixin, torch.utils.data.Dataset):
     def header_path(self) -> str:
         return str(Path(self.data_path) / FileNames.HEADER.value)
 
-    def _index(self, which: FileNames):
-        cls = VariableFeatureIndex if which is FileNames.VAR_FEATURES else ObservedFeatureIndex
-        d = Path(self.data_path) / which.value
-        if which is FileNames.VAR_FEATURES and not d.is_dir():
-            d = Path(self.data_path) / FileNames.FEATURES.value  # pre-0.1.3 layout
-        return cls.load(str(d)) if d.is_dir() else cls()
-
     def var_features(self) -> VariableFeatureIndex:
         """The gene tables, one block per distinct table (loaded on first use)."""
         if self._var_feature_index is None:
-            self._var_feature_index = self._index(FileNames.VAR_FEATURES)
+            self._var_feature_index = load_feature_index(self.data_path, FileNames.VAR_FEATURES)
         return self._var_feature_index
 
     def obs_features(self) -> ObservedFeatureIndex:
         """The cell tables (loaded on first use); ``ds.obs_features()[i]`` or ``[a:b]``."""
         if self._obs_feature_index is None:
-            self._obs_feature_index = self._index(FileNames.OBS_FEATURES)
+            self._obs_feature_index = load_feature_index(self.data_path, FileNames.OBS_FEATURES)
         return self._obs_feature_index
 
     def var_names(self, row: int = 0) -> np.ndarray | None:

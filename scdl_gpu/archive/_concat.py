@@ -11,7 +11,7 @@ import numpy as np
 from ._constants import FileNames
 from ._dtypes import determine_dtype, smallest_uint_dtype
 from ._feature_index import ObservedFeatureIndex, VariableFeatureIndex
-from ._reader import open_arrays
+from ._reader import load_feature_index, open_arrays
 from ._writer import ArchiveWriter
 
 DEFAULT_CHUNK = 10 * 1024 * 1024  # stored values per copy step (upstream's extend_copy_size)
@@ -54,8 +54,8 @@ def concat_archives(
         warnings.warn(f"Neighbor arrays dropped: these archives have none: {missing}", UserWarning, stacklevel=2)
     var_index, obs_index = VariableFeatureIndex(), ObservedFeatureIndex()
     for m in members:
-        var_index.concat(_load_index(VariableFeatureIndex, m.path, FileNames.VAR_FEATURES, m.n_rows))
-        obs_index.concat(_load_index(ObservedFeatureIndex, m.path, FileNames.OBS_FEATURES, m.n_rows))
+        var_index.concat(load_feature_index(m.path, FileNames.VAR_FEATURES))
+        obs_index.concat(load_feature_index(m.path, FileNames.OBS_FEATURES))
     with ArchiveWriter(
         out, n_vars=0, data_dtype=dtypes[FileNames.DATA.value], col_dtype=dtypes[FileNames.COLPTR.value], overwrite=overwrite
     ) as w:
@@ -70,15 +70,6 @@ def concat_archives(
             row_offset += m.n_rows
         w.var_index, w.obs_index = var_index, obs_index
         return w.commit()
-
-
-def _load_index(cls, path: Path, name: FileNames, n_rows: int):
-    d = path / name.value
-    if name is FileNames.VAR_FEATURES and not d.is_dir() and (path / FileNames.FEATURES.value).is_dir():
-        d = path / FileNames.FEATURES.value  # layouts before obs features existed
-    if d.is_dir():
-        return cls.load(str(d))
-    return cls()
 
 
 def _row_chunks(row_ptr: np.ndarray, chunk: int):

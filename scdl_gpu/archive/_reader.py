@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import ArchiveError, ArchiveNotFoundError, HeaderSerializationError
 from ._constants import DEFAULT_DTYPES, FLOAT_ORDER, INT_ORDER, FileNames
-from ._feature_index import RowFeatureIndex
+from ._feature_index import ObservedFeatureIndex, RowFeatureIndex, VariableFeatureIndex
 from ._header import SCDLHeader
 from ._memmap import map_raw, raw_length
 
@@ -181,3 +181,13 @@ def _open_neighbors(path: Path, n_rows: int, writable: bool):
     if nnz and int(out[1].max()) >= n_rows:
         raise ArchiveError(f"{path / FileNames.NEIGHBOR_INDICES.value} points past the last of {n_rows} rows")
     return tuple(out)
+
+
+def load_feature_index(path: str | Path, which: FileNames):
+    """The archive's var or obs index; ``features/`` stands in for var in the oldest layouts."""
+    path = Path(path)
+    cls = VariableFeatureIndex if which is FileNames.VAR_FEATURES else ObservedFeatureIndex
+    d = path / which.value
+    if which is FileNames.VAR_FEATURES and not d.is_dir():
+        d = path / FileNames.FEATURES.value
+    return cls.load(str(d)) if d.is_dir() else cls()
