@@ -17,19 +17,21 @@ def collate_sparse_matrix_batch(batch: list[torch.Tensor], num_cols: int | None 
         widths = [getattr(t, "scdl_num_cols", None) for t in batch]
         if batch and all(w is not None for w in widths):
             num_cols = max(widths)
-    counts = torch.tensor([t.shape[1] for t in batch], dtype=torch.int64)
-    crow = torch.zeros(len(batch) + 1, dtype=torch.int64)
-    torch.cumsum(counts, 0, out=crow[1:])
-    if batch:
-        cat = torch.cat(list(batch), dim=1)
-        values, cols = cat[0], cat[1].to(torch.int32)
+    # Index arithmetic in NumPy: torch's intra-op thread pool costs milliseconds per small op
+    # on few-core machines, more than the work itself.
+    rows = [t.numpy() for t in batch]
+    crow = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum([r.shape[1] for r in rows], out=crow[1:])
+    if rows:
+        cat = np.concatenate(rows, axis=1)
+        values, cols = cat[0], cat[1].astype(np.int32)
     else:
-        values, cols = torch.empty(0), torch.empty(0, dtype=torch.int32)
+        values, cols = np.empty(0, np.float32), np.empty(0, np.int32)
     if num_cols is None:
-        num_cols = int(cols.max()) + 1 if cols.numel() else 0
-    elif cols.numel() and int(cols.max()) >= num_cols:
+        num_cols = int(cols.max()) + 1 if cols.size else 0
+    elif cols.size and int(cols.max()) >= num_cols:
         raise ValueError(f"column index {int(cols.max())} does not fit a batch of width {num_cols}")
-    # Rows keep their stored column order (as upstream), so skip torch's invariant check.
+    crow, cols, values = torch.from_numpy(crow), torch.from_numpy(cols), torch.from_numpy(np.ascontiguousarray(values))
     return torch.sparse_csr_tensor(crow, cols, values, size=(len(batch), num_cols), check_invariants=False)
 
 

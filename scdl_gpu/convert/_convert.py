@@ -9,7 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..archive._dtypes import cast_checked, check_data_dtype, col_dtype_for
+from ..archive._dtypes import cast_checked, check_data_dtype
 from ..archive._writer import ArchiveWriter
 from ..errors import ConversionError
 from ._h5ad import (
