@@ -114,9 +114,16 @@ class CSRReader(MatrixReader):
                 s = e
 
     def blocks(self, max_values: int, max_rows: int) -> Iterator[CSRBlock]:
+        """Row blocks; ``indices`` and ``data`` are views of buffers reused by the next block."""
+        data_buf = indices_buf = None
         for _, _, ip in self.spans(self.shape[0], max_values, max_rows):
             lo, hi = int(ip[0]), int(ip[-1])
-            yield ip, self.indices[lo:hi], self.data[lo:hi]
+            if data_buf is None or hi - lo > len(data_buf):
+                # One allocation, reused: fresh buffers per block cost more in page faults than the read.
+                size = max(hi - lo, min(max_values, self.nnz))
+                data_buf = np.empty(size, self.data.dtype)
+                indices_buf = np.empty(size, self.indices.dtype)
+            yield ip, _read_into(self.indices, lo, hi, indices_buf), _read_into(self.data, lo, hi, data_buf)
 
 
 @register("csc_matrix")
@@ -177,6 +184,13 @@ class DenseReader(MatrixReader):
             indptr[1:] += offset
             offset = int(indptr[-1])
             yield indptr, c, dense[r, c]
+
+
+def _read_into(ds: h5py.Dataset, lo: int, hi: int, buf: np.ndarray) -> np.ndarray:
+    out = buf[: hi - lo]
+    if hi > lo:
+        ds.read_direct(out, np.s_[lo:hi], np.s_[0 : hi - lo])
+    return out
 
 
 def _check_index_range(idx: np.ndarray, bound: int, where: str, what: str) -> None:

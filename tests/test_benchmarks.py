@@ -1,0 +1,170 @@
+"""Smoke tests of the benchmark tooling in ``benchmarks/`` at tiny sizes (no timing assertions)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "benchmarks"
+TINY = dict(n_cells=300, n_genes=500, nnz_per_cell=40)
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def ms():
+    return _load("make_synthetic")
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _expected(ms, dtype="float32", seed=0, **kw):
+    """The generator's rows, concatenated: (indptr, indices, data, codes, barcodes)."""
+    tiles = list(ms.iter_synthetic_rows(seed=seed, dtype=dtype, **{**TINY, **kw}))
+    assert [t.start for t in tiles] == [0, *(t.stop for t in tiles[:-1])] and tiles[-1].stop == TINY["n_cells"]
+    indptr = np.concatenate([[0], np.cumsum(np.concatenate([t.row_nnz for t in tiles]))])
+    codes = {k: np.concatenate([t.codes[k] for t in tiles]) for k in tiles[0].codes}
+    barcodes = np.concatenate([t.barcodes for t in tiles])
+    return indptr, np.concatenate([t.indices for t in tiles]), np.concatenate([t.values for t in tiles]), codes, barcodes
+
+
+def _datasets(path) -> dict:
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
+@pytest.mark.parametrize("dtype, compression", [("float32", None), ("int32", "gzip"), ("float32", "lzf")])
+def test_generator_reads_back_exactly(ms, tmp_path, dtype, compression):
+    ad = pytest.importorskip("anndata")
+    path = tmp_path / "tiny.h5ad"
+    info = ms.make_synthetic_h5ad(path, **TINY, dtype=dtype, compression=compression, chunk_cells=128,
+                                  with_raw=True, progress=False)
+    indptr, indices, data, codes, barcodes = _expected(ms, dtype)
+    tables = ms.synthetic_tables(TINY["n_genes"])
+    a = ad.read_h5ad(path)
+
+    assert a.shape == (300, 500) and info["nnz"] == len(data) == a.X.nnz
+    assert a.X.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(a.X.indptr, indptr)
+    np.testing.assert_array_equal(a.X.indices, indices)
+    np.testing.assert_array_equal(a.X.data, data)
+    assert np.all(data >= 1) and np.all(data == np.round(data))
+    for r in range(a.n_obs):  # sorted, unique columns within each row
+        assert np.all(np.diff(indices[indptr[r] : indptr[r + 1]]) > 0)
+
+    assert list(a.obs.columns) == ["cell_line", "drug", "plate", "sample", "n_genes", "total_counts"]
+    assert list(a.obs_names) == list(barcodes) and a.obs_names.is_unique
+    for name, cats in tables["categories"].items():
+        assert list(a.obs[name].cat.categories) == cats
+        np.testing.assert_array_equal(a.obs[name].cat.codes.to_numpy(), codes[name])
+    assert a.obs["plate"].cat.codes.is_monotonic_increasing  # grouped by plate
+    np.testing.assert_array_equal(a.obs["n_genes"].to_numpy(), np.diff(indptr))
+    np.testing.assert_array_equal(a.obs["total_counts"].to_numpy(), np.asarray(a.X.sum(axis=1)).ravel())
+
+    assert list(a.var_names) == tables["var_index"] and a.var_names.is_unique
+    assert all(g.startswith("ENSG") and len(g) == 15 for g in a.var_names)
+    assert list(a.var["gene_symbol"]) == tables["gene_symbol"]
+    assert a.raw is not None and (a.raw.X != a.X).nnz == 0
+    assert list(a.raw.var_names) == tables["var_index"]
+
+
+def test_generator_on_disk_encoding(ms, tmp_path):
+    path = tmp_path / "tiny.h5ad"
+    ms.make_synthetic_h5ad(path, **TINY, progress=False)
+    with h5py.File(path, "r") as f:
+        assert f.attrs["encoding-type"] == "anndata" and f.attrs["encoding-version"] == "0.1.0"
+        x = f["X"]
+        assert x.attrs["encoding-type"] == "csr_matrix" and list(x.attrs["shape"]) == [300, 500]
+        assert (x["data"].dtype, x["indices"].dtype, x["indptr"].dtype) == (np.float32, np.int32, np.int64)
+        assert x["data"].maxshape == (None,)
+        obs = f["obs"]
+        assert obs.attrs["encoding-type"] == "dataframe" and obs.attrs["encoding-version"] == "0.2.0"
+        assert obs.attrs["_index"] == "_index"
+        assert obs["drug"].attrs["encoding-type"] == "categorical" and not obs["drug"].attrs["ordered"]
+        assert obs["_index"].attrs["encoding-type"] == "string-array"
+        assert h5py.check_string_dtype(f["var/gene_symbol"].dtype) is not None
+        assert "raw" not in f
+
+
+def test_generator_is_deterministic(ms, tmp_path):
+    a, b, c = tmp_path / "a.h5ad", tmp_path / "b.h5ad", tmp_path / "c.h5ad"
+    ms.make_synthetic_h5ad(a, **TINY, seed=7, chunk_cells=50, progress=False)
+    ms.make_synthetic_h5ad(b, **TINY, seed=7, chunk_cells=10_000, progress=False)
+    ms.make_synthetic_h5ad(c, **TINY, seed=8, progress=False)
+    da, db, dc = _datasets(a), _datasets(b), _datasets(c)
+    assert da.keys() == db.keys()
+    for key in da:
+        np.testing.assert_array_equal(da[key], db[key], err_msg=key)
+    assert not np.array_equal(da["X/indices"][:100], dc["X/indices"][:100])
+
+
+def test_generator_rejects_bad_arguments(ms, tmp_path):
+    with pytest.raises(ValueError, match="dtype"):
+        ms.make_synthetic_h5ad(tmp_path / "x.h5ad", 10, 10, 5, dtype="uint8", progress=False)
+    with pytest.raises(ValueError, match="compression"):
+        ms.make_synthetic_h5ad(tmp_path / "x.h5ad", 10, 10, 5, compression="zstd", progress=False)
+
+
+def _scdl_gpu_available() -> bool:
+    code = "import scdl_gpu; scdl_gpu.SingleCellMemMapDataset"
+    return subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, timeout=120).returncode == 0
+
+
+@pytest.mark.slow
+def test_bench_convert_end_to_end(tmp_path):
+    pytest.importorskip("bionemo.scdl")
+    pytest.importorskip("psutil")
+    runners = ["bionemo-scdl*"] + (["scdl_gpu"] if _scdl_gpu_available() else [])
+    out_json, out_md = tmp_path / "res.json", tmp_path / "res.md"
+    cmd = [sys.executable, str(BENCH / "bench_convert.py"), "--n-cells", "300", "--n-genes", "500",
+           "--nnz-per-cell", "40", "--workdir", str(tmp_path / "work"), "--json", str(out_json),
+           "--markdown", str(out_md), "--runners", *runners]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    res = json.loads(out_json.read_text())
+    assert {"system", "input", "generation", "warm_read_s", "notes", "config", "runs", "summary",
+            "comparison"} <= res.keys()
+    assert res["input"]["n_cells"] == 300 and res["input"]["n_genes"] == 500 and res["input"]["nnz"] > 300
+    assert res["system"]["cpu_count"] >= 1 and res["system"]["versions"]["bionemo-scdl"]
+    assert res["config"]["page_cache"] == "warm" and res["config"]["repeats"] == 1
+    expected = ["bionemo-scdl regular", "bionemo-scdl paginated", "bionemo-scdl paginated-100k"]
+    expected = (["scdl_gpu"] if "scdl_gpu" in runners else []) + expected
+    assert res["config"]["runners"] == expected == [r["runner"] for r in res["runs"]]
+    for run in res["runs"]:
+        assert run["ok"] and run["error"] is None and run["rc"] == 0, run
+        assert 0 < run["convert_s"] < run["process_s"]
+        assert run["peak_rss_bytes"] >= run["hwm_bytes"] >= run["rss_after_import_bytes"] > 10 * 2**20
+        assert 0 < run["polled_anon_bytes"] <= run["polled_rss_bytes"] <= run["peak_rss_bytes"]
+        assert run["archive_bytes"] > 0 and run["header"] is True
+        assert set(run["dtypes"]) == {"data.npy", "col_ptr.npy", "row_ptr.npy"}
+    for name in expected:
+        s = res["summary"][name]
+        assert s["n_ok"] == 1 and s["n_failed"] == 0 and s["cells_per_s"] > 0
+        assert s["convert_s_stdev"] is None and s["peak_rss_mib"] > 0 and s["archive_mib"] > 0
+    cmp_ = res["comparison"]
+    assert cmp_["fastest_bionemo"] in expected
+    assert (cmp_["speedup"] is not None) == ("scdl_gpu" in runners)
+    assert not list((tmp_path / "work" / "out").iterdir())  # archives deleted without --keep
+    text = out_md.read_text()
+    assert "warm page cache" in text and "| runner |" in text and "bionemo-scdl regular" in text
