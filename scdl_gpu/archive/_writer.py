@@ -59,8 +59,12 @@ class ArchiveWriter:
         overwrite: bool = False,
     ) -> None:
         self.path = Path(path)
-        if self.path.exists() and not overwrite:
-            raise FileExistsError(f"Output archive already exists: {self.path}")
+        if self.path.exists():
+            if not overwrite:
+                raise FileExistsError(f"Output archive already exists: {self.path}")
+            if not (self.path / FileNames.METADATA.value).is_file():
+                # overwrite replaces archives, never an arbitrary directory or file
+                raise FileExistsError(f"{self.path} exists and is not an SCDL archive; refusing to replace it")
         self.data_dtype = check_data_dtype(data_dtype)
         self.col_dtype = col_dtype or col_dtype_for(n_vars)
         self.n_vars = int(n_vars)

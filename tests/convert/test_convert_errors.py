@@ -89,6 +89,8 @@ def test_existing_output_is_refused(tmp_path, small_h5ad):
     (tmp_path / "out" / "keep.txt").write_text("mine")
     with pytest.raises(FileExistsError):
         convert_h5ad(small_h5ad, tmp_path / "out", use_X_not_raw=True)
+    with pytest.raises(FileExistsError, match="not an SCDL archive"):
+        convert_h5ad(small_h5ad, tmp_path / "out", use_X_not_raw=True, overwrite=True)
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
     with pytest.raises(FileExistsError, match="both an existing SCMMAP and an h5ad"):
         SingleCellMemMapDataset(tmp_path / "out", h5ad_path=small_h5ad)
