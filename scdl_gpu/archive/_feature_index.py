@@ -346,11 +346,18 @@ class RowFeatureIndex(ABC):
         instance._version = str(version.item()) if version.size == 1 else SCDL_PACKAGE_VERSION
         instance._names = [None] * n_blocks
         for k, _, path in _numbered_files(d, _NAMES_RE):
-            if k >= n_blocks:
-                raise ArchiveError(f"Names sidecar {path} has no matching block ({n_blocks} blocks).")
-            expected, what = instance._names_len(k)
-            if _sidecar_rows(path) != expected:
-                raise ArchiveError(f"Names sidecar {path} does not hold {expected} names (one per {what}).")
+            # Names are our extra; a tool that re-saves the index without knowing them (upstream)
+            # can leave stale sidecars behind. The archive stays readable, without names.
+            expected, what = instance._names_len(k) if k < n_blocks else (None, "block")
+            if expected is None or _sidecar_rows(path) != expected:
+                warnings.warn(
+                    f"Ignoring names sidecar {path}: it does not match the blocks (expected "
+                    f"{expected} names, one per {what}); was the index re-saved by another tool?",
+                    UserWarning,
+                    stacklevel=3,
+                )
+                instance._names = [None] * n_blocks
+                break
             instance._names[k] = path  # loaded lazily: names of millions of cells are rarely needed
         return instance
 

@@ -731,8 +731,6 @@ def _corrupt(d: Path, how: str) -> None:
         pytest.param("labels-count", ArchiveError, "labels.json holds 1 labels for 2 blocks", id="labels-count"),
         pytest.param("labels-json-type", ArchiveError, "labels.json must hold a JSON list", id="labels-json-type"),
         pytest.param("labels-npy-numeric", ArchiveError, "labels.npy must hold a 1-D string array", id="labels-npy-numeric"),
-        pytest.param("names-length", ArchiveError, "names_0.arrow does not hold 1 names", id="names-length"),
-        pytest.param("names-orphan", ArchiveError, "names_7.arrow has no matching block", id="names-orphan"),
         pytest.param("names-garbage", ArchiveError, "Cannot read names sidecar .*names_0.arrow", id="names-garbage"),
         pytest.param("obs-rows", ArchiveError, "dataframe_0.parquet holds 1 rows but cumulative_sum_index.npy gives it 2", id="obs-rows"),
         pytest.param("no-csum", ArchiveNotFoundError, "cumulative_sum_index.npy does not exist", id="no-csum"),
@@ -746,11 +744,23 @@ def test_load_errors(tmp_path, how, exc, match):
         ObservedFeatureIndex.load(tmp_path)
 
 
+@pytest.mark.parametrize("how", ["names-length", "names-orphan"])
+def test_stale_names_sidecars_are_dropped_with_a_warning(tmp_path, how):
+    """A tool that re-saves the index without knowing our sidecars must not make it unreadable."""
+    make_obs(2).save(tmp_path)
+    _corrupt(tmp_path, how)
+    with pytest.warns(UserWarning, match="Ignoring names sidecar"):
+        idx = ObservedFeatureIndex.load(tmp_path)
+    assert idx.number_of_rows() == make_obs(2).number_of_rows()
+    assert all(idx.names(b) is None for b in range(len(idx)))
+
+
 def test_var_names_sidecar_checked_against_n_vars(tmp_path):
     make_var(2).save(tmp_path)  # block 0 has 2 genes, block 1 has 3
     (tmp_path / "names_0.arrow").write_bytes((tmp_path / "names_1.arrow").read_bytes())
-    with pytest.raises(ArchiveError, match="names_0.arrow does not hold 2 names \\(one per variable\\)"):
-        VariableFeatureIndex.load(tmp_path)
+    with pytest.warns(UserWarning, match="expected 2 names, one per variable"):
+        idx = VariableFeatureIndex.load(tmp_path)
+    assert idx.names(0) is None and idx.names(1) is None
 
 
 def test_missing_directory(tmp_path):
