@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--use-raw", action="store_true", help="convert raw.X instead of X")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 
     with tempfile.TemporaryDirectory() as tmp:
         archive = args.archive or Path(tmp) / (args.h5ad.stem + ".scdl")
