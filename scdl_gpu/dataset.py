@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ._neighbors import NeighborMixin
-from .archive._concat import DEFAULT_CHUNK, concat_archives, merged_dtypes
+from .archive._concat import DEFAULT_CHUNK, concat_archives
 from .archive._constants import DEFAULT_DTYPES, SCDL_PACKAGE_VERSION, FileNames, Mode, NeighborSamplingStrategy
 from .archive._dtypes import cast_checked, check_data_dtype
 from .archive._feature_index import ObservedFeatureIndex, VariableFeatureIndex
@@ -328,7 +328,6 @@ class SingleCellMemMapDataset(NeighborMixin, torch.utils.data.Dataset):
         if self._writable_dirty():
             self.save()
         paths = [Path(self.data_path)] + [Path(o.data_path) for o in others]
-        merged_dtypes(paths)  # raises on mixed families before anything is written
         target = Path(output_path) if output_path is not None else Path(self.data_path)
         concat_archives(paths, target, overwrite=output_path is None, chunk=max(1, int(extend_copy_size)))
         if destroy_on_copy:
