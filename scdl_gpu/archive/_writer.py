@@ -20,11 +20,10 @@ from ._dtypes import check_data_dtype, col_dtype_for, smallest_uint_dtype
 from ._feature_index import ObservedFeatureIndex, VariableFeatureIndex
 from ._header import build_archive_header, feature_index_info
 from ._memmap import fsync_dir, write_raw
+from ._rowfiles import RowFiles
 
 log = logging.getLogger(__name__)
 
-_ROWPTR_TMP = "row_ptr.u64.partial"
-_COPY_CHUNK = 8 * 1024 * 1024  # items per chunk when re-typing row pointers
 
 
 def write_json(path: Path, obj) -> None:
@@ -72,60 +71,39 @@ class ArchiveWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.path.parent / f".{self.path.name}.partial-{uuid.uuid4().hex[:8]}"
         self.tmp.mkdir()
-        self.n_rows = 0
-        self.nnz = 0
+        self.rows = RowFiles(self.tmp, self.data_dtype, self.col_dtype)
         self.var_index = VariableFeatureIndex()
         self.obs_index = ObservedFeatureIndex()
-        self._data = open(self.tmp / FileNames.DATA.value, "wb")
-        self._cols = open(self.tmp / FileNames.COLPTR.value, "wb")
-        self._rowptr = open(self.tmp / _ROWPTR_TMP, "wb")
-        write_raw(self._rowptr, np.zeros(1, np.uint64))
         self._neighbors: _NeighborWriter | None = None
         self._closed = False
 
     # -- rows ---------------------------------------------------------------------------------
-    def append_rows(self, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray) -> None:
-        """Append rows given as a CSR block; ``indptr`` may start at any offset.
+    @property
+    def n_rows(self) -> int:
+        return self.rows.n_rows
 
-        ``indices`` and ``data`` hold exactly the block's stored entries and must already have
-        the archive's dtypes (the caller decides how to cast, and how to warn or fail).
-        """
-        indptr = np.asarray(indptr, dtype=np.int64)
-        n = len(indptr) - 1
-        nnz = int(indptr[-1] - indptr[0]) if n >= 0 else 0
-        if len(indices) != nnz or len(data) != nnz:
-            raise ValueError(f"block has {nnz} entries by indptr but {len(indices)} indices and {len(data)} values")
-        if indices.dtype != np.dtype(self.col_dtype) or data.dtype != np.dtype(self.data_dtype):
-            raise TypeError(f"block dtypes {data.dtype}/{indices.dtype} != archive {self.data_dtype}/{self.col_dtype}")
-        write_raw(self._data, data)
-        write_raw(self._cols, indices)
-        write_raw(self._rowptr, (indptr[1:] - indptr[0] + self.nnz).astype(np.uint64))
-        self.n_rows += n
-        self.nnz += nnz
+    @property
+    def nnz(self) -> int:
+        return self.rows.nnz
+
+    def append_rows(self, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray) -> None:
+        """Append a CSR row block (see :meth:`RowFiles.append_rows`)."""
+        self.rows.append_rows(indptr, indices, data)
 
     def allocate_rows(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Reserve rows of known lengths and return writable ``(indptr, data, indices)`` to fill.
+        """Reserve rows of known lengths to scatter into (see :meth:`RowFiles.allocate_rows`)."""
+        return self.rows.allocate_rows(counts)
 
-        For inputs that cannot be read row by row (CSC): the caller scatters entries into the
-        returned memmaps at ``indptr[row] + k``. Must be the only call that adds rows.
-        """
-        if self.n_rows:
-            raise RuntimeError("allocate_rows must be the first and only way rows are added")
-        counts = np.asarray(counts, dtype=np.uint64)
-        indptr = np.zeros(len(counts) + 1, np.uint64)
-        np.cumsum(counts, out=indptr[1:])
-        nnz = int(indptr[-1])
-        self._data.truncate(nnz * np.dtype(self.data_dtype).itemsize)
-        self._cols.truncate(nnz * np.dtype(self.col_dtype).itemsize)
-        write_raw(self._rowptr, indptr[1:])
-        self.n_rows, self.nnz = len(counts), nnz
-        if nnz == 0:
-            return indptr, np.empty(0, self.data_dtype), np.empty(0, self.col_dtype)
-        self._data.flush()
-        self._cols.flush()
-        data = np.memmap(self.tmp / FileNames.DATA.value, dtype=self.data_dtype, mode="r+", shape=(nnz,))
-        cols = np.memmap(self.tmp / FileNames.COLPTR.value, dtype=self.col_dtype, mode="r+", shape=(nnz,))
-        return indptr, data, cols
+    def new_segment(self, name: str, data_dtype: str | None = None, col_dtype: str | None = None) -> RowFiles:
+        """Row files for one input, inside the partial directory (so :meth:`abort` removes them)."""
+        d = self.tmp / "segments" / name
+        d.mkdir(parents=True)
+        return RowFiles(d, data_dtype or self.data_dtype, col_dtype or self.col_dtype)
+
+    def append_segment(self, segment: RowFiles) -> None:
+        """Append a closed segment's rows (widening dtypes where needed), then delete it."""
+        self.rows.append_files(segment)
+        segment.remove()
 
     # -- neighbors ----------------------------------------------------------------------------
     def append_neighbor_rows(self, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray) -> None:
@@ -144,14 +122,12 @@ class ArchiveWriter:
     # -- finish -------------------------------------------------------------------------------
     def commit(self) -> Path:
         """Write header, metadata and features, then move the directory to its final name."""
-        for f in (self._data, self._cols, self._rowptr):
-            f.flush()
-            os.fsync(f.fileno())
-            f.close()
+        self.rows.close()
         self._closed = True
         tmp = self.tmp
+        shutil.rmtree(tmp / "segments", ignore_errors=True)
         row_dtype = smallest_uint_dtype(self.nnz)
-        _retype_file(tmp / _ROWPTR_TMP, tmp / FileNames.ROWPTR.value, np.uint64, row_dtype)
+        self.rows.finish_row_ptr(row_dtype)
         if self._neighbors is not None:
             self._neighbors.close(self.n_rows)
         for name, index in ((FileNames.VAR_FEATURES, self.var_index), (FileNames.OBS_FEATURES, self.obs_index)):
@@ -196,8 +172,7 @@ class ArchiveWriter:
     def abort(self) -> None:
         """Close and delete the partial directory."""
         if not self._closed:
-            for f in (self._data, self._cols, self._rowptr):
-                f.close()
+            self.rows.close(fsync=False)
             self._closed = True
         if self._neighbors is not None:
             self._neighbors.abort()
@@ -246,19 +221,3 @@ class _NeighborWriter:
     def abort(self) -> None:
         for f in self.files.values():
             f.close()
-
-
-def _retype_file(src: Path, dst: Path, src_dtype, dst_dtype) -> None:
-    """Stream a raw array file into another dtype (row pointers are only known to fit at the end)."""
-    n = src.stat().st_size // np.dtype(src_dtype).itemsize
-    if np.dtype(src_dtype) == np.dtype(dst_dtype):
-        os.replace(src, dst)
-        return
-    mm = np.memmap(src, dtype=src_dtype, mode="r", shape=(n,))
-    with open(dst, "wb") as out:
-        for start in range(0, n, _COPY_CHUNK):
-            write_raw(out, mm[start : start + _COPY_CHUNK].astype(dst_dtype))
-        out.flush()
-        os.fsync(out.fileno())
-    del mm
-    src.unlink()

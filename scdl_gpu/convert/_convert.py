@@ -6,23 +6,15 @@ import logging
 import os
 from pathlib import Path
 
-import h5py
 import numpy as np
 
-from ..archive._dtypes import cast_checked, check_data_dtype
+from ..archive._dtypes import check_data_dtype
 from ..archive._writer import ArchiveWriter
 from ..errors import ConversionError
-from ._h5ad import (
-    CSCReader,
-    MatrixReader,
-    check_column_indices,
-    features_of,
-    matrix_key,
-    neighbor_element,
-    open_matrix,
-    read_dataframe,
-    var_key,
-)
+from ._copy import ValueCast, copy_matrix
+from ._h5ad import H5adSource, features_of
+from ._matrix import ScatterReader
+from ._source import Source, table_names
 
 log = logging.getLogger(__name__)
 
@@ -81,37 +73,23 @@ def convert_h5ad(
     max_rows = int(load_block_row_size) if size_mb >= paginated_load_cutoff else 1 << 62
     if max_rows < 1:
         raise ValueError(f"load_block_row_size must be positive, got {load_block_row_size}")
-    try:
-        f = h5py.File(src, "r")
-    except OSError as e:
-        raise ConversionError(f"{src} is not a readable HDF5/h5ad file: {e}") from e
-    with f:
-        mkey = matrix_key(f, use_X_not_raw)
-        matrix = open_matrix(f[mkey], f"{src}:{mkey}")
-        n_rows, n_vars = matrix.shape
-        obs = read_dataframe(f, "obs", src)
-        var = read_dataframe(f, var_key(f, mkey), src)
-        if len(obs) != n_rows or len(var) != n_vars:
-            raise ConversionError(
-                f"{src}: {mkey} is {n_rows} x {n_vars} but obs has {len(obs)} rows and var {len(var)}"
-            )
+    with H5adSource(src, use_X_not_raw) as source:
+        n_rows, n_vars = source.shape
+        obs, var = source.obs(), source.var()
         with ArchiveWriter(archive_path, n_vars=n_vars, data_dtype=data_dtype, overwrite=overwrite) as w:
             label = str(h5ad_path)
-            w.add_var_block(n_rows, features_of(var, var_feature_index_name), label, names=_names(var))
-            w.add_obs_block(features_of(obs, obs_feature_index_name), label, names=_names(obs))
+            w.add_var_block(n_rows, features_of(var, var_feature_index_name), label, names=table_names(var))
+            w.add_obs_block(features_of(obs, obs_feature_index_name), label, names=table_names(obs))
             if load_neighbors:
-                _copy_neighbors(f, neighbor_key, n_rows, w, src, max_block_values)
+                copy_neighbors(source, neighbor_key, w, max_block_values)
             bar = _progress(progress, n_rows, src.name)
             try:
-                _copy_matrix(matrix, w, data_dtype, data_dtype_tolerance, max_block_values, max_rows, bar)
+                cast = ValueCast(data_dtype, data_dtype_tolerance)
+                copy_matrix(source.matrix, w, cast, max_block_values, max_rows, on_rows=bar.update if bar else None)
             finally:
                 if bar is not None:
                     bar.close()
             return w.commit()
-
-
-def _names(df) -> np.ndarray:
-    return np.asarray(df.index.astype(str))
 
 
 def _progress(enabled: bool, total: int, name: str):
@@ -122,66 +100,29 @@ def _progress(enabled: bool, total: int, name: str):
     return tqdm(total=total, unit="cells", unit_scale=True, desc=f"converting {name}")
 
 
-def _copy_matrix(
-    matrix: MatrixReader, w: ArchiveWriter, data_dtype: str, tol: float, max_values: int, max_rows: int, bar
-) -> None:
-    n_vars = matrix.shape[1]
-    if isinstance(matrix, CSCReader):
-        _scatter_csc(matrix, w, data_dtype, tol, max_values)
-        if bar is not None:
-            bar.update(matrix.shape[0])
-        return
-    row = 0
-    for indptr, indices, data in matrix.blocks(max_values, max_rows):
-        n = len(indptr) - 1
-        where = f"{matrix.where} rows {row} to {row + n}"
-        check_column_indices(indices, n_vars, where)
-        w.append_rows(indptr, indices.astype(w.col_dtype, copy=False), cast_checked(data, data_dtype, tol, where))
-        row += n
-        if bar is not None:
-            bar.update(n)
+def copy_neighbors(source: Source, key: str, sink, max_values: int, row_offset: int = 0) -> bool:
+    """Append ``source``'s graph ``key`` as neighbor rows (indices shifted by ``row_offset``).
 
-
-def _scatter_csc(matrix: CSCReader, w: ArchiveWriter, data_dtype: str, tol: float, max_values: int) -> None:
-    """CSC to CSR in two passes: count entries per row, then scatter each column block into place.
-
-    Columns are visited in order, so every row's column indices come out sorted.
+    A missing key warns and writes nothing, as upstream does; returns whether a graph was copied.
     """
-    counts = matrix.row_counts(max_values)
-    indptr, out_data, out_cols = w.allocate_rows(counts)
-    cursor = indptr[:-1].astype(np.int64)
-    for rows, cols, vals in matrix.column_blocks(max_values):
-        order = np.argsort(rows, kind="stable")  # by row, keeping column order inside a row
-        rows_s = rows[order]
-        per_row = np.bincount(rows_s, minlength=len(cursor))
-        first = np.cumsum(per_row) - per_row  # position of each row's first entry in rows_s
-        rank = np.arange(len(rows_s)) - first[rows_s]
-        pos = cursor[rows_s] + rank
-        out_data[pos] = cast_checked(vals[order], data_dtype, tol, f"{matrix.where} columns")
-        out_cols[pos] = cols[order].astype(w.col_dtype)
-        cursor += per_row
-    if isinstance(out_data, np.memmap):
-        out_data.flush()
-        out_cols.flush()
-
-
-def _copy_neighbors(f: h5py.File, key: str, n_rows: int, w: ArchiveWriter, src: Path, max_values: int) -> None:
     import warnings
 
-    elem = neighbor_element(f, key)
-    if elem is None:
-        warnings.warn(f"Neighbor key '{key}' not found in {src}; no neighbor arrays written.", UserWarning, stacklevel=3)
-        return
-    graph = open_matrix(elem, f"{src}:obsp/{key}")
+    graph = source.neighbors(key)
+    n_rows = source.shape[0]
+    if graph is None:
+        warnings.warn(f"Neighbor key '{key}' not found in {source.path}; no neighbor arrays written.", UserWarning, stacklevel=3)
+        return False
     if graph.shape != (n_rows, n_rows):
-        raise ConversionError(f"{src}: neighbor matrix '{key}' is {graph.shape}, expected ({n_rows}, {n_rows})")
-    if isinstance(graph, CSCReader):
-        # A symmetric-looking graph stored CSC: small enough to transpose in memory (k per cell).
+        raise ConversionError(f"{source.path}: neighbor matrix '{key}' is {graph.shape}, expected ({n_rows}, {n_rows})")
+    if isinstance(graph, ScatterReader):
+        # A graph stored column-major: k entries per cell, small enough to transpose in memory.
         import scipy.sparse as sp
 
-        csc = sp.csc_matrix((graph.data[:], graph.indices[:], graph.indptr[:]), shape=graph.shape)
-        csr = csc.tocsr()
-        w.append_neighbor_rows(csr.indptr, csr.indices, csr.data)
-        return
-    for indptr, indices, values in graph.blocks(max_values, 1 << 62):
-        w.append_neighbor_rows(indptr, indices, values)
+        rows, cols, vals = (np.concatenate(parts) for parts in zip(*graph.entries(1 << 62))) if graph.nnz else ([], [], [])
+        csr = sp.csr_matrix((vals, (rows, cols)), shape=graph.shape)
+        blocks = [(csr.indptr, csr.indices, csr.data)]
+    else:
+        blocks = graph.blocks(max_values, 1 << 62)
+    for indptr, indices, values in blocks:
+        sink.append_neighbor_rows(indptr, np.asarray(indices, np.uint64) + np.uint64(row_offset), values)
+    return True

@@ -1,14 +1,12 @@
-"""Read the matrix and tables of an ``.h5ad`` file through h5py, one row block at a time.
+"""``.h5ad`` inputs: locate the matrix and tables of an AnnData file and read them through h5py.
 
-Readers are chosen from a registry keyed by the element's anndata encoding (``csr_matrix``,
-``csc_matrix``, ``array``), with the pre-0.7 layouts (``h5sparse_format`` groups, datasets
-without attributes) mapped onto the same keys. Files are always opened read-only.
+Files are always opened read-only; the matrix is read by the readers of :mod:`._matrix`, the
+obs/var tables by anndata's own element readers.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import h5py
@@ -16,193 +14,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConversionError
-
-CSRBlock = tuple[np.ndarray, np.ndarray, np.ndarray]  # (indptr, indices, data), indptr absolute
-
-_READERS: dict[str, Callable[[h5py.Group | h5py.Dataset, str], "MatrixReader"]] = {}
-
-
-def register(encoding: str):
-    def deco(cls):
-        _READERS[encoding] = cls
-        return cls
-
-    return deco
-
-
-def _attr_str(elem, name: str) -> str:
-    v = elem.attrs.get(name, "")
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
-def encoding_of(elem: h5py.Group | h5py.Dataset) -> str:
-    """The anndata encoding of a matrix element, mapping legacy layouts onto current names."""
-    enc = _attr_str(elem, "encoding-type")
-    if enc:
-        return enc
-    if isinstance(elem, h5py.Dataset):
-        return "array"
-    legacy = _attr_str(elem, "h5sparse_format")
-    if legacy in ("csr", "csc"):
-        return f"{legacy}_matrix"
-    return ""
-
-
-def open_matrix(elem: h5py.Group | h5py.Dataset, where: str) -> "MatrixReader":
-    """A row-block reader for a matrix element; ``where`` names the file and key in errors."""
-    enc = encoding_of(elem)
-    try:
-        cls = _READERS[enc]
-    except KeyError:
-        raise ConversionError(
-            f"{where}: unsupported matrix encoding {enc or '(none)'!r}; expected one of {sorted(_READERS)}"
-        ) from None
-    return cls(elem, where)
-
-
-class MatrixReader:
-    """Common surface: ``shape``, ``dtype``, ``nnz`` (None when unknown before reading)."""
-
-    kind = ""
-    shape: tuple[int, int]
-    dtype: np.dtype
-    nnz: int | None
-
-    def blocks(self, max_values: int, max_rows: int) -> Iterator[CSRBlock]:
-        raise NotImplementedError
-
-
-@register("csr_matrix")
-class CSRReader(MatrixReader):
-    kind = "csr"
-    _INDPTR_CHUNK = 1 << 20  # rows of indptr read at a time, so indptr never sits whole in memory
-
-    def __init__(self, group: h5py.Group, where: str) -> None:
-        self.where = where
-        for k in ("data", "indices", "indptr"):
-            if k not in group:
-                raise ConversionError(f"{where}: sparse matrix group has no '{k}' dataset")
-        self.data, self.indices, self.indptr = group["data"], group["indices"], group["indptr"]
-        shape = group.attrs.get("shape", group.attrs.get("h5sparse_shape"))
-        if shape is None:
-            raise ConversionError(f"{where}: sparse matrix group has no 'shape' attribute")
-        self.shape = (int(shape[0]), int(shape[1]))
-        self.dtype = self.data.dtype
-        major = self.shape[0] if self.kind == "csr" else self.shape[1]
-        if self.indptr.shape[0] != major + 1:
-            raise ConversionError(
-                f"{where}: indptr has {self.indptr.shape[0]} entries; shape {self.shape} needs {major + 1}"
-            )
-        self.nnz = int(self.indptr[-1]) if major else 0
-        if self.data.shape[0] < self.nnz or self.indices.shape[0] < self.nnz:
-            raise ConversionError(
-                f"{where}: indptr ends at {self.nnz} but data has {self.data.shape[0]} and "
-                f"indices {self.indices.shape[0]} entries (truncated file?)"
-            )
-
-    def spans(self, n: int, max_values: int, max_rows: int) -> Iterator[tuple[int, int, np.ndarray]]:
-        """Split ``n`` major-axis slots into runs of at most ``max_rows`` and about ``max_values``."""
-        for c0 in range(0, n, self._INDPTR_CHUNK):
-            ip = self.indptr[c0 : min(n, c0 + self._INDPTR_CHUNK) + 1].astype(np.int64)
-            if np.any(np.diff(ip) < 0):
-                raise ConversionError(f"{self.where}: indptr decreases near row {c0}")
-            s, m = 0, len(ip) - 1
-            while s < m:
-                e = int(np.searchsorted(ip, ip[s] + max_values, side="right")) - 1
-                e = min(max(e, s + 1), s + max_rows, m)
-                yield c0 + s, c0 + e, ip[s : e + 1]
-                s = e
-
-    def blocks(self, max_values: int, max_rows: int) -> Iterator[CSRBlock]:
-        """Row blocks; ``indices`` and ``data`` are views of buffers reused by the next block."""
-        data_buf = indices_buf = None
-        for _, _, ip in self.spans(self.shape[0], max_values, max_rows):
-            lo, hi = int(ip[0]), int(ip[-1])
-            if data_buf is None or hi - lo > len(data_buf):
-                # One allocation, reused: fresh buffers per block cost more in page faults than the read.
-                size = max(hi - lo, min(max_values, self.nnz))
-                data_buf = np.empty(size, self.data.dtype)
-                indices_buf = np.empty(size, self.indices.dtype)
-            yield ip, _read_into(self.indices, lo, hi, indices_buf), _read_into(self.data, lo, hi, data_buf)
-
-
-@register("csc_matrix")
-class CSCReader(CSRReader):
-    """CSC is read by columns; :func:`scatter_csc` turns it into rows (two passes)."""
-
-    kind = "csc"
-
-    def blocks(self, max_values: int, max_rows: int) -> Iterator[CSRBlock]:
-        raise ConversionError(f"{self.where}: CSC matrices are converted with scatter_csc, not row blocks")
-
-    def row_counts(self, max_values: int) -> np.ndarray:
-        """Stored entries per row (pass 1)."""
-        counts = np.zeros(self.shape[0], np.int64)
-        for _, _, ip in self.spans(self.shape[1], max_values, 1 << 30):
-            rows = self.indices[int(ip[0]) : int(ip[-1])]
-            _check_index_range(rows, self.shape[0], self.where, "row")
-            counts += np.bincount(rows, minlength=self.shape[0])
-        return counts
-
-    def column_blocks(self, max_values: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """(row index, column index, value) triples, column-major (pass 2)."""
-        for c0, c1, ip in self.spans(self.shape[1], max_values, 1 << 30):
-            lo, hi = int(ip[0]), int(ip[-1])
-            cols = np.repeat(np.arange(c0, c1, dtype=np.int64), np.diff(ip))
-            yield self.indices[lo:hi].astype(np.int64), cols, self.data[lo:hi]
-
-
-@register("array")
-class DenseReader(MatrixReader):
-    """Dense X: row blocks aligned to HDF5 chunks, zeros dropped."""
-
-    kind = "dense"
-
-    def __init__(self, ds: h5py.Dataset, where: str) -> None:
-        if ds.ndim != 2:
-            raise ConversionError(f"{where}: dense matrix has {ds.ndim} dimensions, expected 2")
-        self.ds, self.where = ds, where
-        self.shape = (int(ds.shape[0]), int(ds.shape[1]))
-        self.dtype = ds.dtype
-        self.nnz = None
-
-    def blocks(self, max_values: int, max_rows: int) -> Iterator[CSRBlock]:
-        n, m = self.shape
-        rows = max(1, min(max_rows, max_values // max(m, 1)))
-        chunk = self.ds.chunks[0] if self.ds.chunks else 1
-        if rows > chunk:
-            rows -= rows % chunk  # whole chunks: each compressed chunk is decoded once
-        offset = 0
-        for r0 in range(0, n, rows):
-            dense = self.ds[r0 : min(n, r0 + rows)]
-            mask = dense != 0
-            counts = mask.sum(axis=1)
-            r, c = np.nonzero(mask)
-            indptr = np.empty(len(dense) + 1, np.int64)
-            indptr[0] = offset
-            np.cumsum(counts, out=indptr[1:])
-            indptr[1:] += offset
-            offset = int(indptr[-1])
-            yield indptr, c, dense[r, c]
-
-
-def _read_into(ds: h5py.Dataset, lo: int, hi: int, buf: np.ndarray) -> np.ndarray:
-    out = buf[: hi - lo]
-    if hi > lo:
-        ds.read_direct(out, np.s_[lo:hi], np.s_[0 : hi - lo])
-    return out
-
-
-def _check_index_range(idx: np.ndarray, bound: int, where: str, what: str) -> None:
-    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= bound):
-        raise ConversionError(
-            f"{where}: {what} indices range from {int(idx.min())} to {int(idx.max())}, outside [0, {bound})"
-        )
-
-
-def check_column_indices(indices: np.ndarray, n_vars: int, where: str) -> None:
-    _check_index_range(indices, n_vars, where, "column")
-
+from ._matrix import MatrixReader, _attr_str, open_matrix
+from ._source import Source
 
 # -- locating elements ---------------------------------------------------------------------------
 def matrix_key(f: h5py.File, use_X_not_raw: bool) -> str:
@@ -266,3 +79,35 @@ def features_of(df: pd.DataFrame, index_name: str) -> dict[str, np.ndarray]:
     if df.index.size > 0:
         return {index_name: np.asarray(df.index.values)}
     return {}
+
+
+class H5adSource(Source):
+    """An AnnData file: ``raw.X`` (default) or ``X``, with ``obs`` and the matching ``var``."""
+
+    kind = "h5ad"
+
+    def __init__(self, path: Path, use_X_not_raw: bool = False) -> None:
+        super().__init__(path)
+        try:
+            self._file = h5py.File(path, "r")
+        except OSError as e:
+            raise ConversionError(f"{path} is not a readable HDF5/h5ad file: {e}") from e
+        try:
+            self.key = matrix_key(self._file, use_X_not_raw)
+            self.matrix = open_matrix(self._file[self.key], f"{path}:{self.key}")
+        except BaseException:
+            self._file.close()
+            raise
+
+    def obs(self) -> pd.DataFrame:
+        return self._checked(read_dataframe(self._file, "obs", self.path), 0, "obs")
+
+    def var(self) -> pd.DataFrame:
+        return self._checked(read_dataframe(self._file, var_key(self._file, self.key), self.path), 1, "var")
+
+    def neighbors(self, key: str) -> MatrixReader | None:
+        elem = neighbor_element(self._file, key)
+        return None if elem is None else open_matrix(elem, f"{self.path}:obsp/{key}")
+
+    def close(self) -> None:
+        self._file.close()
