@@ -82,14 +82,16 @@ def _parquet_rows(directory: Path) -> int | None:
     return sum(pq.read_metadata(p).num_rows for p in files)
 
 
-def verify_archive(archive, h5ad_path, use_x: bool = True, n_sample_rows: int = 64, seed: int = 0) -> dict:
-    """Raise :class:`VerificationError` unless ``archive`` holds the input's matrix exactly.
+def verify_archive(archive, h5ad_paths, use_x: bool = True, n_sample_rows: int = 64, seed: int = 0) -> dict:
+    """Raise :class:`VerificationError` unless ``archive`` holds the inputs' matrices exactly, in order.
 
+    ``h5ad_paths`` is one h5ad or a list of them (a directory conversion stores them row after row).
     Returns ``{"dtypes": {...}, "header": bool, "checked_rows": n}`` on success.
     """
     archive = Path(archive)
-    info = input_info(h5ad_path, use_x)
-    n, nnz = info["n_cells"], info["nnz"]
+    paths = [h5ad_paths] if isinstance(h5ad_paths, (str, os.PathLike)) else list(h5ad_paths)
+    infos = [input_info(p, use_x) for p in paths]
+    n, nnz = sum(i["n_cells"] for i in infos), sum(i["nnz"] for i in infos)
 
     def fail(msg: str):
         raise VerificationError(f"{archive}: {msg}")
@@ -117,28 +119,38 @@ def verify_archive(archive, h5ad_path, use_x: bool = True, n_sample_rows: int = 
     row_ptr, cols, data = arrays["ROWPTR"], arrays["COLPTR"], arrays["DATA"]
     if row_ptr[0] != 0 or int(row_ptr[-1]) != nnz:
         fail(f"row_ptr.npy spans [{row_ptr[0]}, {row_ptr[-1]}], expected [0, {nnz}]")
-    with h5py.File(h5ad_path, "r") as f:
-        g = f[info["key"]]
-        step = 1 << 20
-        for a in range(0, n + 1, step):  # every row boundary, in bounded-memory pieces
-            b = min(a + step, n + 1)
-            if not np.array_equal(np.asarray(row_ptr[a:b], dtype=np.int64), g["indptr"][a:b].astype(np.int64)):
-                fail(f"row_ptr.npy differs from the input indptr within rows [{a}, {b})")
-        rows = np.random.default_rng(seed).choice(n, size=min(n, n_sample_rows), replace=False)
-        for r in sorted(set(rows.tolist()) | {0, n - 1}):
-            lo, hi = int(row_ptr[r]), int(row_ptr[r + 1])
-            if not np.array_equal(np.asarray(cols[lo:hi], dtype=np.int64), g["indices"][lo:hi].astype(np.int64)):
-                fail(f"column indices of row {r} differ from the input")
-            got, want = np.asarray(data[lo:hi], dtype=np.float64), g["data"][lo:hi].astype(np.float64)
-            if not np.array_equal(got, want):
-                fail(f"values of row {r} differ from the input (max abs diff {np.max(np.abs(got - want))})")
+    r0 = v0 = checked = 0
+    for k, (path, info) in enumerate(zip(paths, infos)):
+        n_k = info["n_cells"]
+        with h5py.File(path, "r") as f:
+            g = f[info["key"]]
+            step = 1 << 20
+            for a in range(0, n_k + 1, step):  # every row boundary, in bounded-memory pieces
+                b = min(a + step, n_k + 1)
+                got = np.asarray(row_ptr[r0 + a : r0 + b], dtype=np.int64) - v0
+                if not np.array_equal(got, g["indptr"][a:b].astype(np.int64)):
+                    fail(f"row_ptr.npy differs from the indptr of input {k} within its rows [{a}, {b})")
+            rows = np.random.default_rng(seed + k).choice(n_k, size=min(n_k, n_sample_rows), replace=False)
+            for r in sorted(set(rows.tolist()) | {0, n_k - 1}):
+                lo, hi = int(row_ptr[r0 + r]), int(row_ptr[r0 + r + 1])
+                ilo, ihi = lo - v0, hi - v0
+                if not np.array_equal(np.asarray(cols[lo:hi], dtype=np.int64), g["indices"][ilo:ihi].astype(np.int64)):
+                    fail(f"column indices of row {r} of input {k} differ from the input")
+                got, want = np.asarray(data[lo:hi], dtype=np.float64), g["data"][ilo:ihi].astype(np.float64)
+                if not np.array_equal(got, want):
+                    fail(f"values of row {r} of input {k} differ from the input (max abs diff {np.max(np.abs(got - want))})")
+                checked += 1
+        r0, v0 = r0 + n_k, v0 + info["nnz"]
+    info = infos[0]
+    if any(i["n_genes"] != info["n_genes"] for i in infos):
+        info = dict(info, n_genes=None)  # several gene tables: block row counts are not checked
     if (archive / "var_features").is_dir():
         var_rows = _parquet_rows(archive / "var_features")
-        if var_rows not in (None, info["n_genes"]):
+        if info["n_genes"] is not None and var_rows not in (None, info["n_genes"]):
             fail(f"var_features parquet has {var_rows} rows, expected {info['n_genes']}")
     if (archive / "obs_features").is_dir():
         obs_rows = _parquet_rows(archive / "obs_features")
         if obs_rows not in (None, n):
             fail(f"obs_features parquet has {obs_rows} rows, expected {n}")
     return {"dtypes": {_FILES[k]: v for k, v in dtypes.items()}, "header": header is not None,
-            "checked_rows": int(min(n, n_sample_rows))}
+            "checked_rows": checked}

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ._neighbors import NeighborMixin
+from .archive._cast import cast_archive_data
 from .archive._concat import DEFAULT_CHUNK, concat_archives
 from .archive._constants import DEFAULT_DTYPES, SCDL_PACKAGE_VERSION, FileNames, Mode, NeighborSamplingStrategy
 from .archive._dtypes import cast_checked, check_data_dtype
@@ -290,23 +291,13 @@ class SingleCellMemMapDataset(NeighborMixin, torch.utils.data.Dataset):
         Values the new dtype cannot hold (negative or too large for an unsigned type) raise
         ``ValueError`` and leave the archive untouched; lossy float casts warn.
         """
-        new = check_data_dtype(dtype)
-        path = Path(self.data_path) / FileNames.DATA.value
-        tmp = path.with_name(path.name + ".partial")
-        try:
-            with open(tmp, "wb") as out:
-                for s in range(0, self.data.size, DEFAULT_CHUNK):
-                    chunk = np.asarray(self.data[s : s + DEFAULT_CHUNK])
-                    write_raw(out, cast_checked(chunk, new, self.data_dtype_tolerance, str(path)))
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        n = self.data.size
+        if self._writable_dirty():
+            self.save()
         self.data = np.empty(0)  # drop the old mapping before the file under it is replaced
-        os.replace(tmp, path)
-        self.dtypes[FileNames.DATA.value] = new
-        self.data = map_raw(path, new, n)
-        self._write_header()
+        try:
+            cast_archive_data(self.data_path, dtype, self.data_dtype_tolerance)
+        finally:
+            self.load(self.data_path)
 
     def concat(
         self,

@@ -64,7 +64,7 @@ def concat_archives(
             _copy_rows(m, w, chunk)
             if all(with_neighbors):
                 ip, idx, vals = m.neighbors
-                for s, e in _row_chunks(ip, chunk):
+                for s, e in row_chunks(ip, chunk):
                     lo, hi = int(ip[s]), int(ip[e])
                     w.append_neighbor_rows(ip[s : e + 1], idx[lo:hi].astype(np.uint64) + row_offset, vals[lo:hi])
             row_offset += m.n_rows
@@ -72,7 +72,7 @@ def concat_archives(
         return w.commit()
 
 
-def _row_chunks(row_ptr: np.ndarray, chunk: int):
+def row_chunks(row_ptr: np.ndarray, chunk: int):
     """Row ranges ``[s, e)`` holding about ``chunk`` stored values each (at least one row)."""
     n = len(row_ptr) - 1
     s = 0
@@ -84,7 +84,7 @@ def _row_chunks(row_ptr: np.ndarray, chunk: int):
 
 
 def _copy_rows(m, w: ArchiveWriter, chunk: int) -> None:
-    for s, e in _row_chunks(m.row_ptr, chunk):
+    for s, e in row_chunks(m.row_ptr, chunk):
         ip = np.asarray(m.row_ptr[s : e + 1], dtype=np.int64)
         lo, hi = int(ip[0]), int(ip[-1])
         w.append_rows(ip, m.col_ptr[lo:hi].astype(w.col_dtype), m.data[lo:hi].astype(w.data_dtype))

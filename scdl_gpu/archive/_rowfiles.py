@@ -9,15 +9,42 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ._constants import FileNames
-from ._memmap import write_raw
+from ._memmap import map_raw, write_raw
 
 ROWPTR_PARTIAL = "row_ptr.u64.partial"
 COPY_ITEMS = 8 * 1024 * 1024  # items per step when a file is re-typed while copied
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A finished :class:`RowFiles` directory, as a picklable record (workers hand these back)."""
+
+    directory: Path
+    data_dtype: str
+    col_dtype: str
+    n_rows: int
+    nnz: int
+
+    def row_ptr(self) -> np.ndarray:
+        """The segment's uint64 row pointers (``n_rows + 1``, from 0), memory-mapped."""
+        return np.memmap(self.directory / ROWPTR_PARTIAL, dtype=np.uint64, mode="r")
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(row_ptr, col_ptr, data)`` of the segment, memory-mapped read-only."""
+        return (
+            self.row_ptr(),
+            map_raw(self.directory / FileNames.COLPTR.value, self.col_dtype, self.nnz),
+            map_raw(self.directory / FileNames.DATA.value, self.data_dtype, self.nnz),
+        )
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 class RowFiles:
@@ -80,17 +107,15 @@ class RowFiles:
         cols = np.memmap(self.directory / FileNames.COLPTR.value, dtype=self.col_dtype, mode="r+", shape=(nnz,))
         return indptr, data, cols
 
-    def append_files(self, other: "RowFiles") -> None:
-        """Append the rows of another, closed, ``RowFiles``, converting dtypes where they differ.
+    def append_segment(self, other: Segment) -> None:
+        """Append the rows of a finished segment, converting dtypes where they differ.
 
         Same-dtype files are copied inside the kernel (``copy_file_range``); nothing is loaded whole.
         """
-        if not other.closed:
-            raise RuntimeError("close a segment before appending it")
         self._flush()
         _append_file(other.directory / FileNames.DATA.value, other.data_dtype, self._data, self.data_dtype)
         _append_file(other.directory / FileNames.COLPTR.value, other.col_dtype, self._cols, self.col_dtype)
-        ptr = np.memmap(other.directory / ROWPTR_PARTIAL, dtype=np.uint64, mode="r")
+        ptr = other.row_ptr()
         for start in range(1, len(ptr), COPY_ITEMS):
             write_raw(self._rowptr, ptr[start : start + COPY_ITEMS] + np.uint64(self.nnz))
         del ptr
@@ -101,25 +126,16 @@ class RowFiles:
         for f in (self._data, self._cols, self._rowptr):
             f.flush()
 
-    def close(self, fsync: bool = True) -> None:
-        if self.closed:
-            return
-        for f in (self._data, self._cols, self._rowptr):
-            f.flush()
-            if fsync:
-                os.fsync(f.fileno())
-            f.close()
-        self.closed = True
-
-    def remove(self) -> None:
-        """Close and delete the files (the directory too when it is left empty)."""
-        self.close(fsync=False)
-        for name in (FileNames.DATA.value, FileNames.COLPTR.value, ROWPTR_PARTIAL):
-            (self.directory / name).unlink(missing_ok=True)
-        try:
-            self.directory.rmdir()
-        except OSError:
-            pass
+    def close(self, fsync: bool = True) -> Segment:
+        """Flush and close the files; returns the record to append them elsewhere."""
+        if not self.closed:
+            for f in (self._data, self._cols, self._rowptr):
+                f.flush()
+                if fsync:
+                    os.fsync(f.fileno())
+                f.close()
+            self.closed = True
+        return Segment(self.directory, self.data_dtype, self.col_dtype, self.n_rows, self.nnz)
 
     def finish_row_ptr(self, row_dtype: str) -> None:
         """Write ``row_ptr.npy`` in ``row_dtype`` from the uint64 pointers (after :meth:`close`)."""

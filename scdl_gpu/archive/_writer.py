@@ -20,7 +20,7 @@ from ._dtypes import check_data_dtype, col_dtype_for, smallest_uint_dtype
 from ._feature_index import ObservedFeatureIndex, VariableFeatureIndex
 from ._header import build_archive_header, feature_index_info
 from ._memmap import fsync_dir, write_raw
-from ._rowfiles import RowFiles
+from ._rowfiles import RowFiles, Segment
 
 log = logging.getLogger(__name__)
 
@@ -94,15 +94,21 @@ class ArchiveWriter:
         """Reserve rows of known lengths to scatter into (see :meth:`RowFiles.allocate_rows`)."""
         return self.rows.allocate_rows(counts)
 
-    def new_segment(self, name: str, data_dtype: str | None = None, col_dtype: str | None = None) -> RowFiles:
-        """Row files for one input, inside the partial directory (so :meth:`abort` removes them)."""
+    def set_data_dtype(self, data_dtype: str) -> None:
+        """Choose the stored value dtype late (``auto``: once every value has been seen)."""
+        if self.nnz:
+            raise RuntimeError("the data dtype cannot change once values are written")
+        self.data_dtype = self.rows.data_dtype = check_data_dtype(data_dtype)
+
+    def segment_dir(self, name: str) -> Path:
+        """A fresh directory for one input's rows inside the partial archive (so abort removes it)."""
         d = self.tmp / "segments" / name
         d.mkdir(parents=True)
-        return RowFiles(d, data_dtype or self.data_dtype, col_dtype or self.col_dtype)
+        return d
 
-    def append_segment(self, segment: RowFiles) -> None:
-        """Append a closed segment's rows (widening dtypes where needed), then delete it."""
-        self.rows.append_files(segment)
+    def append_segment(self, segment: Segment) -> None:
+        """Append a finished segment's rows (widening dtypes where needed), then delete it."""
+        self.rows.append_segment(segment)
         segment.remove()
 
     # -- neighbors ----------------------------------------------------------------------------

@@ -1,5 +1,7 @@
-"""h5ad to SCDL archive conversion."""
+"""Conversion of h5ad files, 10x outputs and Matrix Market directories into SCDL archives."""
 
 from ._convert import convert_h5ad
+from ._inputs import discover_inputs, open_source
+from ._many import ConversionReport, InputReport, convert_many
 
-__all__ = ["convert_h5ad"]
+__all__ = ["ConversionReport", "InputReport", "convert_h5ad", "convert_many", "discover_inputs", "open_source"]

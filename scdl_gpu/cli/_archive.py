@@ -1,0 +1,55 @@
+"""``scdl-gpu info | validate | cast``: inspect, check and re-type an existing archive."""
+
+from __future__ import annotations
+
+import sys
+
+from ..archive._constants import FLOAT_ORDER, INT_ORDER
+
+
+def register(sub) -> None:
+    p = sub.add_parser("info", help="rows, genes, values, dtypes, files and feature columns of an archive")
+    p.add_argument("archive")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(handler=info)
+
+    p = sub.add_parser("validate", help="full integrity check; exit status 1 when anything is wrong")
+    p.add_argument("archive")
+    p.set_defaults(handler=validate)
+
+    p = sub.add_parser("cast", help="change the stored value type in place (safely: all or nothing)")
+    p.add_argument("archive")
+    p.add_argument("dtype", choices=(*INT_ORDER, *FLOAT_ORDER))
+    p.add_argument("--tolerance", type=float, default=1e-08, help="warn when values change by more [%(default)s]")
+    p.set_defaults(handler=cast)
+
+
+def info(args) -> int:
+    import json
+
+    from ..archive import archive_summary, format_summary
+
+    summary = archive_summary(args.archive)
+    print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
+    return 0
+
+
+def validate(args) -> int:
+    from ..archive import validate_archive
+
+    problems = validate_archive(args.archive)
+    if problems:
+        for p in problems:
+            print(f"problem: {p}", file=sys.stderr)
+        print(f"{args.archive}: INVALID ({len(problems)} problem{'s' if len(problems) > 1 else ''})", file=sys.stderr)
+        return 1
+    print(f"{args.archive}: OK")
+    return 0
+
+
+def cast(args) -> int:
+    from ..archive._cast import cast_archive_data
+
+    old = cast_archive_data(args.archive, args.dtype, args.tolerance)
+    print(f"{args.archive}: data {old} -> {args.dtype}")
+    return 0

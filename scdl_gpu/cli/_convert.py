@@ -1,0 +1,96 @@
+"""``scdl-gpu convert``: files and directories into one archive."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from ..archive._constants import FLOAT_ORDER, INT_ORDER
+
+
+def default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert h5ad files, 10x outputs or directories of them into one archive",
+        description="Convert .h5ad files, Cell Ranger .h5 files and Matrix Market directories (or directories "
+        "holding them, searched recursively) into one SCDL archive. Rows are stored input after input.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files or directories")
+    p.add_argument("-o", "--output", required=True, metavar="ARCHIVE", help="archive directory to create")
+    p.add_argument("--workers", type=int, default=default_workers(), help="inputs converted at once [%(default)s]")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--processes", dest="use_processes", action="store_true", default=True, help="workers are processes (default)")
+    mode.add_argument("--threads", dest="use_processes", action="store_false", help="workers are threads")
+    p.add_argument(
+        "--data-dtype",
+        default=None,
+        choices=(*INT_ORDER, *FLOAT_ORDER, "auto"),
+        help="stored value type [float32]; auto: the smallest that holds every value exactly",
+    )
+    p.add_argument("--use-X-not-raw", action="store_true", help="convert X instead of raw.X (h5ad inputs)")
+    p.add_argument("--neighbor-key", default=None, metavar="KEY", help="also store the obsp[KEY] cell graph")
+    p.add_argument(
+        "--gene-vocab",
+        default=None,
+        metavar="VOCAB",
+        help="align columns onto one gene list: 'union', 'intersection', or a file of feature ids (one per line)",
+    )
+    p.add_argument("--gene-key", default=None, metavar="COLUMN", help="var column genes are matched by [the var index]")
+    p.add_argument("--genome", default=None, help="genome group of a multi-genome Cell Ranger 2 .h5 file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing archive at the output path")
+    p.add_argument("--report", default=None, metavar="FILE", help="also write the per-input report as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(handler=convert)
+
+
+def convert(args) -> int:
+    from ..convert import convert_many
+    from ._main import CommandError
+
+    if args.workers < 1:
+        raise CommandError("--workers must be at least 1")
+    if os.path.exists(args.output) and not args.overwrite:
+        raise CommandError(f"output {args.output} already exists; choose another path or pass --overwrite")
+    report = convert_many(
+        args.inputs,
+        args.output,
+        workers=args.workers,
+        use_processes=args.use_processes,
+        data_dtype=args.data_dtype,
+        use_X_not_raw=args.use_X_not_raw,
+        neighbor_key=args.neighbor_key,
+        gene_vocab=args.gene_vocab,
+        gene_key=args.gene_key,
+        genome=args.genome,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    if args.report:
+        write_report(report, args.report)
+    if not args.quiet:
+        print(summary_line(report), file=sys.stderr)
+        if report.vocabulary_size is not None:
+            print(report.alignment_table(), file=sys.stderr)
+    return 0
+
+
+def summary_line(report) -> str:
+    rate = report.n_rows / report.seconds if report.seconds else float("inf")
+    return (
+        f"wrote {report.archive}: {report.n_rows:,} cells x {report.n_vars:,} genes, {report.nnz:,} values "
+        f"({report.data_dtype}) from {len(report.inputs)} input(s) in {report.seconds:.1f} s ({rate:,.0f} cells/s)"
+    )
+
+
+def write_report(report, path: str) -> None:
+    from dataclasses import asdict
+
+    d = asdict(report)
+    d["archive"] = str(report.archive)
+    with open(path, "w") as f:
+        json.dump(d, f, indent=2)
