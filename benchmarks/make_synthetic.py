@@ -213,6 +213,7 @@ def make_synthetic_h5ad(
     n_drugs: int = 380,
     n_plates: int = 14,
     progress: bool = True,
+    table_seed: int | None = None,
 ) -> dict:
     """Write a synthetic Tahoe-like h5ad to ``path`` and return a summary dict.
 
@@ -227,6 +228,8 @@ def make_synthetic_h5ad(
     chunk_cells : rows buffered before each write (memory ~ chunk_cells * nnz_per_cell * 8 B).
     with_raw : also write the same matrix as ``raw/X`` with ``raw/var``.
     n_cell_lines, n_drugs, n_plates : numbers of levels of the obs categoricals.
+    table_seed : seed of the gene table (ids, symbols); default ``seed``. Files sharing it have the
+        same genes, like the plates of one study.
 
     Returns
     -------
@@ -241,7 +244,7 @@ def make_synthetic_h5ad(
     compression = None if compression == "none" else compression
     t0 = time.perf_counter()
     levels = dict(n_cell_lines=n_cell_lines, n_drugs=n_drugs, n_plates=n_plates)
-    tables = synthetic_tables(n_genes, seed, **levels)
+    tables = synthetic_tables(n_genes, seed if table_seed is None else table_seed, **levels)
     chunk_elems = int(min(1 << 18, max(4096, n_cells * nnz_per_cell)))
 
     with h5py.File(path, "w", rdcc_nbytes=4 << 20) as f:

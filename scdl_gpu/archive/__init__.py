@@ -18,6 +18,8 @@ from ._dtypes import determine_dtype, smallest_uint_dtype
 from ._feature_index import ObservedFeatureIndex, RowFeatureIndex, VariableFeatureIndex, are_dicts_equal
 from ._header import ArrayInfo, FeatureIndexInfo, SCDLHeader
 from ._reader import ArchiveArrays, open_arrays
+from ._summary import archive_summary, format_summary
+from ._validate import validate_archive
 from ._writer import ArchiveWriter
 
 __all__ = [
@@ -37,9 +39,12 @@ __all__ = [
     "RowFeatureIndex",
     "SCDLHeader",
     "VariableFeatureIndex",
+    "archive_summary",
     "are_dicts_equal",
     "concat_archives",
     "determine_dtype",
+    "format_summary",
     "open_arrays",
     "smallest_uint_dtype",
+    "validate_archive",
 ]

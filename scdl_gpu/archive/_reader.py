@@ -109,8 +109,8 @@ def open_arrays(path: str | Path, writable: bool = False, load_neighbors: bool =
     for member in (FileNames.DATA, FileNames.COLPTR):
         fpath = path / member.value
         dt = dtypes[member.value]
-        if nnz == 0 and fpath.is_file() and fpath.stat().st_size < np.dtype(dt).itemsize:
-            # Upstream writes a 1-byte placeholder when an array is empty.
+        if nnz == 0 and fpath.is_file() and fpath.stat().st_size < max(2, np.dtype(dt).itemsize):
+            # Upstream writes a 1-byte placeholder when an array is empty (1 item for uint8 too).
             arrays[member] = np.empty(0, dt)
             continue
         n = raw_length(fpath, dt)
@@ -171,7 +171,7 @@ def _open_neighbors(path: Path, n_rows: int, writable: bool):
     for m in names[1:]:
         fpath = path / m.value
         dt = DEFAULT_DTYPES[m.value]
-        if nnz == 0 and fpath.stat().st_size < np.dtype(dt).itemsize:
+        if nnz == 0 and fpath.stat().st_size < max(2, np.dtype(dt).itemsize):
             out.append(np.empty(0, dt))
             continue
         n = raw_length(fpath, dt)

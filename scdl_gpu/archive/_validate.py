@@ -1,0 +1,393 @@
+"""Full integrity check of an archive: every file against the others, every array scanned.
+
+:func:`open_arrays` checks only what is cheap (file sizes, the two ends of ``row_ptr``) and stops
+at the first problem. :func:`validate_archive` reads every array in bounded chunks and reports
+every problem it finds as one plain-English line, without raising for a damaged archive.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ArchiveError
+from ._constants import DEFAULT_DTYPES, FileNames
+from ._header import SCDLHeader
+from ._memmap import raw_length
+from ._reader import load_feature_index, read_dtypes
+
+__all__ = ["validate_archive"]
+
+_CSR = (FileNames.DATA, FileNames.ROWPTR, FileNames.COLPTR)
+_NEIGHBORS = (FileNames.NEIGHBOR_INDICES_PTR, FileNames.NEIGHBOR_INDICES, FileNames.NEIGHBOR_VALUES)
+# Loader warnings about layouts that are legitimate (not damage) and so are not problems.
+_BENIGN_WARNINGS = ("holds pickled objects",)  # 0.1.3-wheel labels.npy: readable, just not unpickled
+
+
+def validate_archive(path: str | Path, *, chunk: int = 1 << 24) -> list[str]:
+    """Check an archive completely; return one plain-English line per problem ([] = valid).
+
+    Never raises for a damaged archive: each check that fails is reported and the checks that
+    do not depend on it still run. Arrays are read ``chunk`` items at a time (memory stays
+    bounded by a few chunks whatever the archive size); feature indices are loaded whole, as
+    opening the dataset does.
+
+    Checks: ``metadata.json`` (readable, ``num_rows`` equal to the rows of ``row_ptr.npy``),
+    ``version.json`` (present, a JSON string), ``header.sch`` (decodable, array lengths equal to
+    the files; a header-less legacy archive is fine and uses the default dtypes), array files
+    (a whole number of items, ``data.npy`` and ``col_ptr.npy`` equally long), ``row_ptr.npy``
+    (starts at 0, never decreases, ends at the number of values), column indices (below the gene
+    count of the var block each row belongs to), data values (no NaN or infinity), feature indices
+    (load; rows equal the archive's rows; an absent or empty obs index is fine) and the neighbor
+    arrays when present (complete, consistent CSR, indices below the number of rows).
+    """
+    if int(chunk) < 1:
+        raise ValueError(f"chunk must be positive, got {chunk}")
+    path = Path(path)
+    if not path.is_dir():
+        what = "is not a directory" if path.exists() else "does not exist"
+        return [f"No SCDL archive at {path}: the path {what}."]
+    v = _Validator(path, int(chunk))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        v.run()
+    for w in caught:
+        msg = str(w.message)
+        if not any(s in msg for s in _BENIGN_WARNINGS):
+            v.problem(msg)
+    return v.problems
+
+
+class _Validator:
+    def __init__(self, path: Path, chunk: int) -> None:
+        self.path = path
+        self.chunk = chunk
+        self.problems: list[str] = []
+        self.n_rows: int | None = None  # from row_ptr.npy
+        self.nnz: int | None = None  # from data.npy (or col_ptr.npy)
+        self.row_ptr_ok = False
+        self.dtypes: dict[str, str] | None = None
+        self.header: SCDLHeader | None = None
+        self.lengths: dict[FileNames, int | None] = {}
+
+    def problem(self, msg: str) -> None:
+        if msg not in self.problems:
+            self.problems.append(msg)
+
+    def _guard(self, what: str, check, *args):
+        """Run one check; an ArchiveError or OSError it raises becomes a problem, not an exception."""
+        try:
+            return check(*args)
+        except (ArchiveError, OSError) as e:
+            self.problem(str(e))
+        except Exception as e:  # never let a damaged archive escape as an exception
+            self.problem(f"{what}: unexpected {type(e).__name__}: {e}")
+        return None
+
+    def run(self) -> None:
+        p = self.path
+        metadata = _read_json(p / FileNames.METADATA.value, self)
+        version = _read_json(p / FileNames.VERSION.value, self)
+        if version is not _MISSING and version is not _BROKEN and not isinstance(version, str):
+            self.problem(f"{p / FileNames.VERSION.value} holds {version!r}, expected a JSON string such as \"0.1.3\".")
+        self._guard("header.sch", self.check_header)
+        if self.dtypes is not None:
+            self._guard("array files", self.check_lengths)
+        if self.lengths.get(FileNames.ROWPTR) is not None:
+            self._guard(FileNames.ROWPTR.value, self.check_row_ptr)
+        if self.dtypes is not None and self.lengths.get(FileNames.DATA):
+            self._guard(FileNames.DATA.value, self.check_values)
+        var = self._guard(FileNames.VAR_FEATURES.value, self._index, FileNames.VAR_FEATURES)
+        self._guard(FileNames.OBS_FEATURES.value, self._index, FileNames.OBS_FEATURES)
+        if var is not None and len(var) and self.lengths.get(FileNames.COLPTR):
+            self._guard(FileNames.COLPTR.value, self.check_columns, var)
+        self._guard("neighbor arrays", self.check_neighbors)
+        if isinstance(metadata, dict):
+            num_rows = metadata.get("num_rows")
+            meta = p / FileNames.METADATA.value
+            if not isinstance(num_rows, int) or isinstance(num_rows, bool):
+                self.problem(f"{meta} has no integer num_rows: {metadata!r}.")
+            elif self.n_rows is not None and num_rows != self.n_rows:
+                self.problem(f"{meta} says num_rows is {num_rows} but {FileNames.ROWPTR.value} describes {self.n_rows} rows.")
+        elif metadata is not _MISSING and metadata is not _BROKEN:
+            self.problem(f"{p / FileNames.METADATA.value} holds {type(metadata).__name__}, expected a JSON object.")
+
+    # -- header and file lengths ---------------------------------------------------------------
+    def check_header(self) -> None:
+        # read_dtypes decodes the header and checks its dtypes; no header = legacy defaults.
+        self.dtypes, self.header = read_dtypes(self.path)
+
+    def check_lengths(self) -> None:
+        rp_last = None
+        try:
+            n_ptr = self.lengths[FileNames.ROWPTR] = self._length(FileNames.ROWPTR, None)
+            if n_ptr is not None and n_ptr < 1:
+                self.problem(f"{self.path / FileNames.ROWPTR.value} is empty; it needs at least one entry (0).")
+                self.lengths[FileNames.ROWPTR] = None
+            elif n_ptr is not None:
+                self.n_rows = n_ptr - 1
+                rp_last = _read_one(self.path / FileNames.ROWPTR.value, self.dtypes[FileNames.ROWPTR.value], n_ptr - 1)
+        except ArchiveError as e:
+            self.problem(str(e))
+        for member in (FileNames.DATA, FileNames.COLPTR):
+            try:
+                self.lengths[member] = self._length(member, rp_last)
+            except ArchiveError as e:
+                self.problem(str(e))
+        n_data, n_col = self.lengths.get(FileNames.DATA), self.lengths.get(FileNames.COLPTR)
+        if n_data is not None and n_col is not None and n_data != n_col:
+            self.problem(
+                f"{FileNames.DATA.value} holds {n_data} values but {FileNames.COLPTR.value} holds {n_col} "
+                f"column indices; they must be equally long."
+            )
+        self.nnz = n_data if n_data is not None else n_col
+        if self.header is not None:
+            hpath = self.path / FileNames.HEADER.value
+            for member in _CSR:
+                n = self.lengths.get(member)
+                info = self.header.get_array(member.name)
+                if n is not None and info is not None and info.length != n:
+                    self.problem(
+                        f"{hpath} says {member.name} has {info.length} entries but {member.value} holds {n} "
+                        f"{self.dtypes[member.value]} items."
+                    )
+
+    def _length(self, member: FileNames, ptr_last: int | None) -> int | None:
+        fpath = self.path / member.value
+        if not fpath.is_file():
+            self.problem(f"{fpath} is missing.")
+            return None
+        return _raw_length(fpath, self.dtypes[member.value], ptr_last)
+
+    # -- row pointers, values, columns ----------------------------------------------------------
+    def check_row_ptr(self) -> None:
+        fpath = self.path / FileNames.ROWPTR.value
+        dt = self.dtypes[FileNames.ROWPTR.value]
+        ok, last = _check_indptr(fpath, dt, self.lengths[FileNames.ROWPTR], self.chunk, self)
+        if last is not None and self.nnz is not None and last != self.nnz:
+            src = FileNames.DATA if self.lengths.get(FileNames.DATA) is not None else FileNames.COLPTR
+            self.problem(f"{fpath} ends at {last} but {src.value} holds {self.nnz} values; the last entry must equal it.")
+            ok = False
+        self.row_ptr_ok = ok and self.nnz is not None
+
+    def check_values(self) -> None:
+        dt = np.dtype(self.dtypes[FileNames.DATA.value])
+        if dt.kind != "f":
+            return
+        fpath = self.path / FileNames.DATA.value
+        n_nan = n_inf = 0
+        first = None
+        for pos, a in _chunks(fpath, dt, 0, self.lengths[FileNames.DATA], self.chunk):
+            finite = np.isfinite(a)
+            if finite.all():
+                continue
+            nan = np.isnan(a)
+            n_nan += int(nan.sum())
+            n_inf += int((~finite).sum()) - int(nan.sum())
+            if first is None:
+                first = pos + int(np.argmin(finite))
+        if n_nan or n_inf:
+            self.problem(
+                f"{fpath} holds {n_nan} NaN and {n_inf} infinite value(s) (first at value position {first})."
+            )
+
+    def check_columns(self, var) -> None:
+        fpath = self.path / FileNames.COLPTR.value
+        dt = self.dtypes[FileNames.COLPTR.value]
+        csum = np.asarray(var._cumulative_sum_index, dtype=np.int64)
+        # A block without feature columns does not say how many genes it has: not checked.
+        dims = {b: genes for b, genes in enumerate(var.column_dims()) if var._feature_arr[b]}
+        if not dims:
+            return
+        if not self.row_ptr_ok or self.n_rows is None:
+            # Rows cannot be mapped to values: check against the widest block only.
+            blocks = [("the widest var block", 0, self.lengths[FileNames.COLPTR], max(dims.values()))]
+        else:
+            rp = self.path / FileNames.ROWPTR.value
+            rdt = self.dtypes[FileNames.ROWPTR.value]
+            blocks = []
+            for b, genes in dims.items():
+                r0 = min(max(int(csum[b]), 0), self.n_rows)
+                r1 = min(max(int(csum[b + 1]), r0), self.n_rows)
+                if r1 > r0:
+                    blocks.append((f"var block {b} (rows {r0} to {r1 - 1})", _read_one(rp, rdt, r0), _read_one(rp, rdt, r1), genes))
+        for where, v0, v1, genes in blocks:
+            n_bad, first, largest = 0, None, 0
+            for pos, a in _chunks(fpath, dt, v0, v1, self.chunk):
+                top = int(a.max())
+                if top < genes:
+                    continue
+                bad = a >= genes
+                n_bad += int(bad.sum())
+                largest = max(largest, top)
+                if first is None:
+                    first = pos + int(np.argmax(bad))
+            if n_bad:
+                self.problem(
+                    f"{fpath} holds {n_bad} column index(es) not below the {genes} genes of {where}: "
+                    f"largest {largest}, first at value position {first}."
+                )
+
+    # -- feature indices ---------------------------------------------------------------------------
+    def _index(self, which: FileNames):
+        d = self.path / which.value
+        if which is FileNames.VAR_FEATURES and not d.is_dir():
+            d = self.path / FileNames.FEATURES.value
+        if not d.is_dir():
+            return None  # no var index: columns are not checked; no obs index: fine
+        index = None
+        try:
+            index = load_feature_index(self.path, which)
+        except (ArchiveError, OSError) as e:
+            self.problem(str(e))
+        except Exception as e:
+            self.problem(f"{d}: cannot load the feature index: {type(e).__name__}: {e}")
+        if index is None:
+            return None
+        rows = index.number_of_rows()
+        if rows and self.n_rows is not None and rows != self.n_rows:
+            self.problem(
+                f"The feature index {d} covers {rows} rows but {FileNames.ROWPTR.value} describes {self.n_rows} rows."
+            )
+        self._header_index_length(d.name, rows)
+        return index
+
+    def _header_index_length(self, name: str, rows: int) -> None:
+        info = self.header.get_feature_index(name) if self.header is not None else None
+        if info is not None and info.length != rows:
+            hpath = self.path / FileNames.HEADER.value
+            self.problem(f"{hpath} says feature index {name} covers {info.length} rows but {name}/ covers {rows}.")
+
+    # -- neighbors -----------------------------------------------------------------------------------
+    def check_neighbors(self) -> None:
+        p = self.path
+        present = [m for m in _NEIGHBORS if (p / m.value).is_file()]
+        if not present:
+            return
+        if len(present) < len(_NEIGHBORS):
+            missing = [m.value for m in _NEIGHBORS if m not in present]
+            self.problem(f"Neighbor arrays in {p} are incomplete: {', '.join(missing)} missing.")
+            return
+        ptr_path = p / FileNames.NEIGHBOR_INDICES_PTR.value
+        ptr_dt = DEFAULT_DTYPES[ptr_path.name]
+        try:
+            n_ptr = raw_length(ptr_path, ptr_dt)
+        except ArchiveError as e:
+            self.problem(str(e))
+            n_ptr = None
+        ptr_last = _read_one(ptr_path, ptr_dt, n_ptr - 1) if n_ptr else None
+        lengths = {}
+        for m in _NEIGHBORS[1:]:
+            try:
+                lengths[m] = _raw_length(p / m.value, DEFAULT_DTYPES[m.value], ptr_last)
+            except ArchiveError as e:
+                self.problem(str(e))
+        n_idx, n_val = lengths.get(FileNames.NEIGHBOR_INDICES), lengths.get(FileNames.NEIGHBOR_VALUES)
+        if n_idx is not None and n_val is not None and n_idx != n_val:
+            self.problem(
+                f"{p / FileNames.NEIGHBOR_INDICES.value} holds {n_idx} entries but "
+                f"{FileNames.NEIGHBOR_VALUES.value} holds {n_val}; they must be equally long."
+            )
+        if n_ptr is not None:
+            if n_ptr < 1:
+                self.problem(f"{ptr_path} is empty; it needs at least one entry (0).")
+            else:
+                if self.n_rows is not None and n_ptr != self.n_rows + 1:
+                    self.problem(
+                        f"{ptr_path} has {n_ptr} entries but the archive has {self.n_rows} rows (expected {self.n_rows + 1})."
+                    )
+                _, last = _check_indptr(ptr_path, ptr_dt, n_ptr, self.chunk, self)
+                if last is not None and n_idx is not None and last != n_idx:
+                    self.problem(
+                        f"{ptr_path} ends at {last} but {FileNames.NEIGHBOR_INDICES.value} holds {n_idx} entries; "
+                        f"the last entry must equal it."
+                    )
+        if n_idx and self.n_rows is not None:
+            fpath = p / FileNames.NEIGHBOR_INDICES.value
+            n_bad, first, largest = 0, None, None
+            for pos, a in _chunks(fpath, DEFAULT_DTYPES[fpath.name], 0, n_idx, self.chunk):
+                bad = a >= self.n_rows
+                if bad.any():
+                    n_bad += int(bad.sum())
+                    largest = max(largest or 0, int(a.max()))
+                    first = pos + int(np.argmax(bad)) if first is None else first
+            if n_bad:
+                self.problem(
+                    f"{fpath} holds {n_bad} neighbor index(es) not below the {self.n_rows} rows: "
+                    f"largest {largest}, first at position {first}."
+                )
+        if n_val:
+            fpath = p / FileNames.NEIGHBOR_VALUES.value
+            n_bad = sum(int((~np.isfinite(a)).sum()) for _, a in _chunks(fpath, DEFAULT_DTYPES[fpath.name], 0, n_val, self.chunk))
+            if n_bad:
+                self.problem(f"{fpath} holds {n_bad} NaN or infinite weight(s).")
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+_MISSING = object()
+_BROKEN = object()
+
+
+def _read_json(fpath: Path, v: _Validator):
+    if not fpath.is_file():
+        v.problem(f"{fpath} is missing.")
+        return _MISSING
+    try:
+        return json.loads(fpath.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        v.problem(f"{fpath} is not valid JSON: {e}")
+        return _BROKEN
+
+
+def _raw_length(fpath: Path, dtype: str, ptr_last: int | None) -> int:
+    """Items in a raw file; upstream's 1-byte stand-in for an empty array counts as 0 items when
+    the pointer array that indexes it (``ptr_last`` = its last entry) says it is empty."""
+    if ptr_last == 0 and fpath.stat().st_size < max(2, np.dtype(dtype).itemsize):
+        return 0
+    return raw_length(fpath, dtype)
+
+
+def _chunks(fpath: Path, dtype, start: int, stop: int, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``(position, items)`` for items ``[start, stop)`` of a raw little-endian file, ``chunk`` at a time."""
+    dt = np.dtype(dtype).newbyteorder("<")
+    with open(fpath, "rb") as f:
+        pos = start
+        while pos < stop:
+            n = min(chunk, stop - pos)
+            f.seek(pos * dt.itemsize)
+            a = np.fromfile(f, dtype=dt, count=n)
+            if len(a) != n:
+                raise ArchiveError(f"{fpath} ended early: item {pos + len(a)} of {stop} could not be read.")
+            yield pos, a
+            pos += n
+
+
+def _read_one(fpath: Path, dtype, i: int) -> int:
+    return int(next(_chunks(fpath, dtype, i, i + 1, 1))[1][0])
+
+
+def _check_indptr(fpath: Path, dtype, n: int, chunk: int, v: _Validator) -> tuple[bool, int | None]:
+    """Scan a CSR pointer array: starts at 0, never decreases. Returns (ok, last entry)."""
+    ok = True
+    prev = None
+    n_bad, first_bad = 0, None
+    for pos, a in _chunks(fpath, dtype, 0, n, chunk):
+        if pos == 0 and int(a[0]) != 0:
+            v.problem(f"{fpath} starts at {int(a[0])}; the first entry must be 0.")
+            ok = False
+        if prev is not None and a[0] < prev:
+            n_bad += 1
+            first_bad = pos if first_bad is None else first_bad
+        bad = np.flatnonzero(a[1:] < a[:-1])  # not np.diff: unsigned differences wrap around
+        if bad.size:
+            n_bad += int(bad.size)
+            first_bad = pos + int(bad[0]) + 1 if first_bad is None else first_bad
+        prev = a[-1]
+    if n_bad:
+        v.problem(f"{fpath} decreases at {n_bad} entr{'y' if n_bad == 1 else 'ies'} (first at entry {first_bad}); it must be non-decreasing.")
+        ok = False
+    return ok, None if prev is None else int(prev)
