@@ -159,15 +159,18 @@ def _convert(task: _Task) -> _Result:
         var = src.var() if task.want_var else None
         cast = ValueCast(task.data_dtype, task.tolerance)
         rows = RowFiles(task.segment, cast.staging_dtype(src.matrix.dtype), task.col_dtype)
-        copy_matrix(src.matrix, rows, cast, task.max_values, task.max_rows, task.columns, on_rows=_tick)
-        neighbors = None
-        if task.neighbor_key is not None:
-            sink = _NeighborSegment(task.segment / NEIGHBORS)
-            copy_neighbors(src, task.neighbor_key, sink, task.max_values)
-            neighbors = sink.files.close(fsync=False)
+        sink = None
+        try:
+            copy_matrix(src.matrix, rows, cast, task.max_values, task.max_rows, task.columns, on_rows=_tick)
+            if task.neighbor_key is not None:
+                sink = _NeighborSegment(task.segment / NEIGHBORS)
+                copy_neighbors(src, task.neighbor_key, sink, task.max_values)
+        finally:  # the archive is fsynced once, at commit
+            segment = rows.close(fsync=False)
+            neighbors = None if sink is None else sink.files.close(fsync=False)
     return _Result(
         index=task.index,
-        rows=rows.close(fsync=False),  # the archive is fsynced once, at commit
+        rows=segment,
         neighbors=neighbors,
         stats=cast.stats,
         obs_features=features_of(obs, task.obs_name),
@@ -395,29 +398,28 @@ def _run(tasks: list[_Task], workers: int, use_processes: bool, total_rows: int,
 
 
 def _wrap(e: Exception, path: Path) -> Exception:
-    """Name the input in the error, keeping a type callers can catch (ValueError, FileNotFoundError)."""
-    msg = str(e)
-    if str(path) in msg:
-        return e
+    """A ``ConversionError`` (or ``FileNotFoundError``) naming the input, whatever the worker raised."""
+    msg = str(e) if str(path) in str(e) else f"{path}: {e}"
     if isinstance(e, FileNotFoundError):
-        return FileNotFoundError(f"{path}: {msg}")
-    return ConversionError(f"{path}: {msg}")
+        return e if msg == str(e) else FileNotFoundError(msg)
+    if isinstance(e, ConversionError) and msg == str(e):
+        return e
+    return ConversionError(msg)
 
 
 def _append(w: ArchiveWriter, r: _Result, probe: _Probe, aligned: bool) -> None:
     row_offset = w.n_rows
-    w.append_segment(r.rows)
-    label = str(probe.path)
-    if not aligned:
-        w.add_var_block(r.rows.n_rows, r.var_features, label, names=r.var_names)
-    w.add_obs_block(r.obs_features, label, names=r.obs_names)
-    if r.neighbors is not None:
+    if r.neighbors is not None:  # before the rows: removing the row segment removes this too
         ptr, idx, val = r.neighbors.arrays()
         for s, e in row_chunks(ptr, DEFAULT_CHUNK):
             lo, hi = int(ptr[s]), int(ptr[e])
             w.append_neighbor_rows(ptr[s : e + 1], idx[lo:hi] + np.uint64(row_offset), val[lo:hi])
         del ptr, idx, val
-        r.neighbors.remove()
+    w.append_segment(r.rows)
+    label = str(probe.path)
+    if not aligned:
+        w.add_var_block(r.rows.n_rows, r.var_features, label, names=r.var_names)
+    w.add_obs_block(r.obs_features, label, names=r.obs_names)
 
 
 def _progress_bar(enabled: bool, total: int):
