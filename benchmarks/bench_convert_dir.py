@@ -40,7 +40,7 @@ _BIONEMO_ARGV = 'sys.argv = ["convert_h5ad_to_scdl", "--data-path", inp, "--save
 #: name -> Runner; ``inp`` is the input directory, ``out`` the archive to create.
 RUNNERS: dict[str, Runner] = {
     "scdl-gpu convert": Runner(_OURS, 'assert main(["convert", inp, "-o", out, "--use-X-not-raw", "-q"]) == 0'),
-    "scdl-gpu convert --threads": Runner(_OURS, 'assert main(["convert", inp, "-o", out, "--use-X-not-raw", "-q", "--threads"]) == 0'),
+    "scdl-gpu convert --processes": Runner(_OURS, 'assert main(["convert", inp, "-o", out, "--use-X-not-raw", "-q", "--processes"]) == 0'),
     "bionemo-scdl convert_h5ad_to_scdl": Runner(_BIONEMO, _BIONEMO_ARGV.format(extra="")),
     "bionemo-scdl convert_h5ad_to_scdl --use-mp": Runner(_BIONEMO, _BIONEMO_ARGV.format(extra=', "--use-mp"')),
 }

@@ -384,3 +384,39 @@ def test_collate_matches_bionemo(synthetic_pair, rows):
     assert tuple(t.shape) == (len(rows), max_col + 1)  # theirs: max column + 1 (0 for empty rows)
     # plain tensors (no gene count attached) get upstream's width from ours too
     assert tuple(our_collate([theirs[i] for i in rows]).shape) == tuple(t.shape)
+
+
+# -- many files into one archive ---------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:Downcasted data values:UserWarning")
+def test_directory_conversion_opens_in_bionemo_and_matches_its_cli(tmp_path):
+    """Our ``convert_h5ad_to_scdl`` and ``SingleCellCollection.flatten`` on a directory of files with
+    different gene sets: upstream opens both archives with every row equal, and upstream's own
+    collection + flatten (what its CLI runs) stores the same arrays."""
+    from scdl_gpu import SingleCellCollection as OurCollection
+    from scdl_gpu.cli.upstream import main as our_cli
+
+    d = tmp_path / "in"
+    d.mkdir()
+    shutil.copy(PERTURB, d / PERTURB.name)
+    shutil.copy(EXAMPLE, d / EXAMPLE.name)
+    _synthetic(d / "nested_syn.h5ad")
+    assert our_cli(["--data-path", str(d), "--save-path", str(tmp_path / "cli"), "--use-X-not-raw"]) == 0
+    ours_coll = OurCollection(tmp_path / "ours_coll")
+    ours_coll.load_h5ad_multi(d, use_X_not_raw=True)
+    ours_coll.flatten(tmp_path / "flat", destroy_on_copy=True)
+    theirs_coll = SingleCellCollection(str(tmp_path / "theirs_coll"))
+    theirs_coll.load_h5ad_multi(str(d), use_X_not_raw=True)
+    theirs_coll.flatten(str(tmp_path / "t"), destroy_on_copy=True)
+
+    n = sum(_source_csr(p).shape[0] for p in sorted(d.glob("*.h5ad")))
+    for name in ("cli", "flat"):
+        ours = Ours(tmp_path / name)
+        assert len(ours) == n and ours.number_of_variables() == [136, 2000, 25]  # sorted: cxg_example, cxg_small, nested_syn
+        assert_same_dataset(_theirs_copy(tmp_path / name, tmp_path), ours)
+    upstream = _open_ours_pickled(tmp_path / "t")  # its collection stores Path labels, pickled
+    cli = Ours(tmp_path / "cli")
+    for name in ("data", "row_index", "col_index"):
+        _same_array(getattr(upstream, name), getattr(cli, name), name)
+    assert upstream.number_of_variables() == cli.number_of_variables()
+    for (flat_file, cli_file) in ((tmp_path / "flat" / f, tmp_path / "cli" / f) for f in ("data.npy", "row_ptr.npy", "col_ptr.npy", "header.sch")):
+        assert flat_file.read_bytes() == cli_file.read_bytes()

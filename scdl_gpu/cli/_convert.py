@@ -24,8 +24,8 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="ARCHIVE", help="archive directory to create")
     p.add_argument("--workers", type=int, default=default_workers(), help="inputs converted at once [%(default)s]")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--processes", dest="use_processes", action="store_true", default=True, help="workers are processes (default)")
-    mode.add_argument("--threads", dest="use_processes", action="store_false", help="workers are threads")
+    mode.add_argument("--threads", dest="use_processes", action="store_false", default=False, help="workers are threads (default)")
+    mode.add_argument("--processes", dest="use_processes", action="store_true", help="workers are processes")
     p.add_argument(
         "--data-dtype",
         default=None,
