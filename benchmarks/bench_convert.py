@@ -149,6 +149,30 @@ def run_child(code: str, args: list[str], log_dir: Path, timeout: float, poll: f
                 stderr_tail=(log_dir / "stderr.txt").read_text(errors="replace")[-2000:])
 
 
+def run_runner(runner: Runner, name: str, rep: int, inp: str, out: Path, logs: Path, timeout: float) -> dict:
+    """One timed run of ``runner`` in a fresh child; the record has ``error`` set when it failed."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result_file = logs / "result.json"
+    result_file.unlink(missing_ok=True)
+    code = _CHILD.format(setup=runner.setup, convert=runner.convert)
+    r = run_child(code, [inp, str(out), str(result_file)], logs, timeout)
+    rec = dict(runner=name, repeat=rep, ok=False, error=None, rc=r["rc"], process_s=r["process_s"],
+               cpu_user_s=r["cpu_user_s"], cpu_sys_s=r["cpu_sys_s"], polled_rss_bytes=r["polled_rss_bytes"],
+               polled_anon_bytes=r["polled_anon_bytes"], peak_rss_bytes=r["polled_rss_bytes"],
+               wait4_maxrss_bytes=r["wait4_maxrss_bytes"], log_dir=str(logs))
+    if r["rc"] != 0 or not result_file.exists():
+        rec["error"] = ("timed out" if r["timed_out"] else f"exit code {r['rc']}") + \
+            f"; stderr tail: {r['stderr_tail'][-600:].strip()}"
+        return rec
+    child = json.loads(result_file.read_text())
+    rec.update(convert_s=child["convert_s"], import_s=child["import_s"],
+               rss_after_import_bytes=child["hwm_after_import_kib"] * 1024, hwm_bytes=child["hwm_kib"] * 1024,
+               children_maxrss_bytes=child["children_maxrss_kib"] * 1024,
+               peak_rss_bytes=max(1024 * max(child["hwm_kib"], child["children_maxrss_kib"]), r["polled_rss_bytes"]))
+    return rec
+
+
 def probe(name: str, timeout: float = 300) -> str | None:
     """None if the runner's setup code imports in a fresh interpreter, else the error tail."""
     r = subprocess.run([sys.executable, "-c", RUNNERS[name].setup], capture_output=True, text=True,
@@ -228,26 +252,8 @@ def main(argv=None) -> int:
         for name in names:
             slug = name.replace(" ", "_")
             out, logs = a.workdir / "out" / f"{slug}-r{rep}", a.workdir / "logs" / f"{slug}-r{rep}"
-            shutil.rmtree(out, ignore_errors=True)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            result_file = logs / "result.json"
-            result_file.unlink(missing_ok=True)
-            code = _CHILD.format(setup=RUNNERS[name].setup, convert=RUNNERS[name].convert)
-            r = run_child(code, [str(inp), str(out), str(result_file)], logs, a.timeout)
-            rec = dict(runner=name, repeat=rep, ok=False, error=None, rc=r["rc"], process_s=r["process_s"],
-                       cpu_user_s=r["cpu_user_s"], cpu_sys_s=r["cpu_sys_s"], polled_rss_bytes=r["polled_rss_bytes"],
-                       polled_anon_bytes=r["polled_anon_bytes"], peak_rss_bytes=r["polled_rss_bytes"],
-                       wait4_maxrss_bytes=r["wait4_maxrss_bytes"], log_dir=str(logs))
-            if r["rc"] != 0 or not result_file.exists():
-                rec["error"] = ("timed out" if r["timed_out"] else f"exit code {r['rc']}") + \
-                    f"; stderr tail: {r['stderr_tail'][-600:].strip()}"
-            else:
-                child = json.loads(result_file.read_text())
-                rec.update(convert_s=child["convert_s"], import_s=child["import_s"],
-                           rss_after_import_bytes=child["hwm_after_import_kib"] * 1024, hwm_bytes=child["hwm_kib"] * 1024,
-                           children_maxrss_bytes=child["children_maxrss_kib"] * 1024,
-                           peak_rss_bytes=max(1024 * max(child["hwm_kib"], child["children_maxrss_kib"]),
-                                              r["polled_rss_bytes"]))
+            rec = run_runner(RUNNERS[name], name, rep, str(inp), out, logs, a.timeout)
+            if rec["error"] is None:
                 try:
                     rec.update(_verify.verify_archive(out, inp), archive_bytes=_verify.archive_size(out), ok=True)
                 except _verify.VerificationError as exc:

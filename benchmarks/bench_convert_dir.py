@@ -25,12 +25,12 @@ from pathlib import Path
 
 try:  # imported as benchmarks.bench_convert_dir
     from . import _report, _verify
-    from .bench_convert import _CHILD, Runner, run_child, warm_read
+    from .bench_convert import Runner, run_runner, warm_read
     from .make_synthetic import make_synthetic_h5ad
 except ImportError:  # run as a script
     import _report
     import _verify
-    from bench_convert import _CHILD, Runner, run_child, warm_read
+    from bench_convert import Runner, run_runner, warm_read
     from make_synthetic import make_synthetic_h5ad
 
 _OURS = "from scdl_gpu.cli import main\nimport scdl_gpu.convert  # imports outside the timer, as for bionemo-scdl"
@@ -140,21 +140,8 @@ def main(argv=None) -> int:
         for name in a.runners:
             slug = name.replace(" ", "_").replace("-", "")
             out, logs = a.workdir / "out" / f"dir-{slug}-r{rep}", a.workdir / "logs" / f"dir-{slug}-r{rep}"
-            shutil.rmtree(out, ignore_errors=True)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            result_file = logs / "result.json"
-            result_file.unlink(missing_ok=True)
-            code = _CHILD.format(setup=RUNNERS[name].setup, convert=RUNNERS[name].convert)
-            r = run_child(code, [str(inp_dir), str(out), str(result_file)], logs, a.timeout)
-            rec = dict(runner=name, repeat=rep, ok=False, error=None, rc=r["rc"], process_s=r["process_s"],
-                       cpu_user_s=r["cpu_user_s"], cpu_sys_s=r["cpu_sys_s"], polled_rss_bytes=r["polled_rss_bytes"],
-                       polled_anon_bytes=r["polled_anon_bytes"], peak_rss_bytes=r["polled_rss_bytes"])
-            if r["rc"] != 0 or not result_file.exists():
-                rec["error"] = f"exit code {r['rc']}; stderr tail: {r['stderr_tail'][-600:].strip()}"
-            else:
-                child = json.loads(result_file.read_text())
-                rec.update(convert_s=child["convert_s"], rss_after_import_bytes=child["hwm_after_import_kib"] * 1024,
-                           peak_rss_bytes=max(1024 * max(child["hwm_kib"], child["children_maxrss_kib"]), r["polled_rss_bytes"]))
+            rec = run_runner(RUNNERS[name], name, rep, str(inp_dir), out, logs, a.timeout)
+            if rec["error"] is None:
                 try:
                     # bionemo-scdl's metadata.json keeps the first file's row count (spec section 12.3): recorded, not failed
                     check_meta = not name.startswith("bionemo")
