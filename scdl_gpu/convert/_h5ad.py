@@ -6,7 +6,6 @@ obs/var tables by anndata's own element readers.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import h5py
@@ -16,6 +15,7 @@ import pandas as pd
 from ..errors import ConversionError
 from ._matrix import MatrixReader, _attr_str, open_matrix
 from ._source import Source
+from ._warnings import filtered_warnings
 
 # -- locating elements ---------------------------------------------------------------------------
 def matrix_key(f: h5py.File, use_X_not_raw: bool) -> str:
@@ -53,8 +53,10 @@ def read_dataframe(f: h5py.File, key: str, path: Path) -> pd.DataFrame:
     elem = f.get(key)
     if elem is None:
         raise ConversionError(f"{path}: no '{key}' table")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # anndata's notices about old encodings are not the user's problem
+    from anndata import OldFormatWarning
+
+    # anndata's notices about old encodings (and moving old graphs) are not the user's problem
+    with filtered_warnings("ignore", OldFormatWarning, FutureWarning):
         if isinstance(elem, h5py.Group) and _attr_str(elem, "encoding-type") == "dataframe":
             from anndata.io import read_elem
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import warnings
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ import pandas as pd
 from ..errors import ConversionError
 from ._matrix import CSRReader, ScatterReader
 from ._source import Source
+from ._warnings import filtered_warnings
 
 # -- HDF5 ----------------------------------------------------------------------------------------
 
@@ -337,9 +337,8 @@ class MtxReader(ScatterReader):
         names = ["gene", "cell", "value"]
         done = 0
         try:
-            with warnings.catch_warnings():
-                # Extra fields on the first line only warn (and would shift columns): refuse them.
-                warnings.simplefilter("error", pd.errors.ParserWarning)
+            # Extra fields on the first line only warn (and would shift columns): refuse them.
+            with filtered_warnings("error", pd.errors.ParserWarning):
                 with pd.read_csv(
                     f,
                     sep=r"\s+",

@@ -286,3 +286,17 @@ def test_discovery_skips_mtx_twin_of_an_h5(tmp_path):
     shutil.copytree(BUNDLED / "10x_v3_chr21_mtx", tmp_path / "other_mtx")
     found = discover_inputs([tmp_path])
     assert [p.name for p in found] == ["filtered_feature_bc_matrix.h5", "other_mtx"]
+
+
+def test_threads_reading_legacy_tables_keep_warning_filters_intact(tmp_path):
+    """anndata warns while reading pre-0.7 tables; the filters silencing that must not race across
+    worker threads (pytest turns any escaped warning into an error here)."""
+    legacy = REAL / "pbmc68k_reduced_legacy.h5ad"
+    if not legacy.exists():
+        pytest.skip("needs the shared real data")
+    (tmp_path / "in").mkdir()
+    for k in range(8):
+        shutil.copy(legacy, tmp_path / "in" / f"legacy_{k}.h5ad")
+    for rep in range(3):
+        report = convert_many([tmp_path / "in"], tmp_path / f"out{rep}", use_X_not_raw=True, workers=4)
+        assert report.n_rows == 8 * 700
