@@ -1,0 +1,60 @@
+"""Staged rows → output batch, the same steps on every device.
+
+``ops`` provides the four kernels (``keep_flags``, ``row_sums``, ``emit``, ``densify``): the NumPy
+references on the CPU, the CUDA kernels of ``kernels/csr_batch.cu`` on the GPU. ``xp`` is numpy
+or cupy, for the glue between them (a prefix sum, a gather of row pointers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._batch import BatchOptions
+
+
+@dataclass
+class Assembled:
+    """Device arrays of one batch: CSR (``crow``, ``col``, ``values``) or ``dense``."""
+
+    crow: object = None
+    col: object = None
+    values: object = None
+    dense: object = None
+
+
+def kernel_dtype(value_dtype: str) -> str:
+    """Kernels write float32 or float64; float16 is cast from float32 afterwards."""
+    return "float64" if value_dtype == "float64" else "float32"
+
+
+def assemble(ops, xp, vals, cols, in_ptr, opts: BatchOptions, width: int, remap=None) -> Assembled:
+    """Apply the gene remap, the per-row scaling and ``log1p``; emit CSR or a dense matrix.
+
+    ``vals``/``cols`` are the staged entries (archive dtypes), ``in_ptr`` (int64, B+1) their rows;
+    ``remap`` is ``opts.gene_remap`` already on the device.
+    """
+    n_rows = len(in_ptr) - 1
+    n = int(in_ptr[-1]) if n_rows >= 0 else 0
+    pos = None
+    out_ptr = in_ptr
+    if remap is not None:
+        flags = ops.keep_flags(cols, remap)
+        pos_full = xp.zeros(n + 1, dtype=xp.int64)
+        xp.cumsum(flags, dtype=xp.int64, out=pos_full[1:])
+        pos = pos_full[:-1]
+        out_ptr = pos_full[in_ptr]
+    scale = None
+    if opts.target_sum is not None:
+        sums = ops.row_sums(vals, cols, in_ptr, remap)
+        with np.errstate(over="ignore"):  # a subnormal sum scales to inf, on both devices
+            scale = xp.where(sums > 0, opts.target_sum / xp.where(sums > 0, sums, 1.0), 1.0)
+    out_dtype = kernel_dtype(opts.value_dtype)
+    if opts.dense:
+        dense = ops.densify(vals, cols, in_ptr, remap, scale, opts.log1p, width, out_dtype)
+        return Assembled(dense=dense.astype(opts.value_dtype, copy=False))
+    n_out = int(out_ptr[-1])  # one small device read, also sizing the kernel's output
+    index_dtype = opts.index_dtype_for(width, n_out)
+    values, col = ops.emit(vals, cols, in_ptr, remap, pos, scale, opts.log1p, out_dtype, index_dtype, n_out=n_out)
+    return Assembled(crow=out_ptr.astype(index_dtype), col=col, values=values.astype(opts.value_dtype, copy=False))

@@ -1,0 +1,91 @@
+"""The CUDA kernels of ``kernels/csr_batch.cu``, compiled by CuPy on first use, with the same call
+signatures as the NumPy references in :mod:`._reference` (so :func:`._assemble.assemble` runs on both).
+
+Only imported by the GPU backend: importing it imports CuPy.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+
+import cupy as cp
+import numpy as np
+
+THREADS = 256
+_NULL = np.uint64(0)  # a null pointer argument (pointers are passed as 8-byte values)
+_CTYPES = {
+    "uint8": "unsigned char",
+    "uint16": "unsigned short",
+    "uint32": "unsigned int",
+    "uint64": "unsigned long long",
+    "float32": "float",
+    "float64": "double",
+    "int32": "int",
+    "int64": "long long",
+}
+
+
+def kernel_source() -> str:
+    return importlib.resources.files("scdl_gpu.kernels").joinpath("csr_batch.cu").read_text()
+
+
+class CudaKernels:
+    """Launchers for one archive's value and column dtypes; modules compiled lazily, cached by CuPy."""
+
+    def __init__(self, value_dtype: str, col_dtype: str) -> None:
+        self.tv, self.tc = _CTYPES[np.dtype(value_dtype).name], _CTYPES[np.dtype(col_dtype).name]
+        self._source = kernel_source()
+        self._functions: dict[str, object] = {}
+
+    def _fn(self, name: str, *ctypes: str):
+        expr = f"{name}<{', '.join(ctypes)}>"
+        fn = self._functions.get(expr)
+        if fn is None:
+            module = cp.RawModule(code=self._source, options=("-std=c++17",), name_expressions=[expr])
+            fn = self._functions[expr] = module.get_function(expr)
+        return fn
+
+    @staticmethod
+    def _launch(fn, n: int, args) -> None:
+        if n > 0:
+            fn(((n + THREADS - 1) // THREADS,), (THREADS,), args)
+
+    def keep_flags(self, cols, remap):
+        flags = cp.empty(len(cols), dtype=cp.int32)
+        self._launch(self._fn("scdl_keep_flags", self.tc), len(cols), (cols, np.int64(len(cols)), remap, flags))
+        return flags
+
+    def row_sums(self, vals, cols, in_ptr, remap=None):
+        n_rows = len(in_ptr) - 1
+        sums = cp.empty(n_rows, dtype=cp.float64)
+        args = (vals, cols, in_ptr, np.int64(n_rows), _NULL if remap is None else remap, sums)
+        self._launch(self._fn("scdl_row_sums", self.tv, self.tc), n_rows, args)
+        return sums
+
+    def emit(self, vals, cols, in_ptr, remap=None, pos=None, row_scale=None, log1p=False, out_dtype="float32",
+             index_dtype="int32", n_out=None):
+        n, n_rows = len(vals), len(in_ptr) - 1
+        if n_out is None:  # kept entries: the scan's last value plus the last entry's own flag
+            n_out = n if pos is None or n == 0 else int(pos[-1]) + int(remap[int(cols[-1])] >= 0)
+        total = n_out
+        out_vals = cp.empty(total, dtype=out_dtype)
+        out_cols = cp.empty(total, dtype=index_dtype)
+        args = (
+            vals, cols, np.int64(n), in_ptr, np.int64(n_rows),
+            _NULL if remap is None else remap, _NULL if pos is None else pos,
+            _NULL if row_scale is None else row_scale, np.int32(bool(log1p)), out_vals, out_cols,
+        )
+        fn = self._fn("scdl_emit", self.tv, self.tc, _CTYPES[np.dtype(out_dtype).name], _CTYPES[np.dtype(index_dtype).name])
+        self._launch(fn, n, args)
+        return out_vals, out_cols
+
+    def densify(self, vals, cols, in_ptr, remap=None, row_scale=None, log1p=False, n_out_cols=0, out_dtype="float32"):
+        n, n_rows = len(vals), len(in_ptr) - 1
+        out = cp.zeros((n_rows, n_out_cols), dtype=out_dtype)
+        args = (
+            vals, cols, np.int64(n), in_ptr, np.int64(n_rows),
+            _NULL if remap is None else remap, _NULL if row_scale is None else row_scale,
+            np.int32(bool(log1p)), np.int64(n_out_cols), out,
+        )
+        self._launch(self._fn("scdl_densify", self.tv, self.tc, _CTYPES[np.dtype(out_dtype).name]), n, args)
+        return out

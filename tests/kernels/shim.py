@@ -1,0 +1,175 @@
+"""Run the real ``kernels/csr_batch.cu`` on the CPU: g++ builds it with ``cuda_cpu_shim.h`` into a
+shared library whose ``extern "C"`` launchers walk a real grid (every block, every thread, one after
+another) and call the kernel body; Python calls them through ctypes with NumPy arrays.
+
+``build(tmp_dir)`` compiles once (about 3 s); the test module caches the result per session.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+KERNEL = REPO / "kernels" / "csr_batch.cu"
+SHIM_HEADER = Path(__file__).resolve().parent / "cuda_cpu_shim.h"
+
+# Short code -> (C++ type as in the kernels' instantiations, NumPy dtype).
+TV = {
+    "u8": ("uint8_t", np.uint8),
+    "u16": ("uint16_t", np.uint16),
+    "u32": ("uint32_t", np.uint32),
+    "u64": ("unsigned long long", np.uint64),
+    "f32": ("float", np.float32),
+    "f64": ("double", np.float64),
+}
+TC = {k: TV[k] for k in ("u8", "u16", "u32", "u64")}
+OV = {k: TV[k] for k in ("f32", "f64")}
+OI = {"i32": ("int", np.int32), "i64": ("long long", np.int64)}
+CODE = {np.dtype(dt): code for table in (TV, OI) for code, (_, dt) in table.items()}
+
+# Each kernel's parameters: (C++ type, ctypes type); template parameters are written {TV} and so on.
+P, LL, INT = ctypes.c_void_p, ctypes.c_longlong, ctypes.c_int
+PARAMS = {
+    "keep_flags": [("const {TC}*", P), ("long long", LL), ("const long long*", P), ("int*", P)],
+    "row_sums": [
+        ("const {TV}*", P), ("const {TC}*", P), ("const long long*", P), ("long long", LL),
+        ("const long long*", P), ("double*", P),
+    ],
+    "emit": [
+        ("const {TV}*", P), ("const {TC}*", P), ("long long", LL), ("const long long*", P), ("long long", LL),
+        ("const long long*", P), ("const long long*", P), ("const double*", P), ("int", INT),
+        ("{OV}*", P), ("{OI}*", P),
+    ],
+    "densify": [
+        ("const {TV}*", P), ("const {TC}*", P), ("long long", LL), ("const long long*", P), ("long long", LL),
+        ("const long long*", P), ("const double*", P), ("int", INT), ("long long", LL), ("{OV}*", P),
+    ],
+}
+TEMPLATE = {
+    "keep_flags": ("TC",),
+    "row_sums": ("TV", "TC"),
+    "emit": ("TV", "TC", "OV", "OI"),
+    "densify": ("TV", "TC", "OV"),
+}
+TABLES = {"TV": TV, "TC": TC, "OV": OV, "OI": OI}
+
+PRELUDE = """
+// One launch: a real 1-D grid walked block by block, thread by thread.
+template <typename... A, typename... B>
+static void scdl_shim_launch(void (*kernel)(A...), long long grid, int block, B... args)
+{
+    gridDim.x = (unsigned)grid;
+    blockDim.x = (unsigned)block;
+    for (long long b = 0; b < grid; ++b) {
+        blockIdx.x = (unsigned)b;
+        for (int t = 0; t < block; ++t) {
+            threadIdx.x = (unsigned)t;
+            kernel(args...);
+        }
+    }
+}
+"""
+
+
+def symbol(kernel: str, *codes: str) -> str:
+    return "launch_" + "_".join((kernel, *codes))
+
+
+def _combos(kernel: str):
+    return itertools.product(*(TABLES[t] for t in TEMPLATE[kernel]))
+
+
+def wrapper_source() -> str:
+    """The kernel file plus one ``extern "C"`` launcher per instantiation (single translation unit)."""
+    out = [f'#include "{KERNEL}"', PRELUDE]
+    for kernel, params in PARAMS.items():
+        for codes in _combos(kernel):
+            types = {t: TABLES[t][c][0] for t, c in zip(TEMPLATE[kernel], codes)}
+            decl = ", ".join(f"{ctype.format(**types)} a{k}" for k, (ctype, _) in enumerate(params))
+            args = ", ".join(f"a{k}" for k in range(len(params)))
+            targs = ", ".join(types[t] for t in TEMPLATE[kernel])
+            out.append(
+                f'extern "C" void {symbol(kernel, *codes)}(long long grid, int block, {decl})\n'
+                f"{{ scdl_shim_launch(scdl_{kernel}<{targs}>, grid, block, {args}); }}"
+            )
+    return "\n".join(out) + "\n"
+
+
+def build(tmp_dir: Path) -> Kernels:
+    """Compile the kernels with g++ (skips the calling test when g++ is missing)."""
+    gxx = shutil.which("g++")
+    if gxx is None:
+        pytest.skip("g++ not on PATH: cannot run the CUDA kernels on the CPU")
+    src = tmp_dir / "csr_batch_shim.cpp"
+    lib = tmp_dir / "csr_batch_shim.so"
+    src.write_text(wrapper_source())
+    cmd = [gxx, "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC",
+           "-include", str(SHIM_HEADER), str(src), "-o", str(lib)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise AssertionError(f"g++ failed ({proc.returncode}):\n{' '.join(cmd)}\n{proc.stderr}")
+    return Kernels(ctypes.CDLL(str(lib)))
+
+
+def _ptr(a: np.ndarray | None, dtype=None) -> int | None:
+    """Address of a C-contiguous array (None -> nullptr); checks the dtype the kernel will read."""
+    if a is None:
+        return None
+    assert a.flags.c_contiguous, "kernel arrays must be C-contiguous"
+    if dtype is not None:
+        assert a.dtype == np.dtype(dtype), f"expected {np.dtype(dtype)}, got {a.dtype}"
+    return a.ctypes.data
+
+
+@dataclass
+class Kernels:
+    """Launchers with the kernels' own argument order; outputs are written in place, as on the GPU.
+
+    ``grid`` defaults to ``max(1, ceil(work / block))``: at least one block even when there is no
+    work, so the tests exercise the kernels' ``i >= n`` guard (the real caller skips such launches).
+    """
+
+    lib: ctypes.CDLL
+
+    def _fn(self, kernel: str, *codes: str):
+        fn = getattr(self.lib, symbol(kernel, *codes))
+        fn.argtypes = [LL, INT] + [ct for _, ct in PARAMS[kernel]]
+        fn.restype = None
+        return fn
+
+    @staticmethod
+    def _grid(work: int, block: int, grid: int | None) -> int:
+        return max(1, -(-work // block)) if grid is None else grid
+
+    def keep_flags(self, cols, remap, flags, *, block=128, grid=None):
+        n = len(cols)
+        fn = self._fn("keep_flags", CODE[cols.dtype])
+        fn(self._grid(n, block, grid), block, _ptr(cols), n, _ptr(remap, np.int64), _ptr(flags, np.int32))
+
+    def row_sums(self, vals, cols, in_ptr, remap, sums, *, block=128, grid=None):
+        n_rows = len(in_ptr) - 1
+        fn = self._fn("row_sums", CODE[vals.dtype], CODE[cols.dtype])
+        fn(self._grid(n_rows, block, grid), block, _ptr(vals), _ptr(cols), _ptr(in_ptr, np.int64), n_rows,
+           _ptr(remap, np.int64), _ptr(sums, np.float64))  # fmt: skip
+
+    def emit(self, vals, cols, in_ptr, remap, pos, row_scale, log1p, out_vals, out_cols, *, block=128, grid=None):
+        n, n_rows = int(in_ptr[-1]), len(in_ptr) - 1
+        fn = self._fn("emit", CODE[vals.dtype], CODE[cols.dtype], CODE[out_vals.dtype], CODE[out_cols.dtype])
+        fn(self._grid(n, block, grid), block, _ptr(vals), _ptr(cols), n, _ptr(in_ptr, np.int64), n_rows,
+           _ptr(remap, np.int64), _ptr(pos, np.int64), _ptr(row_scale, np.float64), int(log1p),
+           _ptr(out_vals), _ptr(out_cols))  # fmt: skip
+
+    def densify(self, vals, cols, in_ptr, remap, row_scale, log1p, out, *, block=128, grid=None):
+        n, n_rows = int(in_ptr[-1]), len(in_ptr) - 1
+        assert out.ndim == 2 and out.shape[0] >= n_rows
+        fn = self._fn("densify", CODE[vals.dtype], CODE[cols.dtype], CODE[out.dtype])
+        fn(self._grid(n, block, grid), block, _ptr(vals), _ptr(cols), n, _ptr(in_ptr, np.int64), n_rows,
+           _ptr(remap, np.int64), _ptr(row_scale, np.float64), int(log1p), out.shape[1], _ptr(out))  # fmt: skip
