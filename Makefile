@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints-cpu.txt -e ".[test]"
+	$(PY) -m pip install --quiet -c constraints-cpu.txt -e ".[test,kernel-check]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -6,39 +6,25 @@ Only imported by the GPU backend: importing it imports CuPy.
 
 from __future__ import annotations
 
-import importlib.resources
-
 import cupy as cp
 import numpy as np
 
+from .. import kernels
+
 THREADS = 256
 _NULL = np.uint64(0)  # a null pointer argument (pointers are passed as 8-byte values)
-_CTYPES = {
-    "uint8": "unsigned char",
-    "uint16": "unsigned short",
-    "uint32": "unsigned int",
-    "uint64": "unsigned long long",
-    "float32": "float",
-    "float64": "double",
-    "int32": "int",
-    "int64": "long long",
-}
-
-
-def kernel_source() -> str:
-    return importlib.resources.files("scdl_gpu.kernels").joinpath("csr_batch.cu").read_text()
 
 
 class CudaKernels:
     """Launchers for one archive's value and column dtypes; modules compiled lazily, cached by CuPy."""
 
     def __init__(self, value_dtype: str, col_dtype: str) -> None:
-        self.tv, self.tc = _CTYPES[np.dtype(value_dtype).name], _CTYPES[np.dtype(col_dtype).name]
-        self._source = kernel_source()
+        self.tv, self.tc = np.dtype(value_dtype).name, np.dtype(col_dtype).name
+        self._source = kernels.source()
         self._functions: dict[str, object] = {}
 
-    def _fn(self, name: str, *ctypes: str):
-        expr = f"{name}<{', '.join(ctypes)}>"
+    def _fn(self, name: str, *dtypes):
+        expr = kernels.expression(name, *dtypes)
         fn = self._functions.get(expr)
         if fn is None:
             module = cp.RawModule(code=self._source, options=("-std=c++17",), name_expressions=[expr])
@@ -75,7 +61,7 @@ class CudaKernels:
             _NULL if remap is None else remap, _NULL if pos is None else pos,
             _NULL if row_scale is None else row_scale, np.int32(bool(log1p)), out_vals, out_cols,
         )
-        fn = self._fn("scdl_emit", self.tv, self.tc, _CTYPES[np.dtype(out_dtype).name], _CTYPES[np.dtype(index_dtype).name])
+        fn = self._fn("scdl_emit", self.tv, self.tc, out_dtype, index_dtype)
         self._launch(fn, n, args)
         return out_vals, out_cols
 
@@ -87,5 +73,5 @@ class CudaKernels:
             _NULL if remap is None else remap, _NULL if row_scale is None else row_scale,
             np.int32(bool(log1p)), np.int64(n_out_cols), out,
         )
-        self._launch(self._fn("scdl_densify", self.tv, self.tc, _CTYPES[np.dtype(out_dtype).name]), n, args)
+        self._launch(self._fn("scdl_densify", self.tv, self.tc, out_dtype), n, args)
         return out
