@@ -156,6 +156,14 @@ def bench_bionemo(path: Path, device: str, sampler: str, bs: int, seconds: float
     return time_loop(step, warmup, seconds, device)
 
 
+def _median(results: list[dict]) -> dict | None:
+    """The median run by cells/s, with every run's cells/s alongside."""
+    if not results:
+        return None
+    ranked = sorted(results, key=lambda r: r["cells_per_s"])
+    return dict(ranked[len(ranked) // 2], all_cells_per_s=[r["cells_per_s"] for r in results])
+
+
 def default_archive(workdir: Path) -> Path:
     archive = workdir / "tahoe200k.scdl"
     if not archive.exists():
@@ -179,7 +187,8 @@ def markdown(result: dict) -> str:
         + (f" ({c['gpu']})" if c.get("gpu") else ""),
         f"- archive: `{c['archive']}`: {c['n_rows']:,} cells, {c['n_cols']:,} genes, "
         f"~{c['nnz_per_cell']:.0f} stored values per cell, dtypes {c['dtypes']}",
-        f"- method: warm page cache; {c['seconds']} s per measurement after {c['warmup']} warm-up batches; a batch "
+        f"- method: warm page cache; {c['seconds']} s per measurement after {c['warmup']} warm-up batches, median of "
+        f"{c['repeats']} interleaved repeats (all repeats in the JSON); a batch "
         "counts when its torch tensors exist on the device (synced on a GPU); `ceiling` = plain read of the same "
         "bytes (CPU: memcpy from the page-cached archive; GPU: sequential kvikio reads into device memory), as cells/s",
         "",
@@ -206,6 +215,7 @@ def main(argv=None) -> int:
     ap.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS))
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the median is reported")
     ap.add_argument("--no-bionemo", action="store_true")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "scdl_gpu_bench")
     ap.add_argument("--json", type=Path)
@@ -223,24 +233,25 @@ def main(argv=None) -> int:
     nnz_per_cell = arrays.nnz / arrays.n_rows
     bytes_per_cell = nnz_per_cell * (arrays.data.itemsize + arrays.col_ptr.itemsize)
     config = dict(device=device, archive=str(archive), n_rows=arrays.n_rows, n_cols=backend.width,
-                  nnz_per_cell=nnz_per_cell, dtypes=arrays.dtypes, seconds=a.seconds, warmup=a.warmup,
+                  nnz_per_cell=nnz_per_cell, dtypes={k: arrays.dtypes[k] for k in ("data.npy", "col_ptr.npy", "row_ptr.npy")},
+                  seconds=a.seconds, warmup=a.warmup, repeats=a.repeats,
                   gpu=torch.cuda.get_device_name() if device == "cuda" else None)
     notes = []
     ceiling = bench_ceiling(archive, device, bytes_per_cell, a.seconds)
     print(f"ceiling: {ceiling['cells_per_s']:,.0f} cells/s", file=sys.stderr)
-    runs = []
-    for sampler in a.samplers:
-        for bs in a.batch_sizes:
-            rec = dict(sampler=sampler, batch_size=bs, ours=bench_ours(archive, device, sampler, bs, a.seconds, a.warmup))
+    runs = {(smp, bs): dict(sampler=smp, batch_size=bs, ours=[], bionemo=[]) for smp in a.samplers for bs in a.batch_sizes}
+    for rep in range(a.repeats):  # interleaved, so slow phases of a shared machine hit every config
+        for (sampler, bs), rec in runs.items():
+            rec["ours"].append(bench_ours(archive, device, sampler, bs, a.seconds, a.warmup))
             if not a.no_bionemo:
                 try:
-                    rec["bionemo"] = bench_bionemo(archive, device, sampler, bs, a.seconds, a.warmup, a.workdir)
+                    rec["bionemo"].append(bench_bionemo(archive, device, sampler, bs, a.seconds, a.warmup, a.workdir))
                 except ImportError as e:
                     notes.append(f"bionemo-scdl not measured: {e}")
-            runs.append(rec)
-            bio = rec.get("bionemo", {}).get("cells_per_s")
-            print(f"{sampler} {bs}: ours {rec['ours']['cells_per_s']:,.0f} cells/s"
+            bio = rec["bionemo"][-1]["cells_per_s"] if rec["bionemo"] else None
+            print(f"r{rep} {sampler} {bs}: ours {rec['ours'][-1]['cells_per_s']:,.0f} cells/s"
                   + (f", bionemo {bio:,.0f}" if bio else ""), file=sys.stderr)
+    runs = [dict(r, ours=_median(r["ours"]), bionemo=_median(r["bionemo"])) for r in runs.values()]
     result = dict(system=_report.system_info(), config=config, ceiling=ceiling, runs=runs, notes=sorted(set(notes)))
     text = markdown(result)
     print(text)

@@ -187,3 +187,22 @@ def test_bench_convert_dir_end_to_end(tmp_path):
     assert theirs["metadata_num_rows"] == 200  # upstream's stale row count after concatenation, recorded
     assert res["comparison"]["speedup"] > 0 and res["comparison"]["rss_ratio"] > 0
     assert "Directory -> one SCDL archive" in out_md.read_text()
+
+
+def test_bench_backend_end_to_end(tmp_path):
+    pytest.importorskip("bionemo.scdl")
+    from tests.backend.archives import random_matrix, write_archive
+
+    archive = write_archive(tmp_path / "a", random_matrix(300, 50, "uint16"))
+    out_json = tmp_path / "res.json"
+    cmd = [sys.executable, str(BENCH / "bench_backend.py"), "--archive", str(archive), "--device", "cpu", "--seconds", "0.2",
+           "--warmup", "1", "--repeats", "2", "--batch-sizes", "8", "--workdir", str(tmp_path / "work"), "--json", str(out_json)]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out_json.read_text())
+    assert res["config"]["device"] == "cpu" and res["ceiling"]["cells_per_s"] > 0
+    assert [(r["sampler"], r["batch_size"]) for r in res["runs"]] == [("random", 8), ("block", 8)]
+    for r in res["runs"]:
+        assert len(r["ours"]["all_cells_per_s"]) == 2 and r["ours"]["cells_per_s"] > 0
+        assert r["bionemo"]["cells_per_s"] > 0
+    assert "| random | 8 |" in proc.stdout

@@ -105,11 +105,12 @@ class GPUBackend(Backend):
         import cupyx
 
         cp = self.cp
+        srcs = (self.data, self.col_ptr)
+        pinned = gather_spans(srcs, plan, tuple(cupyx.empty_pinned(plan.nnz, s.dtype) for s in srcs))
         out = []
-        for src in (self.data, self.col_ptr):
-            pinned = gather_spans(src, plan, cupyx.empty_pinned(plan.nnz, src.dtype))
-            dev = cp.empty(plan.nnz, src.dtype)
-            dev.set(pinned)  # one host-to-device copy per array
+        for host in pinned:
+            dev = cp.empty(plan.nnz, host.dtype)
+            dev.set(host)  # one host-to-device copy per array
             out.append(dev)
         return tuple(out)
 
