@@ -23,6 +23,7 @@ _EXPORTS = {
     "Mode": ".archive",
     "NeighborSamplingStrategy": ".archive",
     "SingleCellCollection": ".collection",
+    "SingleCellLoader": ".loader",
     "SingleCellMemMapDataset": ".dataset",
     "collate_neighbor_sparse_matrix_batch": ".collate",
     "collate_sparse_matrix_batch": ".collate",
@@ -50,6 +51,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .archive import FileNames, Mode, NeighborSamplingStrategy
     from .collate import collate_neighbor_sparse_matrix_batch, collate_sparse_matrix_batch
     from .collection import SingleCellCollection
+    from .loader import SingleCellLoader
     from .convert import ConversionReport, convert_h5ad, convert_many
     from .dataset import SingleCellMemMapDataset
     from .errors import ArchiveError, ArchiveNotFoundError, ConversionError, HeaderSerializationError

@@ -1,0 +1,227 @@
+"""``SingleCellLoader``: batches of archive rows for training, on one GPU, many, or the CPU."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..archive._reader import open_arrays
+from ..backend import BatchOptions, get_backend
+from ._csr import sort_rows, take_rows, to_scipy
+from ._obs import ObsColumns
+from ._order import ORDERS, Shard, epoch_order, fetch_permutation, rng_for, shard
+from ._prefetch import prefetch as run_ahead
+
+OUTPUTS = ("csr", "dense")
+
+
+class SingleCellLoader:
+    """Iterable over training batches of an SCDL archive; a replacement for a torch ``DataLoader``.
+
+    Each batch is a dict: ``X`` (a ``(B, n_genes)`` torch sparse CSR tensor with sorted columns,
+    or dense with ``output="dense"``), ``rows`` (int64 archive row ids), ``obs`` (a dict of
+    tensors: the ``obs_columns``, categorical ones as integer codes into ``loader.categories``),
+    and with ``neighbors=True`` also ``neighbor_rows`` and ``neighbor_X`` (one sampled neighbor
+    per cell, the cell itself when it has none).
+
+    Parameters
+    ----------
+    data
+        An archive path or a :class:`~scdl_gpu.SingleCellMemMapDataset`.
+    shuffle
+        ``"sequential"``, ``"random"`` (a permutation per epoch) or ``"block"`` (shuffled blocks
+        of ``block_size`` contiguous rows, read ``fetch_factor`` batches at a time with long reads,
+        rows shuffled among those batches). ``True``/``False`` mean ``"random"``/``"sequential"``.
+    seed, rank, world_size
+        Every order is a pure function of (seed, epoch, rank, world_size). Rank and world size
+        default to ``torch.distributed``'s when it is initialised, else 0 and 1. Rows are dealt to
+        ranks disjointly and every rank gets the same number of batches (see ``drop_last``).
+    drop_last
+        Drop rows so that ranks are equal and batches full; otherwise pad the epoch with its first
+        rows (every row at least once) and keep a last partial batch.
+    device
+        ``"auto"``, ``"cpu"`` or ``"cuda"`` (see :func:`scdl_gpu.backend.get_backend`).
+    options
+        A :class:`~scdl_gpu.backend.BatchOptions` (value dtype, ``target_sum``, ``log1p``,
+        ``gene_remap``); ``output="dense"`` sets its ``dense``.
+    transform
+        Called on each batch dict (on the device) before it is yielded.
+    prefetch
+        Batches assembled ahead by a background thread (0: none).
+
+    Memory: about ``(prefetch + 2) * batch_size * bytes per cell`` (``fetch_factor`` times that in
+    ``block`` order).
+    """
+
+    def __init__(
+        self,
+        data,
+        batch_size: int = 4096,
+        shuffle: str | bool = "block",
+        *,
+        block_size: int = 64,
+        fetch_factor: int = 4,
+        seed: int = 0,
+        drop_last: bool = False,
+        device: str = "auto",
+        output: str = "csr",
+        obs_columns: list[str] | None = None,
+        transform: Callable[[dict], dict] | None = None,
+        prefetch: int = 2,
+        rank: int | None = None,
+        world_size: int | None = None,
+        neighbors: bool = False,
+        options: BatchOptions | None = None,
+    ) -> None:
+        self.path = Path(getattr(data, "data_path", data))
+        if isinstance(shuffle, bool):
+            shuffle = "random" if shuffle else "sequential"
+        if shuffle not in ORDERS:
+            raise ValueError(f"shuffle must be one of {ORDERS} (or a bool), got {shuffle!r}")
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        for name, v in (("batch_size", batch_size), ("block_size", block_size), ("fetch_factor", fetch_factor)):
+            if int(v) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v}")
+        if prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0, got {prefetch}")
+        self.order, self.batch_size, self.block_size, self.fetch_factor = shuffle, int(batch_size), int(block_size), int(fetch_factor)
+        self.seed, self.drop_last, self.output, self.transform, self.prefetch = int(seed), bool(drop_last), output, transform, int(prefetch)
+        self.rank, self.world_size = _distributed(rank, world_size)
+        opts = options or BatchOptions()
+        if output == "dense" and not opts.dense:
+            opts = BatchOptions(**{**opts.__dict__, "dense": True})
+        self.backend = get_backend(self.path, device=device, options=opts)
+        self.n_rows = self.backend.n_rows
+        self.n_genes = self.backend.width
+        self.obs = ObsColumns(self.path, list(obs_columns or []), self.n_rows)
+        self.neighbors = None
+        if neighbors:
+            arrays = open_arrays(self.path, load_neighbors=True)
+            if arrays.neighbors is None:
+                raise ValueError(f"neighbors=True but {self.path} has no neighbor arrays")
+            self.neighbors = tuple(a.view(np.ndarray) for a in arrays.neighbors)
+        self.epoch = 0
+        self._resume_at = 0  # batches of the current epoch already consumed (from load_state_dict)
+        self._done = 0
+
+    # -- sizes and state ------------------------------------------------------------------------
+    @property
+    def categories(self) -> dict[str, list]:
+        """Category lists of the encoded obs columns: code ``k`` of column ``c`` is ``categories[c][k]``."""
+        return self.obs.categories
+
+    def _shard(self, epoch: int) -> Shard:
+        order = epoch_order(self.n_rows, self.order, self.seed, epoch, self.block_size)
+        return shard(order, self.rank, self.world_size, self.batch_size, self.drop_last)
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank (the same on every rank)."""
+        return self._shard(self.epoch).n_batches
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose order the next iteration follows (as ``DistributedSampler``)."""
+        self.epoch, self._resume_at, self._done = int(epoch), 0, 0
+
+    def state_dict(self) -> dict:
+        """Where the iteration stands: load it into a fresh loader to continue with the next batch."""
+        return dict(epoch=self.epoch, batches_done=self._done, seed=self.seed, order=self.order,
+                    batch_size=self.batch_size, world_size=self.world_size, rank=self.rank, n_rows=self.n_rows)
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("seed", "order", "batch_size", "world_size", "n_rows"):
+            if state[key] != getattr(self, key):
+                raise ValueError(f"state_dict was taken with {key}={state[key]!r}, this loader has {getattr(self, key)!r}")
+        self.epoch, self._resume_at, self._done = int(state["epoch"]), int(state["batches_done"]), int(state["batches_done"])
+
+    # -- iteration ------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[dict]:
+        epoch, start = self.epoch, self._resume_at
+        self._resume_at = 0
+        self._done = start
+        for batch in run_ahead(self._batches(epoch, start), self.prefetch):
+            self._done += 1
+            yield batch
+        self.epoch, self._done = epoch + 1, 0  # a finished epoch moves on, as every rank does
+
+    def _batches(self, epoch: int, start: int) -> Iterator[dict]:
+        sh = self._shard(epoch)
+        if self.order == "block" and self.fetch_factor > 1:
+            yield from self._fetched(sh, epoch, start)
+            return
+        for k in range(start, sh.n_batches):
+            rows = sh.batch(k)
+            yield self._finish(self.backend.batch(rows), epoch, k)
+
+    def _fetched(self, sh: Shard, epoch: int, start: int) -> Iterator[dict]:
+        """Block order: read ``fetch_factor`` batches of rows at once (sorted: few long spans), shuffle
+        them among those batches, and cut the batches from memory."""
+        per_fetch = self.fetch_factor * self.batch_size
+        for f in range(start // self.fetch_factor, -(-sh.n_batches // self.fetch_factor)):
+            first = f * self.fetch_factor
+            n_here = min(self.fetch_factor, sh.n_batches - first)
+            rows = sh.rows[f * per_fetch : f * per_fetch + n_here * self.batch_size]
+            by_position = np.argsort(rows, kind="stable")
+            fetched = self.backend.batch(rows[by_position])
+            m = None if fetched.dense is not None else to_scipy(sort_rows(fetched))
+            slot = np.empty(len(rows), np.int64)
+            slot[by_position] = np.arange(len(rows))  # where each fetch row sits in the sorted read
+            perm = fetch_permutation(len(rows), self.seed, epoch, self.rank, f)
+            for j in range(max(start - first, 0), n_here):
+                pick = perm[j * self.batch_size : (j + 1) * self.batch_size]
+                local, batch_rows = slot[pick], rows[pick]
+                if fetched.dense is not None:
+                    b = type(fetched)(batch_rows, (len(local), fetched.shape[1]), dense=fetched.dense[torch.from_numpy(local)])
+                elif m is not None:
+                    b = take_rows(m, local, batch_rows, fetched.crow.numpy().dtype)
+                else:  # float16 values: no scipy; gather through the backend instead
+                    b = self.backend.batch(batch_rows)
+                yield self._finish(b, epoch, first + j)
+
+    def _finish(self, b, epoch: int, k: int) -> dict:
+        out = {"X": self._tensor(b), "rows": torch.from_numpy(np.asarray(b.rows, dtype=np.int64)), "obs": self.obs.take(b.rows)}
+        if self.neighbors is not None:
+            nrows = self._sample_neighbors(b.rows, epoch, k)
+            out["neighbor_rows"] = torch.from_numpy(nrows)
+            out["neighbor_X"] = self._tensor(self.backend.batch(nrows))
+        return self.transform(out) if self.transform is not None else out
+
+    def _tensor(self, b) -> torch.Tensor:
+        if b.dense is not None:
+            return b.dense
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+            return sort_rows(b).to_sparse_csr()
+
+    def _sample_neighbors(self, rows: np.ndarray, epoch: int, k: int) -> np.ndarray:
+        """One neighbor per cell, uniformly among its neighbors; the cell itself when it has none."""
+        ptr, idx, _ = self.neighbors
+        lo = ptr[rows].astype(np.int64)
+        deg = ptr[rows + 1].astype(np.int64) - lo
+        u = rng_for(self.seed, epoch, 2, self.rank, k).random(len(rows))
+        pick = lo + np.minimum((u * deg).astype(np.int64), np.maximum(deg - 1, 0))
+        return np.where(deg > 0, idx[np.minimum(pick, max(len(idx) - 1, 0))] if len(idx) else rows, rows).astype(np.int64)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __repr__(self) -> str:
+        return (f"SingleCellLoader({str(self.path)!r}, batch_size={self.batch_size}, shuffle={self.order!r}, "
+                f"rank={self.rank}/{self.world_size}, device={self.backend.device!r}, batches={len(self)})")
+
+
+def _distributed(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if rank is None or world_size is None:
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            rank = dist.get_rank() if rank is None else rank
+            world_size = dist.get_world_size() if world_size is None else world_size
+    rank = 0 if rank is None else int(rank)
+    world_size = 1 if world_size is None else int(world_size)
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size); got rank={rank}, world_size={world_size}")
+    return rank, world_size
