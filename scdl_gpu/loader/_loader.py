@@ -34,8 +34,10 @@ class SingleCellLoader:
         An archive path or a :class:`~scdl_gpu.SingleCellMemMapDataset`.
     shuffle
         ``"sequential"``, ``"random"`` (a permutation per epoch) or ``"block"`` (shuffled blocks
-        of ``block_size`` contiguous rows, read ``fetch_factor`` batches at a time with long reads,
-        rows shuffled among those batches). ``True``/``False`` mean ``"random"``/``"sequential"``.
+        of ``block_size`` contiguous rows, default ``batch_size // 64``: each batch is read as a
+        few long spans). With ``fetch_factor`` > 1, that many batches are read at once and their
+        rows shuffled among them (more mixing, one more in-memory copy).
+        ``True``/``False`` mean ``"random"``/``"sequential"``.
     seed, rank, world_size
         Every order is a pure function of (seed, epoch, rank, world_size). Rank and world size
         default to ``torch.distributed``'s when it is initialised, else 0 and 1. Rows are dealt to
@@ -53,8 +55,8 @@ class SingleCellLoader:
     prefetch
         Batches assembled ahead by a background thread (0: none).
 
-    Memory: about ``(prefetch + 2) * batch_size * bytes per cell`` (``fetch_factor`` times that in
-    ``block`` order).
+    Memory: about ``(prefetch + 2) * batch_size * bytes per cell``, plus ``fetch_factor`` batches
+    in ``block`` order with ``fetch_factor`` > 1.
     """
 
     def __init__(
@@ -63,8 +65,8 @@ class SingleCellLoader:
         batch_size: int = 4096,
         shuffle: str | bool = "block",
         *,
-        block_size: int = 64,
-        fetch_factor: int = 4,
+        block_size: int | None = None,
+        fetch_factor: int = 1,
         seed: int = 0,
         drop_last: bool = False,
         device: str = "auto",
@@ -84,6 +86,8 @@ class SingleCellLoader:
             raise ValueError(f"shuffle must be one of {ORDERS} (or a bool), got {shuffle!r}")
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        if block_size is None:  # at least 64 blocks per batch: contiguous reads, yet well mixed
+            block_size = max(1, int(batch_size) // 64)
         for name, v in (("batch_size", batch_size), ("block_size", block_size), ("fetch_factor", fetch_factor)):
             if int(v) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v}")
