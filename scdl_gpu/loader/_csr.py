@@ -10,7 +10,10 @@ from ..backend import Batch
 
 
 def to_scipy(batch: Batch) -> sp.csr_matrix | None:
-    """The batch's CSR arrays as a scipy matrix sharing their memory (None if scipy cannot hold them)."""
+    """The batch's CSR arrays as a scipy matrix sharing their memory (None if scipy cannot hold them:
+    float16 values, or a batch on the GPU)."""
+    if batch.values.device.type != "cpu":
+        return None
     values = batch.values.numpy()
     if values.dtype == np.float16:  # scipy has no float16
         return None
@@ -24,17 +27,22 @@ def sort_rows(batch: Batch) -> Batch:
     torch's CSR invariants require sorted columns; archives keep rows as their source stored them
     (every row of a CELLxGENE file can be unsorted). The check is one C pass over the batch.
     """
-    m = to_scipy(batch)
+    m = to_scipy(batch) if batch.values.device.type == "cpu" else None
     if m is not None:
         if not m.has_sorted_indices:
             m.sort_indices()  # in place: the torch tensors share these arrays
         return batch
-    crow, col = batch.crow.numpy(), batch.col.numpy()
-    rows = np.repeat(np.arange(len(crow) - 1), np.diff(crow))
-    order = np.lexsort((col, rows))
-    if (order != np.arange(len(order))).any():
-        batch.col.copy_(torch.from_numpy(col[order]))
-        batch.values.copy_(batch.values[torch.from_numpy(order)])
+    # Elsewhere (GPU, float16): one torch sort by (row, column), on the batch's device.
+    crow, col = batch.crow.long(), batch.col.long()
+    rows = torch.repeat_interleave(torch.arange(len(crow) - 1, device=col.device), crow.diff())
+    if col.numel() < 2:
+        return batch
+    ordered = (col[1:] > col[:-1]) | (rows[1:] != rows[:-1])
+    if bool(ordered.all()):
+        return batch
+    order = torch.argsort(rows * max(batch.shape[1], 1) + col, stable=True)
+    batch.col.copy_(batch.col[order])
+    batch.values.copy_(batch.values[order])
     return batch
 
 

@@ -154,7 +154,7 @@ class SingleCellLoader:
 
     def _batches(self, epoch: int, start: int) -> Iterator[dict]:
         sh = self._shard(epoch)
-        if self.order == "block" and self.fetch_factor > 1:
+        if self.order == "block" and self.fetch_factor > 1 and self.backend.device == "cpu":
             yield from self._fetched(sh, epoch, start)
             return
         for k in range(start, sh.n_batches):
@@ -187,7 +187,11 @@ class SingleCellLoader:
                 yield self._finish(b, epoch, first + j)
 
     def _finish(self, b, epoch: int, k: int) -> dict:
-        out = {"X": self._tensor(b), "rows": torch.from_numpy(np.asarray(b.rows, dtype=np.int64)), "obs": self.obs.take(b.rows)}
+        x = self._tensor(b)
+        out = {"X": x, "rows": torch.from_numpy(np.asarray(b.rows, dtype=np.int64)), "obs": self.obs.take(b.rows)}
+        if x.device.type != "cpu":  # keep a batch on one device
+            out["rows"] = out["rows"].to(x.device, non_blocking=True)
+            out["obs"] = {k: v.to(x.device, non_blocking=True) for k, v in out["obs"].items()}
         if self.neighbors is not None:
             nrows = self._sample_neighbors(b.rows, epoch, k)
             out["neighbor_rows"] = torch.from_numpy(nrows)

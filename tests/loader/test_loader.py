@@ -243,3 +243,16 @@ def test_torch_dataloader_path_still_works_with_workers(real):
         warnings.simplefilter("ignore")
         dense = torch.cat([b.to_dense() for b in loader]).numpy()
     np.testing.assert_array_equal(dense, m.toarray())
+
+
+def test_torch_sort_path_matches_scipy_path(real):
+    """The device-agnostic sort (used on the GPU and for float16) orders columns like scipy."""
+    from scdl_gpu.backend import BatchOptions, get_backend
+    from scdl_gpu.loader._csr import sort_rows
+
+    path, m = real
+    rows = np.random.default_rng(0).integers(0, 500, 40)
+    b16 = sort_rows(get_backend(path, device="cpu", options=BatchOptions(value_dtype="float16")).batch(rows))
+    b32 = sort_rows(get_backend(path, device="cpu").batch(rows))
+    assert torch.equal(b16.col, b32.col) and torch.equal(b16.values.float(), b32.values)
+    torch.sparse_csr_tensor(b16.crow, b16.col, b16.values, b16.shape, check_invariants=True)
