@@ -13,7 +13,7 @@ from ..archive._reader import open_arrays
 from ..backend import BatchOptions, get_backend
 from ._csr import sort_rows, take_rows, to_scipy
 from ._obs import ObsColumns
-from ._order import ORDERS, Shard, epoch_order, fetch_permutation, rng_for, shard
+from ._order import ORDERS, Shard, epoch_order, fetch_permutation, rng_for, rows_and_batches_per_rank, shard
 from ._prefetch import prefetch as run_ahead
 
 OUTPUTS = ("csr", "dense")
@@ -124,8 +124,8 @@ class SingleCellLoader:
         return shard(order, self.rank, self.world_size, self.batch_size, self.drop_last)
 
     def __len__(self) -> int:
-        """Batches per epoch on this rank (the same on every rank)."""
-        return self._shard(self.epoch).n_batches
+        """Batches per epoch on this rank (the same on every rank; computed without the order)."""
+        return rows_and_batches_per_rank(self.n_rows, self.world_size, self.batch_size, self.drop_last)[1] if self.n_rows else 0
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose order the next iteration follows (as ``DistributedSampler``)."""

@@ -48,6 +48,15 @@ class Shard:
         return self.rows[k * self.batch_size : (k + 1) * self.batch_size]
 
 
+def rows_and_batches_per_rank(n: int, world_size: int, batch_size: int, drop_last: bool) -> tuple[int, int]:
+    """Rows and batches every rank gets (the same on all ranks)."""
+    if drop_last:
+        n_batches = (n // world_size) // batch_size
+        return n_batches * batch_size, n_batches
+    per_rank = -(-n // world_size)
+    return per_rank, -(-per_rank // batch_size)
+
+
 def shard(order: np.ndarray, rank: int, world_size: int, batch_size: int, drop_last: bool) -> Shard:
     """Deal ``order`` to ``world_size`` ranks in contiguous, equal parts (so blocks stay together).
 
@@ -57,16 +66,9 @@ def shard(order: np.ndarray, rank: int, world_size: int, batch_size: int, drop_l
     ``DistributedSampler`` does), so every row is seen at least once and at most twice.
     """
     n = len(order)
-    if drop_last:
-        per_rank = n // world_size
-        n_batches = per_rank // batch_size
-        per_rank = n_batches * batch_size
-    else:
-        per_rank = -(-n // world_size)
-        n_batches = -(-per_rank // batch_size)
-        if per_rank * world_size > n:
-            pad = per_rank * world_size - n
-            order = np.concatenate([order, np.resize(order, pad)]) if n else order
+    per_rank, n_batches = rows_and_batches_per_rank(n, world_size, batch_size, drop_last)
+    if not drop_last and n and per_rank * world_size > n:
+        order = np.concatenate([order, np.resize(order, per_rank * world_size - n)])
     rows = order[rank * per_rank : (rank + 1) * per_rank] if n else order[:0]
     return Shard(rows, batch_size, n_batches if n else 0)
 
