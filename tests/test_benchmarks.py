@@ -206,3 +206,36 @@ def test_bench_backend_end_to_end(tmp_path):
         assert len(r["ours"]["all_cells_per_s"]) == 2 and r["ours"]["cells_per_s"] > 0
         assert r["bionemo"]["cells_per_s"] > 0
     assert "| random | 8 |" in proc.stdout
+
+
+def test_bench_loader_end_to_end(ms, tmp_path):
+    pytest.importorskip("bionemo.scdl")
+    pytest.importorskip("anndata")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for k in range(2):  # two inputs of one gene table, as bench_convert_dir.make_inputs writes them
+        ms.make_synthetic_h5ad(inputs / f"plate_{k:03d}.h5ad", 150, 300, 30, seed=k, table_seed=0, progress=False)
+    peers = ["bionemo", "annloader"] + (["scdataset"] if importlib.util.find_spec("scdataset") else [])
+    out_json, out_md = tmp_path / "res.json", tmp_path / "res.md"
+    cmd = [sys.executable, str(BENCH / "bench_loader.py"), "--inputs", str(inputs), "--workdir", str(tmp_path / "work"),
+           "--seconds", "0.1", "--warmup", "1", "--repeats", "1", "--batch-sizes", "16", "--block", "default", "4x2",
+           "--peers", *peers, "--json", str(out_json), "--markdown", str(out_md)]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out_json.read_text())
+    assert res["config"]["n_rows"] == 300 and res["config"]["n_inputs"] == 2 and res["ceiling"]["cells_per_s"] > 0
+    runners = {(r["runner"], r["order"]) for r in res["runs"]}
+    assert {("scdl_gpu", o) for o in ("sequential", "random", "block")} <= runners
+    assert {("bionemo-scdl", "shuffle"), ("AnnLoader", "shuffle")} <= runners
+    assert (("scDataset", "block") in runners) == ("scdataset" in peers)
+    assert any(r["settings"].endswith("block_size=4, fetch_factor=2") for r in res["runs"] if r["runner"] == "scdl_gpu")
+    for r in res["runs"]:
+        assert r["cells_per_s"] > 0 and len(r["all_cells_per_s"]) == 1 and r["batch_size"] == 16, r
+        if r["runner"] in ("scdl_gpu", "AnnLoader", "scDataset"):
+            assert r["widths"] == [300], r  # full width; bionemo-scdl's is max column + 1
+        if r["runner"] == "scdl_gpu" or r["runner"] == "scDataset":
+            assert 1 <= r["distinct_labels"] <= 14, r  # the generator's plates
+    assert set(res["targets"]) == {"random64_vs_bionemo", "block4096_of_ceiling"}  # not evaluable at batch 16
+    assert all(t is None for t in res["targets"].values())
+    text = out_md.read_text()
+    assert "| scdl_gpu | random | 16 |" in text and "ceiling" in text
