@@ -148,16 +148,21 @@ def test_batches_are_valid_sorted_csr_equal_to_scipy(real, order, fetch_factor):
     assert seen == 500
 
 
-def test_dense_output_and_options(real):
+@pytest.mark.parametrize("order,fetch_factor", [("random", 1), ("block", 3)])
+def test_dense_output_and_options(real, order, fetch_factor):
     from scdl_gpu.backend import BatchOptions
 
     path, m = real
-    loader = SingleCellLoader(path, batch_size=50, shuffle="random", output="dense", device="cpu",
-                              options=BatchOptions(target_sum=1e4, log1p=True))
-    b = next(iter(loader))
-    x = m[b["rows"].numpy()].toarray().astype(np.float64)
-    want = np.log1p(x * (1e4 / x.sum(axis=1, keepdims=True)))
-    np.testing.assert_allclose(b["X"].numpy(), want, rtol=2e-6)
+    loader = SingleCellLoader(path, batch_size=50, shuffle=order, output="dense", device="cpu", block_size=10,
+                              fetch_factor=fetch_factor, options=BatchOptions(target_sum=1e4, log1p=True))
+    n = 0
+    for b in loader:
+        x = m[b["rows"].numpy()].toarray().astype(np.float64)
+        want = np.log1p(x * (1e4 / x.sum(axis=1, keepdims=True)))
+        assert b["X"].layout == torch.strided and b["X"].shape == (len(x), 2000)
+        np.testing.assert_allclose(b["X"].numpy(), want, rtol=2e-6)
+        n += len(x)
+    assert n == 500
 
 
 def test_obs_columns_are_encoded_once(small):
