@@ -110,3 +110,7 @@ DEFAULT_DTYPES = {
     FileNames.NEIGHBOR_INDICES_PTR.value: "uint64",
     FileNames.NEIGHBOR_VALUES.value: "float32",
 }
+
+#: scdl_gpu's own notes about an archive (upstream ignores the file): facts learned while writing
+#: it, valid only while ``n_rows`` and ``nnz`` still match the arrays.
+LAYOUT_FILE = "scdl_gpu.json"

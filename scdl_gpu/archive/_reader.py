@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ArchiveError, ArchiveNotFoundError, HeaderSerializationError
-from ._constants import DEFAULT_DTYPES, FLOAT_ORDER, INT_ORDER, FileNames
+from ._constants import DEFAULT_DTYPES, FLOAT_ORDER, INT_ORDER, LAYOUT_FILE, FileNames
 from ._feature_index import ObservedFeatureIndex, RowFeatureIndex, VariableFeatureIndex
 from ._header import SCDLHeader
 from ._memmap import map_raw, raw_length
@@ -191,3 +191,13 @@ def load_feature_index(path: str | Path, which: FileNames):
     if which is FileNames.VAR_FEATURES and not d.is_dir():
         d = path / FileNames.FEATURES.value
     return cls.load(str(d)) if d.is_dir() else cls()
+
+
+def rows_sorted(path: str | Path, n_rows: int, nnz: int) -> bool:
+    """True when the archive's writer recorded that every row's columns are strictly increasing,
+    and the arrays are still the ones it wrote (same rows and values); False when unknown."""
+    try:
+        facts = json.loads((Path(path) / LAYOUT_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(facts.get("rows_sorted")) and facts.get("n_rows") == n_rows and facts.get("nnz") == nnz

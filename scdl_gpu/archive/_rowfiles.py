@@ -21,6 +21,18 @@ ROWPTR_PARTIAL = "row_ptr.u64.partial"
 COPY_ITEMS = 8 * 1024 * 1024  # items per step when a file is re-typed while copied
 
 
+def rows_are_sorted(indptr: np.ndarray, indices: np.ndarray) -> bool:
+    """Whether every row of a CSR block has strictly increasing column indices (one vectorised pass)."""
+    indptr = np.asarray(indptr, dtype=np.int64) - int(indptr[0])
+    if len(indices) < 2:
+        return True
+    increasing = np.diff(indices.astype(np.int64, copy=False)) > 0
+    starts = indptr[1:-1]
+    starts = starts[(starts > 0) & (starts < len(indices))]
+    increasing[starts - 1] = True  # a row's first entry may be anything
+    return bool(increasing.all())
+
+
 @dataclass(frozen=True)
 class Segment:
     """A finished :class:`RowFiles` directory, as a picklable record (workers hand these back)."""
@@ -30,6 +42,7 @@ class Segment:
     col_dtype: str
     n_rows: int
     nnz: int
+    rows_sorted: bool = False  # every row's column indices strictly increasing (False: unknown or not)
 
     def row_ptr(self) -> np.ndarray:
         """The segment's uint64 row pointers (``n_rows + 1``, from 0), memory-mapped."""
@@ -61,6 +74,7 @@ class RowFiles:
         self._rowptr = open(self.directory / ROWPTR_PARTIAL, "wb")
         write_raw(self._rowptr, np.zeros(1, np.uint64))
         self.closed = False
+        self.rows_sorted = True  # until a row is seen unsorted, or rows are scattered unchecked
 
     def append_rows(self, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray) -> None:
         """Append rows given as a CSR block; ``indptr`` may start at any offset.
@@ -78,6 +92,8 @@ class RowFiles:
         write_raw(self._data, data)
         write_raw(self._cols, indices)
         write_raw(self._rowptr, (indptr[1:] - indptr[0] + self.nnz).astype(np.uint64))
+        if self.rows_sorted and nnz > 1:
+            self.rows_sorted = rows_are_sorted(indptr, indices)
         self.n_rows += n
         self.nnz += nnz
 
@@ -99,6 +115,7 @@ class RowFiles:
         self._cols.seek(0, os.SEEK_END)
         write_raw(self._rowptr, indptr[1:])
         self.n_rows, self.nnz = len(counts), nnz
+        self.rows_sorted = False  # filled later by scattering: not checked here
         if nnz == 0:
             return indptr, np.empty(0, self.data_dtype), np.empty(0, self.col_dtype)
         self._data.flush()
@@ -119,6 +136,7 @@ class RowFiles:
         for start in range(1, len(ptr), COPY_ITEMS):
             write_raw(self._rowptr, ptr[start : start + COPY_ITEMS] + np.uint64(self.nnz))
         del ptr
+        self.rows_sorted = self.rows_sorted and other.rows_sorted
         self.n_rows += other.n_rows
         self.nnz += other.nnz
 
@@ -135,7 +153,7 @@ class RowFiles:
                     os.fsync(f.fileno())
                 f.close()
             self.closed = True
-        return Segment(self.directory, self.data_dtype, self.col_dtype, self.n_rows, self.nnz)
+        return Segment(self.directory, self.data_dtype, self.col_dtype, self.n_rows, self.nnz, self.rows_sorted)
 
     def finish_row_ptr(self, row_dtype: str) -> None:
         """Write ``row_ptr.npy`` in ``row_dtype`` from the uint64 pointers (after :meth:`close`)."""

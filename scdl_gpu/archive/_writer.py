@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._constants import DEFAULT_DTYPES, SCDL_PACKAGE_VERSION, FileNames
+from ._constants import DEFAULT_DTYPES, LAYOUT_FILE, SCDL_PACKAGE_VERSION, FileNames
 from ._dtypes import check_data_dtype, col_dtype_for, smallest_uint_dtype
 from ._feature_index import ObservedFeatureIndex, VariableFeatureIndex
 from ._header import build_archive_header, feature_index_info
@@ -159,6 +159,7 @@ class ArchiveWriter:
         )
         header.save(str(tmp / FileNames.HEADER.value))
         write_json(tmp / FileNames.METADATA.value, {"num_rows": self.n_rows})
+        write_json(tmp / LAYOUT_FILE, {"n_rows": self.n_rows, "nnz": self.nnz, "rows_sorted": self.rows.rows_sorted})
         write_json(tmp / FileNames.VERSION.value, SCDL_PACKAGE_VERSION)
         fsync_dir(tmp)
         if self.path.exists():

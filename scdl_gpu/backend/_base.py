@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..archive._constants import FileNames
-from ..archive._reader import load_feature_index, open_arrays
+from ..archive._reader import load_feature_index, open_arrays, rows_sorted
 from ._batch import Batch, BatchOptions
 from ._plan import RowPlan, plan_rows
 
@@ -42,6 +42,8 @@ class Backend(ABC):
         self.dtypes = arrays.dtypes
         self.n_rows = arrays.n_rows
         self.archive_cols = _archive_width(self.path, self.col_ptr)
+        # Batches come out with sorted columns when the archive's rows are and no remap reorders them.
+        self.sorted_rows = rows_sorted(self.path, self.n_rows, len(self.data)) and self.options.gene_remap is None
         self.width = self.options.output_width(self.archive_cols)
         remap = self.options.gene_remap
         if remap is not None and len(remap) < self.archive_cols:

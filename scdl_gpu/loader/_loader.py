@@ -203,7 +203,7 @@ class SingleCellLoader:
             return b.dense
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-            return sort_rows(b).to_sparse_csr()
+            return (b if self.backend.sorted_rows else sort_rows(b)).to_sparse_csr()
 
     def _sample_neighbors(self, rows: np.ndarray, epoch: int, k: int) -> np.ndarray:
         """One neighbor per cell, uniformly among its neighbors; the cell itself when it has none."""

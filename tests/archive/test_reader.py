@@ -152,3 +152,35 @@ def test_neighbor_files_checked(tmp_path, write_h5ad):
     with pytest.raises(ArchiveError, match="neighbor_indices.npy holds"):
         SingleCellMemMapDataset(out, load_neighbors=True)
     assert SingleCellMemMapDataset(out).number_of_rows() == 20  # neighbors not requested: not read
+
+
+# -- the writer's note on sorted rows -------------------------------------------------------------
+def test_rows_are_sorted_check():
+    from scdl_gpu.archive._rowfiles import rows_are_sorted
+
+    ip = np.array([0, 3, 3, 5, 6])
+    assert rows_are_sorted(ip, np.array([1, 4, 9, 0, 2, 7]))  # each row increasing; empty row 1
+    assert not rows_are_sorted(ip, np.array([1, 9, 4, 0, 2, 7]))
+    assert not rows_are_sorted(ip, np.array([1, 4, 4, 0, 2, 7]))  # a repeated column is not "sorted"
+    assert rows_are_sorted(ip + 10, np.array([5, 6, 7, 1, 2, 0]))  # indptr may start anywhere
+    assert rows_are_sorted(np.array([0, 1]), np.array([3]))
+
+
+def test_sorted_rows_note_follows_the_arrays(tmp_path):
+    import json
+
+    from scdl_gpu.archive import concat_archives
+    from scdl_gpu.archive._cast import cast_archive_data
+    from scdl_gpu.archive._reader import rows_sorted
+    from scdl_gpu.convert import convert_h5ad
+    from tests.conftest import BUNDLED
+
+    sorted_a = convert_h5ad(BUNDLED / "cxg_example_valid.h5ad", tmp_path / "s", use_X_not_raw=True)
+    unsorted = convert_h5ad(BUNDLED / "cxg_small_perturbations.h5ad", tmp_path / "u", use_X_not_raw=True)
+    assert rows_sorted(sorted_a, 320, 20991) and not rows_sorted(unsorted, 500, 268478)
+    assert not rows_sorted(sorted_a, 321, 20991)  # arrays changed by someone else: the note is ignored
+    assert rows_sorted(concat_archives([sorted_a, sorted_a], tmp_path / "ss"), 640, 2 * 20991)
+    assert not rows_sorted(concat_archives([sorted_a, unsorted], tmp_path / "su"), 820, 20991 + 268478)
+    cast_archive_data(sorted_a, "uint16")  # values only: the note still holds
+    assert rows_sorted(sorted_a, 320, 20991)
+    assert json.loads((sorted_a / "scdl_gpu.json").read_text()) == {"n_rows": 320, "nnz": 20991, "rows_sorted": True}

@@ -261,3 +261,13 @@ def test_torch_sort_path_matches_scipy_path(real):
     b32 = sort_rows(get_backend(path, device="cpu").batch(rows))
     assert torch.equal(b16.col, b32.col) and torch.equal(b16.values.float(), b32.values)
     torch.sparse_csr_tensor(b16.crow, b16.col, b16.values, b16.shape, check_invariants=True)
+
+
+def test_sorted_archives_skip_the_per_batch_check(tmp_path, monkeypatch):
+    from scdl_gpu.loader import _loader
+
+    path = convert_h5ad(BUNDLED / "cxg_example_valid.h5ad", tmp_path / "s", use_X_not_raw=True)  # sorted rows
+    monkeypatch.setattr(_loader, "sort_rows", lambda b: pytest.fail("sorted archive checked again"))
+    for b in SingleCellLoader(path, batch_size=64, shuffle="random", device="cpu"):
+        x = b["X"]
+        torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(), x.values(), x.shape, check_invariants=True)
