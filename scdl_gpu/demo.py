@@ -1,4 +1,4 @@
-"""Quick start: convert an h5ad file, open the archive, stream one shuffled epoch of batches.
+"""Quick start: convert an h5ad file, open the archive, stream one shuffled epoch with SingleCellLoader.
 
     python -m scdl_gpu.demo tests/data/cxg_small_perturbations.h5ad
 """
@@ -11,10 +11,7 @@ import time
 import warnings
 from pathlib import Path
 
-import torch
-from torch.utils.data import DataLoader
-
-from . import SingleCellMemMapDataset, collate_sparse_matrix_batch
+from . import SingleCellLoader, SingleCellMemMapDataset
 from .convert import convert_h5ad
 
 
@@ -39,22 +36,17 @@ def main(argv: list[str] | None = None) -> None:
               f"{ds.number_nonzero_values()} stored values, dtypes {ds.dtypes['data.npy']}/"
               f"{ds.dtypes['col_ptr.npy']}/{ds.dtypes['row_ptr.npy']}")
 
-        loader = DataLoader(
-            ds,
-            batch_size=args.batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(args.seed),
-            collate_fn=collate_sparse_matrix_batch,
-        )
+        loader = SingleCellLoader(archive, batch_size=args.batch_size, shuffle="random", seed=args.seed, device="auto")
         cells = nnz = batches = 0
         t0 = time.perf_counter()
-        for batch in loader:
-            cells += batch.shape[0]
-            nnz += batch.values().numel()
+        for b in loader:
+            x = b["X"]
+            cells += x.shape[0]
+            nnz += x.values().numel()
             batches += 1
             if batches == 1:
-                print(f"first batch: {type(batch).__name__} layout={batch.layout} shape={tuple(batch.shape)} "
-                      f"nnz={batch.values().numel()} dtype={batch.dtype}")
+                print(f"first batch ({loader.backend.device}): layout={x.layout} shape={tuple(x.shape)} "
+                      f"nnz={x.values().numel()} dtype={x.dtype}, rows {b['rows'][:4].tolist()}...")
         dt = time.perf_counter() - t0
         print(f"one shuffled epoch: {batches} batches, {cells} cells, {nnz} values in {dt:.3f} s "
               f"= {cells / dt:,.0f} cells/s")
