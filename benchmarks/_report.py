@@ -117,3 +117,16 @@ def markdown(result: dict) -> str:
     failures = [r for r in result["runs"] if not r["ok"]]
     lines += [f"- FAILED {r['runner']} repeat {r['repeat']}: {r['error']}" for r in failures]
     return "\n".join(lines) + "\n"
+
+
+def write_outputs(result: dict, text: str, json_path=None, markdown_path=None) -> None:
+    """Print the markdown table and write the JSON and markdown files asked for."""
+    import json
+
+    print(text)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    if markdown_path:
+        markdown_path.parent.mkdir(parents=True, exist_ok=True)
+        markdown_path.write_text(text)

@@ -21,7 +21,6 @@ inputs) unless ``--archive`` is given. Example::
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -253,14 +252,7 @@ def main(argv=None) -> int:
                   + (f", bionemo {bio:,.0f}" if bio else ""), file=sys.stderr)
     runs = [dict(r, ours=_median(r["ours"]), bionemo=_median(r["bionemo"])) for r in runs.values()]
     result = dict(system=_report.system_info(), config=config, ceiling=ceiling, runs=runs, notes=sorted(set(notes)))
-    text = markdown(result)
-    print(text)
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    if a.markdown:
-        a.markdown.parent.mkdir(parents=True, exist_ok=True)
-        a.markdown.write_text(text)
+    _report.write_outputs(result, markdown(result), a.json, a.markdown)
     return 0
 
 

@@ -270,14 +270,7 @@ def main(argv=None) -> int:
                   config=dict(repeats=a.repeats, runners=names, page_cache="warm", workdir=str(a.workdir),
                               keep=a.keep, runner_code={n: RUNNERS[n].convert for n in names}),
                   runs=runs, summary=summary, comparison=_report.compare(summary))
-    text = _report.markdown(result)
-    print(text)
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    if a.markdown:
-        a.markdown.parent.mkdir(parents=True, exist_ok=True)
-        a.markdown.write_text(text)
+    _report.write_outputs(result, _report.markdown(result), a.json, a.markdown)
     failed = [r for r in runs if not r["ok"]]
     if failed:
         print(f"ERROR: {len(failed)} run(s) failed: " + "; ".join(f"{r['runner']} r{r['repeat']}" for r in failed),

@@ -17,7 +17,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -163,14 +162,7 @@ def main(argv=None) -> int:
         config=dict(repeats=a.repeats, runners=a.runners, runner_code={n: RUNNERS[n].convert for n in a.runners}),
         runs=runs, summary=summary, comparison=compare(summary),
     )
-    text = markdown(result)
-    print(text)
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    if a.markdown:
-        a.markdown.parent.mkdir(parents=True, exist_ok=True)
-        a.markdown.write_text(text)
+    _report.write_outputs(result, markdown(result), a.json, a.markdown)
     return 1 if any(not r["ok"] for r in runs) else 0
 
 

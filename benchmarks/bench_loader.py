@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
-import json
 import shutil
 import sys
 import tempfile
@@ -447,14 +446,7 @@ def main(argv=None) -> int:
                   warm_s=warm_s[0] if warm_s else 0.0, all_warm_s=warm_s, scdataset_version=scds_version)
     result = dict(system=_report.system_info(), config=config, ceiling=ceiling, runs=runs,
                   targets=evaluate(runs, ceiling["cells_per_s"]), notes=notes)
-    text = markdown(result)
-    print(text)
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    if a.markdown:
-        a.markdown.parent.mkdir(parents=True, exist_ok=True)
-        a.markdown.write_text(text)
+    _report.write_outputs(result, markdown(result), a.json, a.markdown)
     return 0
 
 
