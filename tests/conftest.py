@@ -103,3 +103,13 @@ def write_h5ad(tmp_path):
         return p
 
     return _write
+
+
+@pytest.fixture(scope="session")
+def bundled_archive(tmp_path_factory) -> Path:
+    """The bundled CELLxGENE example converted once per session (read-only use)."""
+    from scdl_gpu import convert_h5ad
+
+    out = tmp_path_factory.mktemp("bundled") / "cxg_example.scdl"
+    convert_h5ad(BUNDLED / "cxg_example_valid.h5ad", out)
+    return out

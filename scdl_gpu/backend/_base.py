@@ -11,6 +11,7 @@ import numpy as np
 
 from ..archive._constants import FileNames
 from ..archive._reader import load_feature_index, open_arrays, rows_sorted
+from ..profiling._stages import NO_STAGES
 from ._batch import Batch, BatchOptions
 from ._plan import RowPlan, plan_rows
 
@@ -30,6 +31,7 @@ class Backend(ABC):
     """
 
     device = "cpu"
+    stages = NO_STAGES  #: per-stage timing hooks (``scdl-gpu profile`` sets a StageClock)
 
     def __init__(self, archive: str | os.PathLike, options: BatchOptions | None = None, warm_maps: bool | None = None) -> None:
         self.path = Path(archive)

@@ -19,7 +19,7 @@ import torch
 from ._assemble import assemble
 from ._base import Backend
 from ._batch import Batch, BatchOptions
-from ._cpu import gather_spans
+from ._cpu import to_batch, gather_spans
 from ._detect import kvikio_available, resolve_device
 from ._plan import RowPlan
 
@@ -106,33 +106,32 @@ class GPUBackend(Backend):
 
         cp = self.cp
         srcs = (self.data, self.col_ptr)
-        pinned = gather_spans(srcs, plan, tuple(cupyx.empty_pinned(plan.nnz, s.dtype) for s in srcs))
-        out = []
-        for host in pinned:
-            dev = cp.empty(plan.nnz, host.dtype)
-            dev.set(host)  # one host-to-device copy per array
-            out.append(dev)
+        with self.stages("read"):
+            pinned = gather_spans(srcs, plan, tuple(cupyx.empty_pinned(plan.nnz, s.dtype) for s in srcs))
+        with self.stages("h2d"):
+            out = []
+            for host in pinned:
+                dev = cp.empty(plan.nnz, host.dtype)
+                dev.set(host)  # one host-to-device copy per array
+                out.append(dev)
         return tuple(out)
 
     # -- batches ------------------------------------------------------------------------------
     def batch(self, rows) -> Batch:
-        cp = self.cp
+        cp, stages = self.cp, self.stages
         plan = self.plan(rows)
-        vals, cols = self._stage_kvikio(plan) if self._use_kvikio(plan) else self._stage_host(plan)
-        if vals.dtype == cp.float16:
-            vals = vals.astype(cp.float32)
-        in_ptr = cp.asarray(plan.in_ptr)
-        out = assemble(self.kernels, cp, vals, cols, in_ptr, self.options, self.width, self.remap)
-        shape = (plan.n_rows, self.width)
-        if out.dense is not None:
-            return Batch(plan.rows, shape, dense=torch.from_dlpack(out.dense))
-        return Batch(
-            plan.rows,
-            shape,
-            crow=torch.from_dlpack(out.crow),
-            col=torch.from_dlpack(out.col),
-            values=torch.from_dlpack(out.values),
-        )
+        if self._use_kvikio(plan):
+            with stages("read"):
+                vals, cols = self._stage_kvikio(plan)
+        else:
+            vals, cols = self._stage_host(plan)
+        with stages("kernels"):
+            if vals.dtype == cp.float16:
+                vals = vals.astype(cp.float32)
+            in_ptr = cp.asarray(plan.in_ptr)
+            out = assemble(self.kernels, cp, vals, cols, in_ptr, self.options, self.width, self.remap)
+        with stages("dlpack"):
+            return to_batch(plan, (plan.n_rows, self.width), out, torch.from_dlpack)
 
     def close(self) -> None:
         if self._files is not None:

@@ -13,9 +13,9 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from . import _archive, _convert
+from . import _archive, _bench, _convert
 
-COMMANDS = (_convert, _archive)
+COMMANDS = (_convert, _archive, _bench)
 
 
 class CommandError(Exception):

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..archive._reader import open_arrays
-from ..backend import BatchOptions, get_backend
+from ..backend import Batch, BatchOptions, get_backend
 from ._csr import sort_rows, take_rows, to_scipy
 from ._obs import ObsColumns
 from ._order import ORDERS, Shard, epoch_order, fetch_permutation, rng_for, rows_and_batches_per_rank, shard
@@ -109,9 +109,19 @@ class SingleCellLoader:
             if arrays.neighbors is None:
                 raise ValueError(f"neighbors=True but {self.path} has no neighbor arrays")
             self.neighbors = tuple(a.view(np.ndarray) for a in arrays.neighbors)
+        _silence_csr_beta_warning()
         self.epoch = 0
         self._resume_at = 0  # batches of the current epoch already consumed (from load_state_dict)
         self._done = 0
+
+    @property
+    def stages(self):
+        """Per-stage timing hooks shared with the backend (``scdl-gpu profile`` sets a StageClock)."""
+        return self.backend.stages
+
+    @stages.setter
+    def stages(self, clock) -> None:
+        self.backend.stages = clock
 
     # -- sizes and state ------------------------------------------------------------------------
     @property
@@ -153,12 +163,14 @@ class SingleCellLoader:
         self.epoch, self._done = epoch + 1, 0  # a finished epoch moves on, as every rank does
 
     def _batches(self, epoch: int, start: int) -> Iterator[dict]:
-        sh = self._shard(epoch)
+        with self.stages("sample"):
+            sh = self._shard(epoch)
         if self.order == "block" and self.fetch_factor > 1 and self.backend.device == "cpu":
             yield from self._fetched(sh, epoch, start)
             return
         for k in range(start, sh.n_batches):
-            rows = sh.batch(k)
+            with self.stages("sample"):
+                rows = sh.batch(k)
             yield self._finish(self.backend.batch(rows), epoch, k)
 
     def _fetched(self, sh: Shard, epoch: int, start: int) -> Iterator[dict]:
@@ -168,42 +180,46 @@ class SingleCellLoader:
         for f in range(start // self.fetch_factor, -(-sh.n_batches // self.fetch_factor)):
             first = f * self.fetch_factor
             n_here = min(self.fetch_factor, sh.n_batches - first)
-            rows = sh.rows[f * per_fetch : f * per_fetch + n_here * self.batch_size]
-            by_position = np.argsort(rows, kind="stable")
+            with self.stages("sample"):
+                rows = sh.rows[f * per_fetch : f * per_fetch + n_here * self.batch_size]
+                by_position = np.argsort(rows, kind="stable")
+                slot = np.empty(len(rows), np.int64)
+                slot[by_position] = np.arange(len(rows))  # where each fetch row sits in the sorted read
+                perm = fetch_permutation(len(rows), self.seed, epoch, self.rank, f)
             fetched = self.backend.batch(rows[by_position])
-            m = None if fetched.dense is not None else to_scipy(sort_rows(fetched))
-            slot = np.empty(len(rows), np.int64)
-            slot[by_position] = np.arange(len(rows))  # where each fetch row sits in the sorted read
-            perm = fetch_permutation(len(rows), self.seed, epoch, self.rank, f)
+            with self.stages("collate"):
+                m = None if fetched.dense is not None else to_scipy(sort_rows(fetched))
             for j in range(max(start - first, 0), n_here):
                 pick = perm[j * self.batch_size : (j + 1) * self.batch_size]
                 local, batch_rows = slot[pick], rows[pick]
-                if fetched.dense is not None:
-                    b = type(fetched)(batch_rows, (len(local), fetched.shape[1]), dense=fetched.dense[torch.from_numpy(local)])
-                elif m is not None:
-                    b = take_rows(m, local, batch_rows, fetched.crow.numpy().dtype)
-                else:  # float16 values: no scipy; gather through the backend instead
+                if m is None and fetched.dense is None:  # float16 values: no scipy; gather through the backend
                     b = self.backend.batch(batch_rows)
+                else:
+                    with self.stages("collate"):
+                        b = (take_rows(m, local, batch_rows, fetched.crow.numpy().dtype) if m is not None else
+                             type(fetched)(batch_rows, (len(local), fetched.shape[1]), dense=fetched.dense[torch.from_numpy(local)]))
                 yield self._finish(b, epoch, first + j)
 
     def _finish(self, b, epoch: int, k: int) -> dict:
-        x = self._tensor(b)
-        out = {"X": x, "rows": torch.from_numpy(np.asarray(b.rows, dtype=np.int64)), "obs": self.obs.take(b.rows)}
-        if x.device.type != "cpu":  # keep a batch on one device
-            out["rows"] = out["rows"].to(x.device, non_blocking=True)
-            out["obs"] = {k: v.to(x.device, non_blocking=True) for k, v in out["obs"].items()}
+        with self.stages("collate"):
+            x = self._tensor(b)
+            out = {"X": x, "rows": torch.from_numpy(np.asarray(b.rows, dtype=np.int64)), "obs": self.obs.take(b.rows)}
+            if x.device.type != "cpu":  # keep a batch on one device
+                out["rows"] = out["rows"].to(x.device, non_blocking=True)
+                out["obs"] = {k: v.to(x.device, non_blocking=True) for k, v in out["obs"].items()}
         if self.neighbors is not None:
-            nrows = self._sample_neighbors(b.rows, epoch, k)
+            with self.stages("sample"):
+                nrows = self._sample_neighbors(b.rows, epoch, k)
             out["neighbor_rows"] = torch.from_numpy(nrows)
-            out["neighbor_X"] = self._tensor(self.backend.batch(nrows))
+            nb = self.backend.batch(nrows)
+            with self.stages("collate"):
+                out["neighbor_X"] = self._tensor(nb)
         return self.transform(out) if self.transform is not None else out
 
     def _tensor(self, b) -> torch.Tensor:
         if b.dense is not None:
             return b.dense
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-            return (b if self.backend.sorted_rows else sort_rows(b)).to_sparse_csr()
+        return (b if self.backend.sorted_rows else sort_rows(b)).to_sparse_csr()
 
     def _sample_neighbors(self, rows: np.ndarray, epoch: int, k: int) -> np.ndarray:
         """One neighbor per cell, uniformly among its neighbors; the cell itself when it has none."""
@@ -220,6 +236,15 @@ class SingleCellLoader:
     def __repr__(self) -> str:
         return (f"SingleCellLoader({str(self.path)!r}, batch_size={self.batch_size}, shuffle={self.order!r}, "
                 f"rank={self.rank}/{self.world_size}, device={self.backend.device!r}, batches={len(self)})")
+
+
+def _silence_csr_beta_warning() -> None:
+    """torch warns once per process that sparse CSR is in beta: let it do so here, silenced, rather
+    than filter warnings around every batch (which costs ~8 us and races with other threads)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        Batch(np.zeros(0, np.int64), (0, 0), crow=torch.zeros(1, dtype=torch.int32), col=torch.zeros(0, dtype=torch.int32),
+              values=torch.zeros(0)).to_sparse_csr()
 
 
 def _distributed(rank: int | None, world_size: int | None) -> tuple[int, int]:

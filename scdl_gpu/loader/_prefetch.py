@@ -1,8 +1,11 @@
-"""Run an iterator in a background thread, ``depth`` items ahead of the consumer.
+"""Run an iterator in a background thread, ahead of the consumer.
 
 A thread, not worker processes: nothing is pickled, the archive's memory maps and the backend are
-shared, and NumPy, h5py-free reads and torch release the GIL for the heavy parts. Exceptions are
-re-raised in the consumer; leaving the loop early stops the thread.
+shared, and NumPy and torch release the GIL for the heavy parts. Exceptions are re-raised in the
+consumer; leaving the loop early stops the thread.
+
+Two C-implemented ``SimpleQueue``s carry the items and the free slots (``depth`` tokens): a
+bounded ``queue.Queue`` does its locking in Python, holding the GIL the producer needs.
 """
 
 from __future__ import annotations
@@ -20,39 +23,47 @@ class _Raised:
 
 
 def prefetch(it: Iterator, depth: int) -> Iterator:
+    """Yield the items of ``it``, produced up to ``depth`` items ahead of the consumer."""
     if depth <= 0:
         yield from it
         return
-    q: queue.Queue = queue.Queue(maxsize=depth)
+    items: queue.SimpleQueue = queue.SimpleQueue()
+    slots: queue.SimpleQueue = queue.SimpleQueue()
+    for _ in range(depth):
+        slots.put(None)
     stop = threading.Event()
 
-    def put(item) -> bool:
+    def free_slot() -> bool:
         while not stop.is_set():
             try:
-                q.put(item, timeout=0.1)
+                slots.get(timeout=0.1)
                 return True
-            except queue.Full:
+            except queue.Empty:
                 continue
         return False
 
     def work() -> None:
         try:
-            for item in it:
-                if not put(item):
+            while free_slot():
+                try:
+                    item = next(it)
+                except StopIteration:
+                    items.put(_DONE)
                     return
-            put(_DONE)
+                items.put(item)
         except BaseException as e:  # handed to the consumer
-            put(_Raised(e))
+            items.put(_Raised(e))
 
     t = threading.Thread(target=work, name="scdl-prefetch", daemon=True)
     t.start()
     try:
         while True:
-            item = q.get()
+            item = items.get()
             if item is _DONE:
                 return
             if isinstance(item, _Raised):
                 raise item.exc
+            slots.put(None)
             yield item
     finally:
         stop.set()

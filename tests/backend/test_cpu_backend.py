@@ -196,3 +196,47 @@ def test_output_narrower_than_the_archive_is_refused(tmp_path):
     with pytest.raises(ValueError, match="narrower than the archive's 20 genes"):
         get_backend(path, device="cpu", options=BatchOptions(n_cols=10))
     assert get_backend(path, device="cpu", options=BatchOptions(n_cols=30)).batch([1]).shape == (1, 30)
+
+
+@pytest.mark.parametrize("short_span", [0, 1 << 40])
+def test_both_gather_routes_equal_scipy(tmp_path, monkeypatch, short_span):
+    """Short spans go through reused native buffers and one cast; long spans cast on the way. Force
+    each route on the same requests (long rows: ~5,000 values, so blocks are long spans)."""
+    import scdl_gpu.backend._cpu as cpu
+
+    monkeypatch.setattr(cpu, "SHORT_SPAN", short_span)
+    m = random_matrix(N_ROWS, 12_000, "uint16", seed=11, density=0.4)
+    path = write_archive(tmp_path / "long", m, data_dtype="uint16")
+    backend = get_backend(path, device="cpu")
+    for rows in _row_sets(N_ROWS, seed=4) + [np.arange(N_ROWS)]:
+        b = backend.batch(rows)
+        indptr, indices, data = _take_rows(m, rows, "float32")
+        np.testing.assert_array_equal(b.crow.numpy(), indptr)
+        np.testing.assert_array_equal(b.col.numpy(), indices)
+        np.testing.assert_array_equal(b.values.numpy(), data)
+
+
+def test_batches_from_several_threads_are_each_correct(archive):
+    """Staging buffers are per thread: concurrent batches must not see each other's rows."""
+    import threading
+
+    path, m = archive
+    backend = get_backend(path, device="cpu")
+    sets = [np.random.default_rng(s).integers(0, N_ROWS, 25) for s in range(6)]
+    expected = [_take_rows(m, rows, "float32") for rows in sets]
+    errors = []
+
+    def work(k):
+        for _ in range(200):
+            i = k % len(sets)
+            b = backend.batch(sets[i])
+            if not (np.array_equal(b.col.numpy(), expected[i][1]) and np.array_equal(b.crow.numpy(), expected[i][0])):
+                errors.append(i)
+            k += 1
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []

@@ -1,0 +1,83 @@
+"""run_bench / run_profile on a real (bundled) archive: what they measure and report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from scdl_gpu import SingleCellLoader
+from scdl_gpu.archive import open_arrays
+from scdl_gpu.profiling import StageClock, format_bench, format_profile, run_bench, run_profile
+
+BENCH_FIELDS = {"shuffle": str, "batch_size": int, "prefetch": int, "device": str, "cells": int, "batches": int,
+                "seconds": float, "cells_per_s": float, "batches_per_s": float, "first_batch_s": float,
+                "host_rss_peak_bytes": int, "host_anon_peak_bytes": int, "bytes_per_s": float, "fraction_of_bound": float}
+
+
+def test_bench_grid_and_schema(bundled_archive):
+    r = run_bench(bundled_archive, device="cpu", shuffles=["random", "block"], batch_sizes=[8, 32], prefetch=[0, 2],
+                  seconds=0.2, warmup=1)
+    json.loads(json.dumps(r))  # JSON-ready as it is
+    assert r["schema"] == "scdl-gpu-bench/1" and r["kind"] == "bench"
+    assert [(x["shuffle"], x["batch_size"], x["prefetch"]) for x in r["results"]] == [
+        (s, b, p) for s in ("random", "block") for b in (8, 32) for p in (0, 2)]
+    a = r["archive"]
+    assert a["n_rows"] == open_arrays(bundled_archive).n_rows
+    assert a["bytes_per_cell"] > 0 and set(a["dtypes"]) == {"data.npy", "col_ptr.npy", "row_ptr.npy"}
+    for x in r["results"]:
+        for key, typ in BENCH_FIELDS.items():
+            assert isinstance(x[key], typ), (key, x[key])
+        assert x["device_mem_peak_bytes"] is None and x["device_mem_added_bytes"] is None  # CPU run
+        assert x["batches"] > 0 and x["cells"] >= x["batches"]  # the last batch of an epoch may be short
+        assert x["cells"] <= x["batches"] * x["batch_size"]
+        assert np.isclose(x["cells_per_s"], x["cells"] / x["seconds"]) and x["first_batch_s"] > 0
+        assert np.isclose(x["fraction_of_bound"], x["bytes_per_s"] / r["bound"]["bytes_per_s"])
+    c = r["ceilings"]
+    files = [bundled_archive / "data.npy", bundled_archive / "col_ptr.npy"]
+    assert c["page_cache_read"]["bytes"] == sum(f.stat().st_size for f in files)
+    assert c["cold_read"]["bytes"] == c["page_cache_read"]["bytes"] and "posix_fadvise" in c["cold_read"]["note"]
+    assert c["memcpy"]["bytes_per_s"] > 0 and "h2d" not in c
+    assert r["bound"]["name"] == "page_cache_read"
+    assert r["system"]["device"] == "cpu" and r["system"]["gpu"] is None
+    text = format_bench(r)
+    assert "cells/s" in text and "of bound" in text and text.count("\n") >= 2 + len(r["results"])
+
+
+def test_bench_without_ceilings(bundled_archive):
+    r = run_bench(bundled_archive, device="cpu", shuffles=["sequential"], batch_sizes=[16], seconds=0.1, warmup=0,
+                  ceilings=False)
+    assert r["ceilings"] == {} and r["bound"]["bytes_per_s"] is None
+    assert r["results"][0]["fraction_of_bound"] is None
+    assert "of bound" in format_bench(r)
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_profile_stages(bundled_archive, prefetch):
+    r = run_profile(bundled_archive, device="cpu", shuffle="random", batch_size=16, prefetch=prefetch, seconds=0.3, warmup=1)
+    json.loads(json.dumps(r))
+    assert r["schema"] == "scdl-gpu-profile/1" and r["batches"] > 0
+    names = [s["stage"] for s in r["stages"]]
+    assert names == ["sample", "read", "kernels", "dlpack", "collate"]  # pipeline order; no h2d on the CPU
+    for s in r["stages"]:
+        assert s["ms_per_batch"] > 0 and s["calls"] >= r["batches"] - 1 and s["device_ms_per_batch"] is None
+    assert np.isclose(r["stages_ms_per_batch"], sum(s["ms_per_batch"] for s in r["stages"]))
+    if prefetch == 0:  # the stages run inside the consumer's wait
+        assert r["stages_ms_per_batch"] <= r["consumer_wait_ms_per_batch"]
+    assert r["consumer_wait_ms_per_batch"] <= r["ms_per_batch"]
+    text = format_profile(r)
+    assert all(n in text for n in names) and "consumer wait" in text
+
+
+def test_profiling_leaves_batches_unchanged(bundled_archive):
+    plain = SingleCellLoader(bundled_archive, batch_size=7, shuffle="random", seed=3, device="cpu", prefetch=0)
+    timed = SingleCellLoader(bundled_archive, batch_size=7, shuffle="random", seed=3, device="cpu", prefetch=0)
+    timed.stages = clock = StageClock()
+    for a, b in zip(plain, timed):
+        assert torch_equal(a["X"], b["X"]) and a["rows"].tolist() == b["rows"].tolist()
+    assert clock.calls["read"] == len(timed)
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a.to_dense() == b.to_dense()).all())
