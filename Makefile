@@ -7,7 +7,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench-convert bench-convert-dir clean
+BENCH_STAMP := $(VENV)/.installed-bench
+
+.PHONY: demo test bench-convert bench-convert-dir bench-loader bench-profiling bench-peers clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +21,8 @@ demo: $(STAMP)
 	$(PY) -m scdl_gpu.demo tests/data/cxg_small_perturbations.h5ad
 	@tmp=$$(mktemp -d) && \
 	$(VENV)/bin/scdl-gpu convert tests/data -o $$tmp/bundled.scdl --use-X-not-raw --gene-vocab union --data-dtype auto && \
-	$(VENV)/bin/scdl-gpu info $$tmp/bundled.scdl && $(VENV)/bin/scdl-gpu validate $$tmp/bundled.scdl; \
+	$(VENV)/bin/scdl-gpu info $$tmp/bundled.scdl && $(VENV)/bin/scdl-gpu validate $$tmp/bundled.scdl && \
+	$(VENV)/bin/scdl-gpu bench $$tmp/bundled.scdl --shuffle random block --batch-size 64 --seconds 1 --quiet; \
 	rc=$$?; rm -rf $$tmp; exit $$rc
 
 test: $(STAMP)
@@ -30,6 +33,22 @@ bench-convert: $(STAMP)
 
 bench-convert-dir: $(STAMP)
 	$(PY) benchmarks/bench_convert_dir.py --repeats 3 --json benchmarks/results/convert_dir_cpu.json --markdown benchmarks/results/convert_dir_cpu.md
+
+# The loader benchmarks (results/README.md says what each measures); the peers come with the bench extra.
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -c constraints-cpu.txt -e ".[bench]"
+	touch $(BENCH_STAMP)
+
+bench-loader: $(BENCH_STAMP)
+	PYTHONPATH=. $(PY) benchmarks/bench_loader.py --repeats 3 --seconds 4 --block default 64x4 --prefetch 2 0 \
+		--json benchmarks/results/loader_cpu.json --markdown benchmarks/results/loader_cpu.md
+
+bench-profiling: $(STAMP)
+	PYTHONPATH=. $(PY) benchmarks/bench_profiling.py --device cpu --out benchmarks/results
+
+bench-peers: $(BENCH_STAMP)
+	PYTHONPATH=. $(PY) benchmarks/compare_peers.py --batch-sizes 64 4096 --json benchmarks/results/peers_cpu.json \
+		--markdown benchmarks/results/peers_cpu.md --plot benchmarks/results/peers_cpu.png
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -239,3 +239,28 @@ def test_bench_loader_end_to_end(ms, tmp_path):
     assert all(t is None for t in res["targets"].values())
     text = out_md.read_text()
     assert "| scdl_gpu | random | 16 |" in text and "ceiling" in text
+
+
+def test_compare_peers_end_to_end(ms, tmp_path):
+    pytest.importorskip("bionemo.scdl")
+    pytest.importorskip("matplotlib")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for k in range(2):
+        ms.make_synthetic_h5ad(inputs / f"plate_{k:03d}.h5ad", 150, 300, 30, seed=k, table_seed=0, progress=False)
+    out_json, out_md, out_png = tmp_path / "p.json", tmp_path / "p.md", tmp_path / "p.png"
+    cmd = [sys.executable, str(BENCH / "compare_peers.py"), "--inputs", str(inputs), "--workdir", str(tmp_path / "work"),
+           "--seconds", "0.1", "--warmup", "1", "--repeats", "2", "--batch-sizes", "16", "--peers", "bionemo", "annloader",
+           "annbatch", "--no-cold", "--json", str(out_json), "--markdown", str(out_md), "--plot", str(out_png)]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out_json.read_text())
+    assert res["kind"] == "compare_peers" and res["archive"]["n_rows"] == 300
+    assert {(r["runner"], r["shuffle"]) for r in res["results"]} == {
+        ("scdl_gpu", "random"), ("scdl_gpu", "block"), ("bionemo-scdl", "shuffle"), ("AnnLoader", "shuffle")}
+    for r in res["results"]:
+        assert r["cells_per_s"] > 0 and len(r["all_cells_per_s"]) == 2 and r["first_batch_s"] > 0
+    if sys.version_info < (3, 12):
+        assert "annbatch not measured: needs Python >= 3.12" in res["notes"]
+    assert "| bionemo-scdl | shuffle | 16 |" in out_md.read_text() and "x bionemo-scdl" in out_md.read_text()
+    assert out_png.read_bytes().startswith(b"\x89PNG") and "runner" in proc.stdout

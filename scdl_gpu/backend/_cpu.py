@@ -12,6 +12,7 @@ from ._assemble import assemble
 from ._base import Backend
 from ._batch import Batch
 from ._plan import RowPlan
+from ._pool import BufferPool
 
 # Mean span length (values) below which a casting gather stages the native bytes first and casts
 # once: short spans are bound by per-copy Python overhead, long ones by the extra pass (measured
@@ -48,6 +49,7 @@ class CPUBackend(Backend):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._staging = threading.local()  # per thread: batch() may be called from several
+        self._outputs = BufferPool()
 
     def batch(self, rows) -> Batch:
         opts, srcs, stages = self.options, (self.data, self.col_ptr), self.stages
@@ -59,9 +61,13 @@ class CPUBackend(Backend):
                 short = len(plan.span_len) and plan.nnz < SHORT_SPAN * len(plan.span_len)
                 # short spans: memcpy native bytes into reused buffers, then one cast per array;
                 # long spans: cast on the way (one pass over fresh memory, not two)
-                staged = gather_spans(srcs, plan, self._stage(plan.nnz) if short else tuple(np.empty(plan.nnz, d) for d in dtypes))
+                outs = tuple(self._outputs.empty(plan.nnz, d) for d in dtypes)
+                staged = gather_spans(srcs, plan, self._stage(plan.nnz) if short else outs)
             with stages("kernels"):
-                values, col = (s.astype(d, copy=True) for s, d in zip(staged, dtypes)) if short else staged
+                if short:
+                    for o, s in zip(outs, staged):
+                        np.copyto(o, s, casting="unsafe")
+                values, col = outs
                 crow = plan.in_ptr.astype(index_dtype, copy=False)
             with stages("dlpack"):
                 return Batch(plan.rows, (plan.n_rows, self.width), crow=_t(crow), col=_t(col), values=_t(values))

@@ -33,8 +33,11 @@ def _read_file(path: Path, buf: bytearray, limit: int) -> int:
     return done
 
 
-def read_bandwidth(paths: list[Path], cold: bool = False, max_bytes: int = 4 << 30) -> dict:
-    """Bytes/s of one sequential pass over ``paths`` (at most ``max_bytes`` in all)."""
+def read_bandwidth(paths: list[Path], cold: bool = False, max_bytes: int = 4 << 30, repeats: int = 1) -> dict:
+    """Bytes/s of a sequential pass over ``paths`` (at most ``max_bytes`` in all); the best of
+    ``repeats`` passes (a ceiling is what the machine can do; a shared VM's slow moments are not)."""
+    if repeats > 1:
+        return max((read_bandwidth(paths, cold, max_bytes) for _ in range(repeats)), key=lambda r: r["bytes_per_s"] or 0)
     dropped = False
     if cold:
         if not hasattr(os, "posix_fadvise"):
@@ -100,7 +103,7 @@ def measure_ceilings(archive: Path, device: str, cold: bool = True, max_bytes: i
     """Every ceiling that applies to ``device`` for this archive (bytes/s; see the module notes)."""
     files = [Path(archive) / "data.npy", Path(archive) / "col_ptr.npy"]
     read_bandwidth(files, max_bytes=max_bytes)  # bring them into the page cache first
-    out = dict(page_cache_read=read_bandwidth(files, max_bytes=max_bytes), memcpy=memcpy_bandwidth())
+    out = dict(page_cache_read=read_bandwidth(files, max_bytes=max_bytes, repeats=3), memcpy=memcpy_bandwidth())
     if cold:
         out["cold_read"] = read_bandwidth(files, cold=True, max_bytes=max_bytes)
     if device == "cuda":

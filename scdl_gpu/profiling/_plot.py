@@ -26,8 +26,8 @@ def plot_bench(result: dict, path) -> Path:
     """Bars of cells/s per configuration (label: runner or shuffle, batch, prefetch) with the ceiling."""
     plt = pyplot()
     runs = result["results"]
-    labels = [f"{r.get('runner', 'scdl_gpu')}\n{r['shuffle']} @{r['batch_size']}" + (f" pf{r['prefetch']}" if "prefetch" in r else "")
-              for r in runs]
+    labels = [f"{r.get('runner', 'scdl_gpu')}\n{r['shuffle']} @{r['batch_size']}"
+              + (f" prefetch {r['prefetch']}" if r.get("prefetch") is not None else "") for r in runs]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(runs) + 2), 4.5), layout="constrained")
     bars = ax.bar(range(len(runs)), [r["cells_per_s"] for r in runs], color="#4C72B0")
     ax.bar_label(bars, labels=[f"{r['cells_per_s']:,.0f}" for r in runs], fontsize=7, rotation=90, padding=2)

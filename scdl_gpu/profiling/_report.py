@@ -37,12 +37,14 @@ def format_bench(result: dict) -> str:
             lines.append(f"bound    {b['name'].replace('_', ' ')}: {b['cells_per_s']:,.0f} cells/s")
     lines.append("")
     rows = []
+    runners = any("runner" in r for r in result["results"])
     for r in result["results"]:
         frac = r.get("fraction_of_bound")
-        rows.append([r["shuffle"], str(r["batch_size"]), str(r["prefetch"]), f"{r['cells_per_s']:,.0f}",
+        pf = "–" if r.get("prefetch") is None else str(r["prefetch"])
+        rows.append(([r.get("runner", "scdl_gpu")] if runners else []) + [r["shuffle"], str(r["batch_size"]), pf, f"{r['cells_per_s']:,.0f}",
                      f"{r['batches_per_s']:,.1f}", "–" if frac is None else f"{frac:.1%}",
                      f"{1e3 * r['first_batch_s']:,.0f}", _mib(r["host_rss_peak_bytes"]), _mib(r["host_anon_peak_bytes"]), _mib(r.get("device_mem_added_bytes"))])
-    lines.append(_table(["shuffle", "batch", "prefetch", "cells/s", "batches/s", "of bound", "first ms", "RSS MiB",
+    lines.append(_table((["runner"] if runners else []) + ["shuffle", "batch", "prefetch", "cells/s", "batches/s", "of bound", "first ms", "RSS MiB",
                          "anon MiB", "device MiB"], rows))
     return "\n".join(lines)
 

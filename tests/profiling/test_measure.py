@@ -75,3 +75,10 @@ def test_bound_is_the_slowest_applicable_ceiling():
     assert bound(dict(c, h2d={"bytes_per_s": 5e9}), "cuda") == ("h2d", 5e9)
     assert bound({}, "cpu") == ("none", None)
     assert memcpy_bandwidth(1 << 20, repeats=1)["bytes_per_s"] > 0
+
+
+def test_read_bandwidth_best_of_repeats(tmp_path):
+    f = tmp_path / "a"
+    f.write_bytes(b"z" * 100_000)
+    r = read_bandwidth([f], repeats=3)
+    assert r["bytes"] == 100_000 and r["bytes_per_s"] > 0
