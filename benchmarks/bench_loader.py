@@ -9,7 +9,7 @@ ten h5ad files of 20,000 cells, and their conversion into one archive) into a st
   seed=0)`` for each order (``sequential``, ``random``, ``block`` with the loader's default
   ``block_size``/``fetch_factor``, recorded), iterated ``for b in loader: b["X"]``; ``--block``
   adds other block settings (``64x4``: block_size 64, fetch_factor 4) and ``--prefetch`` other
-  prefetch depths; the targets use the first of each;
+  prefetch depths; the targets are evaluated for every prefetch depth, with the first block setting;
 * ``bionemo-scdl`` 0.1.3: ``DataLoader(SingleCellMemMapDataset(copy of the archive), batch_size=B,
   shuffle=True, collate_fn=collate_sparse_matrix_batch, num_workers=0)`` (its batches are only
   ``max column + 1`` wide, passed through as they are);
@@ -224,21 +224,30 @@ def warm_page_cache(paths: list[Path]) -> float:
 
 # -- report ----------------------------------------------------------------------------------------------
 def evaluate(runs: list[dict], ceiling: float) -> dict:
-    """The targets, on the first variant measured of each (our first prefetch depth and block setting)."""
-    def find(runner, order, bs):
-        return next((r for r in runs if r["runner"] == runner and r["order"] == order and r["batch_size"] == bs), None)
+    """The targets for each prefetch depth measured (first block setting). bionemo-scdl runs with
+    ``num_workers=0`` (nothing in the background), so ``prefetch=0`` is the like-for-like figure;
+    the default ``prefetch=2`` adds a thread that, with a consumer that does nothing, only competes
+    for the GIL on a 2-core machine. Both are reported."""
+    def find(runner, order, bs, pf=None):
+        return next((r for r in runs if r["runner"] == runner and r["order"] == order and r["batch_size"] == bs
+                     and (pf is None or r["settings"].split(",")[0] == f"prefetch={pf}")), None)
 
-    ours_r, bio, blk = find("scdl_gpu", "random", 64), find("bionemo-scdl", "shuffle", 64), find("scdl_gpu", "block", 4096)
-    t1 = t2 = None
-    if ours_r and bio:
-        ratio = ours_r["cells_per_s"] / bio["cells_per_s"]
-        t1 = dict(target=f"random at batch 64 >= {TARGET_RANDOM_VS_BIONEMO:g}x bionemo-scdl at batch 64",
-                  value=ratio, met=ratio >= TARGET_RANDOM_VS_BIONEMO)
-    if blk:
-        frac = blk["cells_per_s"] / ceiling
-        t2 = dict(target=f"block at batch 4096 >= {TARGET_BLOCK_OF_CEILING:.0%} of the memcpy ceiling",
-                  value=frac, met=frac >= TARGET_BLOCK_OF_CEILING)
-    return dict(random64_vs_bionemo=t1, block4096_of_ceiling=t2)
+    depths = list(dict.fromkeys(int(r["settings"].split(",")[0].split("=")[1]) for r in runs if r["runner"] == "scdl_gpu"))
+    bio = find("bionemo-scdl", "shuffle", 64)
+    out = {}
+    for pf in depths:
+        ours_r, blk = find("scdl_gpu", "random", 64, pf), find("scdl_gpu", "block", 4096, pf)
+        if ours_r and bio:
+            ratio = ours_r["cells_per_s"] / bio["cells_per_s"]
+            out[f"random64_vs_bionemo_prefetch{pf}"] = dict(
+                target=f"random at batch 64 >= {TARGET_RANDOM_VS_BIONEMO:g}x bionemo-scdl at batch 64 (prefetch={pf})",
+                value=ratio, met=ratio >= TARGET_RANDOM_VS_BIONEMO)
+        if blk:
+            frac = blk["cells_per_s"] / ceiling
+            out[f"block4096_of_ceiling_prefetch{pf}"] = dict(
+                target=f"block at batch 4096 >= {TARGET_BLOCK_OF_CEILING:.0%} of the memcpy ceiling (prefetch={pf})",
+                value=frac, met=frac >= TARGET_BLOCK_OF_CEILING)
+    return out
 
 
 def markdown(result: dict) -> str:
@@ -299,7 +308,7 @@ def main(argv=None) -> int:
                     help="block-order settings to measure: 'default' (the loader's) or BLOCK_SIZExFETCH_FACTOR, "
                          "e.g. 64x4; scDataset's block mode gets the same; the first is the one the target uses")
     ap.add_argument("--prefetch", type=int, nargs="+", default=[2],
-                    help="our loader's prefetch depths to measure (the first is the one the targets use)")
+                    help="our loader's prefetch depths to measure (targets are given for each)")
     ap.add_argument("--label", default="plate", help="obs column for the shuffle-quality count")
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--peer-seconds", type=float, help="time box for AnnLoader and scDataset (default: --seconds)")
