@@ -53,7 +53,9 @@ class SingleCellLoader:
     transform
         Called on each batch dict (on the device) before it is yielded.
     prefetch
-        Batches assembled ahead by a background thread (0: none).
+        Batches assembled ahead by a background thread (0: none). It overlaps assembly with a
+        training step that releases the GIL (GPU steps, large CPU batches); small CPU batches are
+        GIL-bound, and there ``prefetch=0`` is as fast or faster (see the README).
 
     Memory: about ``(prefetch + 2) * batch_size * bytes per cell``, plus ``fetch_factor`` batches
     in ``block`` order with ``fetch_factor`` > 1; on the CPU, outputs of 1 MiB or more are kept

@@ -90,10 +90,6 @@ class StageClock:
             b.synchronize()
             return cp.cuda.get_elapsed_time(a, b)
 
-        try:  # CuPy built without NVTX has no ranges to push
-            from cupy.cuda import nvtx as _nvtx
-
-            nvtx = (_nvtx.RangePush, _nvtx.RangePop) if getattr(_nvtx, "available", True) else None
-        except ImportError:
-            nvtx = None
+        nv = getattr(cp.cuda, "nvtx", None)  # CuPy built without NVTX has no ranges to push
+        nvtx = (nv.RangePush, nv.RangePop) if nv is not None and getattr(nv, "available", True) else None
         return cls(sync=cp.cuda.Device().synchronize, nvtx=nvtx, event=event, elapsed_ms=elapsed_ms)
