@@ -25,7 +25,9 @@ class BufferPool:
     def __init__(self, max_free: int = 8, min_bytes: int = MIN_BYTES) -> None:
         self.max_free, self.min_bytes = max_free, min_bytes
         self._free: list[np.ndarray] = []
-        self._lock = threading.Lock()
+        # Reentrant: a garbage collection inside _take can free a pooled array of this thread,
+        # whose finalizer then gives its block back while the lock is held (appends only).
+        self._lock = threading.RLock()
 
     def empty(self, n: int, dtype) -> np.ndarray:
         dtype = np.dtype(dtype)

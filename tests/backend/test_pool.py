@@ -50,3 +50,18 @@ def test_live_arrays_never_share_a_block_and_sizes_are_matched():
     assert big.ctypes.data not in starts and pool.n_free == 2
     tiny_but_pooled = pool.empty(n // 2 + MIN_BYTES // 2, np.uint8)
     assert tiny_but_pooled.nbytes == n // 2 + MIN_BYTES // 2
+
+
+def test_a_block_freed_by_the_collector_inside_take_does_not_deadlock():
+    pool = BufferPool()
+    n = MIN_BYTES
+
+    class Cycle:
+        pass
+
+    c = Cycle()
+    c.me, c.arr = c, pool.empty(n, np.uint8)  # only the cyclic collector can free this array
+    del c
+    with pool._lock:  # as if inside _take when the collector runs
+        gc.collect()
+    assert pool.n_free == 1
