@@ -82,7 +82,8 @@ class PeakSampler:
 
 @dataclass
 class Throughput:
-    """One timed window. ``first_batch_s``: from creating the stream to its first batch, synced.
+    """One timed window. ``wait_s``: time the consumer spent inside ``next()`` (all of it when the
+    consumer does nothing else). ``first_batch_s``: from creating the stream to its first batch, synced.
     Memory peaks are absolute: host RSS (which counts the archive's mapped pages) and its anonymous
     part (the loader's own buffers), and device memory in use on the whole device."""
 
@@ -91,6 +92,7 @@ class Throughput:
     seconds: float
     cells_per_s: float
     batches_per_s: float
+    wait_s: float
     first_batch_s: float
     host_rss_peak_bytes: int
     host_anon_peak_bytes: int
@@ -108,10 +110,11 @@ def batch_rows(batch) -> int:
 
 
 def measure(make_stream: Callable[[], Iterator], device: str, seconds: float, warmup: int = 3,
-            on_batch: Callable[[], None] | None = None) -> Throughput:
+            on_batch: Callable[[], None] | None = None, on_window: Callable[[], None] | None = None) -> Throughput:
     """Time ``make_stream()``'s batches: the first (set-up included), ``warmup`` more untimed, then as
     many as fit in ``seconds``; the device is synchronised before the clock stops, so every counted
-    batch is complete. ``on_batch`` is called after each timed batch (a progress bar)."""
+    batch is complete. ``on_window`` is called just before the timed window (to start a stage
+    clock), ``on_batch`` after each timed batch (a progress bar)."""
     with PeakSampler(device) as peaks:
         t0 = time.perf_counter()
         stream = make_stream()
@@ -122,10 +125,15 @@ def measure(make_stream: Callable[[], Iterator], device: str, seconds: float, wa
             for _ in range(warmup):
                 next(stream)
             synchronize(device)
+            if on_window is not None:
+                on_window()
             cells = n = 0
+            wait = 0.0
             t0 = time.perf_counter()
             while time.perf_counter() - t0 < seconds:
+                w = time.perf_counter()
                 cells += batch_rows(next(stream))
+                wait += time.perf_counter() - w
                 n += 1
                 if on_batch is not None:
                     on_batch()
@@ -136,8 +144,9 @@ def measure(make_stream: Callable[[], Iterator], device: str, seconds: float, wa
             if close is not None:
                 close()
     dev_peak = peaks.device_peak if device == "cuda" else None
-    return Throughput(cells=cells, batches=n, seconds=dt, cells_per_s=cells / dt, batches_per_s=n / dt,
-                      first_batch_s=first, host_rss_peak_bytes=peaks.host_peak, host_anon_peak_bytes=peaks.anon_peak, device_mem_peak_bytes=dev_peak,
+    return Throughput(cells=cells, batches=n, seconds=dt, cells_per_s=cells / dt, batches_per_s=n / dt, wait_s=wait,
+                      first_batch_s=first, host_rss_peak_bytes=peaks.host_peak, host_anon_peak_bytes=peaks.anon_peak,
+                      device_mem_peak_bytes=dev_peak,
                       device_mem_added_bytes=None if dev_peak is None else max(dev_peak - peaks.device_base, 0))
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from ._bench import Ticker, archive_shape, open_loader
-from ._measure import batch_rows, loader_stream, synchronize
+from ._measure import loader_stream, measure
 from ._stages import STAGES, StageClock
 from ._system import system_info
 
@@ -45,32 +44,16 @@ def run_profile(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=1, unit="config", desc="profile")
-    stream = loader_stream(loader)
-    try:
-        next(stream)  # set-up and warm-up batches are not profiled
-        for _ in range(warmup):
-            next(stream)
-        synchronize(dev)
-        loader.stages = clock
-        wait = 0.0
-        cells = n = 0
-        tick = Ticker(bar, f"{shuffle}@{batch_size} prefetch {prefetch}", seconds) if bar is not None else None
-        t0 = time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            w = time.perf_counter()
-            cells += batch_rows(next(stream))
-            wait += time.perf_counter() - w
-            n += 1
-            if tick is not None:
-                tick()
-        synchronize(dev)
-        wall = time.perf_counter() - t0
+    tick = Ticker(bar, f"{shuffle}@{batch_size} prefetch {prefetch}", seconds) if bar is not None else None
+    try:  # set-up and warm-up batches are not profiled: the clock starts with the window
+        t = measure(lambda: loader_stream(loader), dev, seconds, warmup, on_batch=tick,
+                    on_window=lambda: setattr(loader, "stages", clock))
     finally:
-        stream.close()
         loader.close()
         if bar is not None:
             bar.update(1)
             bar.close()
+    n = t.batches
     names = [s for s in STAGES if s in clock.calls] + [s for s in clock.calls if s not in STAGES]
     stages = [dict(stage=s, calls=clock.calls[s], wall_s=clock.wall_s[s], ms_per_batch=1e3 * clock.wall_s[s] / n,
                    device_ms_per_batch=1e3 * clock.device_s[s] / n if dev == "cuda" else None) for s in names]
@@ -78,8 +61,10 @@ def run_profile(
         schema=SCHEMA, kind="profile", system=system_info(dev), archive=shape,
         settings=dict(shuffle=shuffle, batch_size=int(batch_size), prefetch=int(prefetch), device=dev, seconds=seconds,
                       warmup=warmup, loader_kwargs={k: repr(v) for k, v in loader_kwargs.items()}),
-        batches=n, cells=cells, wall_s=wall, cells_per_s=cells / wall, ms_per_batch=1e3 * wall / n,
-        consumer_wait_ms_per_batch=1e3 * wait / n, stages=stages,
+        batches=n, cells=t.cells, wall_s=t.seconds, cells_per_s=t.cells_per_s, ms_per_batch=1e3 * t.seconds / n,
+        consumer_wait_ms_per_batch=1e3 * t.wait_s / n, first_batch_s=t.first_batch_s,
+        host_rss_peak_bytes=t.host_rss_peak_bytes, host_anon_peak_bytes=t.host_anon_peak_bytes,
+        device_mem_peak_bytes=t.device_mem_peak_bytes, stages=stages,
         stages_ms_per_batch=sum(s["ms_per_batch"] for s in stages),
     )
 

@@ -12,7 +12,7 @@ from scdl_gpu.archive import open_arrays
 from scdl_gpu.profiling import StageClock, format_bench, format_profile, run_bench, run_profile
 
 BENCH_FIELDS = {"shuffle": str, "batch_size": int, "prefetch": int, "device": str, "cells": int, "batches": int,
-                "seconds": float, "cells_per_s": float, "batches_per_s": float, "first_batch_s": float,
+                "seconds": float, "cells_per_s": float, "batches_per_s": float, "wait_s": float, "first_batch_s": float,
                 "host_rss_peak_bytes": int, "host_anon_peak_bytes": int, "bytes_per_s": float, "fraction_of_bound": float}
 
 
