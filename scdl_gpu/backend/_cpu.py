@@ -58,9 +58,10 @@ class CPUBackend(Backend):
                 plan = self.plan(rows)
                 index_dtype = opts.index_dtype_for(self.width, plan.nnz)
                 dtypes = (np.dtype(opts.value_dtype), np.dtype(index_dtype))
-                short = len(plan.span_len) and plan.nnz < SHORT_SPAN * len(plan.span_len)
-                # short spans: memcpy native bytes into reused buffers, then one cast per array;
-                # long spans: cast on the way (one pass over fresh memory, not two)
+                casts = any(src.dtype != d for src, d in zip(srcs, dtypes))
+                short = casts and len(plan.span_len) and plan.nnz < SHORT_SPAN * len(plan.span_len)
+                # short spans to cast: memcpy native bytes into reused buffers, then one cast per
+                # array; otherwise straight into the output (cast on the way: one pass, not two)
                 outs = tuple(self._outputs.empty(plan.nnz, d) for d in dtypes)
                 staged = gather_spans(srcs, plan, self._stage(plan.nnz) if short else outs)
             with stages("kernels"):
