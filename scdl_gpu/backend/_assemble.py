@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._batch import BatchOptions
+from ._batch import Batch, BatchOptions
 
 
 @dataclass
@@ -58,3 +58,11 @@ def assemble(ops, xp, vals, cols, in_ptr, opts: BatchOptions, width: int, remap=
     index_dtype = opts.index_dtype_for(width, n_out)
     values, col = ops.emit(vals, cols, in_ptr, remap, pos, scale, opts.log1p, out_dtype, index_dtype, n_out=n_out)
     return Assembled(crow=out_ptr.astype(index_dtype), col=col, values=values.astype(opts.value_dtype, copy=False))
+
+
+def to_batch(plan, shape: tuple[int, int], out: Assembled, to_torch) -> Batch:
+    """A :class:`Batch` of ``plan``'s rows from assembled device arrays, each handed to torch by
+    ``to_torch`` (``torch.from_dlpack``: no copy)."""
+    if out.dense is not None:
+        return Batch(plan.rows, shape, dense=to_torch(out.dense))
+    return Batch(plan.rows, shape, crow=to_torch(out.crow), col=to_torch(out.col), values=to_torch(out.values))

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from . import _reference as reference
-from ._assemble import assemble
+from ._assemble import assemble, to_batch
 from ._base import Backend
 from ._batch import Batch
 from ._plan import RowPlan
@@ -95,13 +95,6 @@ def _plain(opts, data_dtype: str) -> bool:
     float64, then float32) so that their rounding is the same as on the GPU."""
     transforms = opts.dense or opts.log1p or opts.target_sum is not None or opts.gene_remap is not None
     return not transforms and data_dtype != "uint64" and opts.value_dtype != "float16"
-
-
-def to_batch(plan: RowPlan, shape: tuple[int, int], out, to_torch) -> Batch:
-    """A :class:`Batch` of assembled arrays, each handed to torch by ``to_torch``."""
-    if out.dense is not None:
-        return Batch(plan.rows, shape, dense=to_torch(out.dense))
-    return Batch(plan.rows, shape, crow=to_torch(out.crow), col=to_torch(out.col), values=to_torch(out.values))
 
 
 def _t(a: np.ndarray) -> torch.Tensor:

@@ -16,10 +16,10 @@ import contextlib
 import numpy as np
 import torch
 
-from ._assemble import assemble
+from ._assemble import assemble, to_batch
 from ._base import Backend
 from ._batch import Batch, BatchOptions
-from ._cpu import to_batch, gather_spans
+from ._cpu import gather_spans
 from ._detect import kvikio_available, resolve_device
 from ._plan import RowPlan
 
