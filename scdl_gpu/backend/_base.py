@@ -11,9 +11,9 @@ import numpy as np
 
 from ..archive._constants import FileNames
 from ..archive._reader import load_feature_index, open_arrays, rows_sorted
-from ..profiling._stages import NO_STAGES
 from ._batch import Batch, BatchOptions
 from ._plan import RowPlan, plan_rows
+from ._stages import NO_STAGES
 
 
 class Backend(ABC):

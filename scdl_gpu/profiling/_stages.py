@@ -1,8 +1,7 @@
 """Per-stage timing of the loading pipeline, with NVTX ranges so Nsight shows the same stages.
 
-Backends and the loader wrap each step in ``with self.stages("read"):``. The default recorder,
-:data:`NO_STAGES`, does nothing (a shared no-op context); ``scdl-gpu profile`` swaps in a
-:class:`StageClock`. Stages do not nest: each step of a batch is timed once.
+The stage names and the no-op default recorder live below the backend (``backend/_stages.py``);
+``scdl-gpu profile`` swaps in a :class:`StageClock` for :data:`NO_STAGES`.
 """
 
 from __future__ import annotations
@@ -13,24 +12,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 
-STAGES = ("sample", "read", "h2d", "kernels", "dlpack", "collate")
-"""Pipeline order. ``read``: rows from the archive into host or device memory (memmap gather, or
-kvikio); ``h2d``: host staging to the device; ``kernels``: cast, transforms and CSR/dense assembly
-(CUDA kernels on the GPU, their NumPy references on the CPU); ``dlpack``: hand-off to torch;
-``collate``: the loader's batch dict (column-order check, obs codes, row ids)."""
-
-
-class NoStages:
-    """The recorder in normal use: every stage is a shared no-op context."""
-
-    enabled = False
-    _null = contextlib.nullcontext()
-
-    def __call__(self, name: str) -> contextlib.AbstractContextManager:
-        return self._null
-
-
-NO_STAGES = NoStages()
+from ..backend._stages import NO_STAGES, STAGES, NoStages  # noqa: F401  (re-exported)
 
 
 class StageClock:
