@@ -36,8 +36,7 @@ def expression(kernel: str, *dtypes) -> str:
     return f"{kernel}<{', '.join(CTYPES[np.dtype(d).name] for d in dtypes)}>"
 
 
-def all_expressions() -> list[str]:
-    """Every instantiation the GPU backend can request."""
+def _csr_batch_expressions() -> list[str]:
     out = [expression("scdl_keep_flags", tc) for tc in COLUMN_TYPES]
     for tv in VALUE_TYPES:
         for tc in COLUMN_TYPES:
@@ -46,3 +45,18 @@ def all_expressions() -> list[str]:
                 out.append(expression("scdl_densify", tv, tc, ov))
                 out += [expression("scdl_emit", tv, tc, ov, oi) for oi in INDEX_TYPES]
     return out
+
+
+def _gather_expressions() -> list[str]:
+    # Resident values keep the archive dtype (float16 travels as its uint16 bits).
+    return [expression("scdl_gather", tv, tc) for tv in VALUE_TYPES for tc in COLUMN_TYPES]
+
+
+_EXPRESSIONS = {"csr_batch.cu": _csr_batch_expressions, "gather.cu": _gather_expressions}
+#: every kernel file; each is its own NVRTC program
+SOURCES = tuple(_EXPRESSIONS)
+
+
+def all_expressions(name: str = "csr_batch.cu") -> list[str]:
+    """Every instantiation the GPU backend can request from the kernel file ``name``."""
+    return _EXPRESSIONS[name]()

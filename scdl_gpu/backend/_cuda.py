@@ -1,5 +1,7 @@
-"""The CUDA kernels of ``kernels/csr_batch.cu``, compiled by CuPy on first use, with the same call
-signatures as the NumPy references in :mod:`._reference` (so :func:`._assemble.assemble` runs on both).
+"""The CUDA kernels of ``kernels/csr_batch.cu`` and ``kernels/gather.cu``, compiled by CuPy on first use,
+with the same call signatures as the NumPy references in :mod:`._reference` (so
+:func:`._assemble.assemble` runs on both); ``gather`` differs in taking its outputs' length and the
+caller's error word.
 
 Only imported by the GPU backend: importing it imports CuPy.
 """
@@ -20,14 +22,13 @@ class CudaKernels:
 
     def __init__(self, value_dtype: str, col_dtype: str) -> None:
         self.tv, self.tc = np.dtype(value_dtype).name, np.dtype(col_dtype).name
-        self._source = kernels.source()
         self._functions: dict[str, object] = {}
 
-    def _fn(self, name: str, *dtypes):
-        expr = kernels.expression(name, *dtypes)
+    def _fn(self, name: str, *dtypes, file: str = "csr_batch.cu"):
+        expr = kernels.expression(name, *dtypes)  # kernel names are unique across files
         fn = self._functions.get(expr)
         if fn is None:
-            module = cp.RawModule(code=self._source, options=("-std=c++17",), name_expressions=[expr])
+            module = cp.RawModule(code=kernels.source(file), options=("-std=c++17",), name_expressions=[expr])
             fn = self._functions[expr] = module.get_function(expr)
         return fn
 
@@ -75,3 +76,20 @@ class CudaKernels:
         )
         self._launch(self._fn("scdl_densify", self.tv, self.tc, out_dtype), n, args)
         return out
+
+    def gather(self, data, cols, src_start, out_ptr, n_out, width, err):
+        """``scdl_gather``: the batch's rows copied out of the resident ``data``/``cols``.
+
+        ``n_out`` is ``out_ptr[-1]``, which the caller knows on the host (reading it here would sync).
+        Values keep ``data``'s dtype (pass float16 as a uint16 view), not this instance's staged dtype.
+        ``err``: the caller's int32 array of length 1, zeroed once per batch; bits as in the kernel.
+        """
+        n_rows = len(out_ptr) - 1
+        out_vals = cp.empty(n_out, dtype=data.dtype)
+        out_cols = cp.empty(n_out, dtype=cols.dtype)
+        args = (
+            data, cols, np.int64(len(data)), src_start, out_ptr, np.int64(n_rows), np.int64(width),
+            out_vals, out_cols, err,
+        )
+        self._launch(self._fn("scdl_gather", data.dtype, cols.dtype, file="gather.cu"), n_out, args)
+        return out_vals, out_cols

@@ -1,4 +1,5 @@
-"""NumPy twins of the kernels in ``kernels/csr_batch.cu``: the CPU path and the GPU tests' oracle.
+"""NumPy twins of the kernels in ``kernels/csr_batch.cu`` and ``kernels/gather.cu``: the CPU path and
+the GPU tests' oracle.
 
 Same array names as the kernels. A batch of ``B`` rows is *staged*: ``vals`` (archive value dtype)
 and ``cols`` (archive column dtype) hold the rows' stored entries concatenated in output row order,
@@ -22,6 +23,7 @@ __all__ = [
     "densify",
     "emit",
     "exclusive_scan",
+    "gather",
     "keep_flags",
     "out_indptr",
     "row_of_entries",
@@ -188,3 +190,35 @@ def densify(
     # Flat indices: NumPy's fast path for add.at (1-D, no broadcasting) adds 1.8M values in ~15 ms.
     np.add.at(out.reshape(-1), rows * out.shape[1] + c, v)
     return out
+
+
+#: ``gather``'s error bits, as the kernel ORs them into ``err``
+GATHER_OUT_OF_RANGE = 1  # an entry outside the resident data
+GATHER_BAD_COLUMN = 2  # a column >= width
+
+
+def gather(
+    data: np.ndarray, cols: np.ndarray, src_start: np.ndarray, out_ptr: np.ndarray, width: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """``scdl_gather``: row r of the output, ``[out_ptr[r], out_ptr[r + 1])``, copies the resident
+    entries from ``src_start[r]`` on; ``n_data = len(data)``.
+
+    Returns ``(out_vals, out_cols, err)`` in the dtypes of ``data`` and ``cols``. An entry outside
+    ``[0, n_data)`` sets ``GATHER_OUT_OF_RANGE`` in ``err``, a column ``>= width`` (compared as
+    uint64, like the kernel) sets ``GATHER_BAD_COLUMN``; either is written as value 0, column 0.
+    """
+    out_ptr = np.asarray(out_ptr, dtype=np.int64)
+    n = _n(out_ptr)
+    rows = row_of_entries(out_ptr, n)
+    # int64 arrays wrap on overflow, as the kernel's unsigned addition does.
+    k = np.asarray(src_start, dtype=np.int64)[rows] + (np.arange(n, dtype=np.int64) - out_ptr[rows])
+    slot = np.flatnonzero((k >= 0) & (k < len(data)))
+    c = cols[k[slot]]
+    # astype wraps a negative width to a huge uint64, as the kernel's cast does.
+    good = c.astype(np.uint64) < np.asarray(width, dtype=np.int64).astype(np.uint64)
+    err = (GATHER_OUT_OF_RANGE if len(slot) < n else 0) | (GATHER_BAD_COLUMN if not good.all() else 0)
+    out_vals = np.zeros(n, dtype=data.dtype)
+    out_cols = np.zeros(n, dtype=cols.dtype)
+    out_vals[slot[good]] = data[k[slot[good]]]
+    out_cols[slot[good]] = c[good]
+    return out_vals, out_cols, err

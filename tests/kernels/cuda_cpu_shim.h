@@ -18,11 +18,19 @@ struct scdl_shim_dim3 {
 // thread_local so a launcher could run blocks on several host threads without sharing the indices.
 inline thread_local scdl_shim_dim3 threadIdx, blockIdx, blockDim, gridDim;
 
-// Threads run one after another, so a plain read-modify-write is exact (and adds in entry order).
+// Threads run one after another, so plain read-modify-writes are exact (atomicAdd adds in entry order).
 template <typename T>
 inline T atomicAdd(T* address, T value)
 {
     const T old = *address;
     *address = old + value;
+    return old;
+}
+
+template <typename T>
+inline T atomicOr(T* address, T value)
+{
+    const T old = *address;
+    *address = old | value;
     return old;
 }

@@ -1,8 +1,11 @@
-"""Run the real ``kernels/csr_batch.cu`` on the CPU: g++ builds it with ``cuda_cpu_shim.h`` into a
-shared library whose ``extern "C"`` launchers walk a real grid (every block, every thread, one after
-another) and call the kernel body; Python calls them through ctypes with NumPy arrays.
+"""Run a real kernel file (``kernels/csr_batch.cu``, ``kernels/gather.cu``) on the CPU: g++ builds it with
+``cuda_cpu_shim.h`` into a shared library whose ``extern "C"`` launchers walk a real grid (every block,
+every thread, one after another) and call the kernel body; Python calls them through ctypes with NumPy
+arrays.
 
-``build(tmp_dir)`` compiles once (about 3 s); the test module caches the result per session.
+``build(tmp_dir, file)`` compiles one file (about 3 s for csr_batch.cu); ``fixture(file)`` gives a
+test module a session fixture that builds it once. ``Kernels`` has every launcher, but only that
+file's resolve.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-KERNEL = REPO / "kernels" / "csr_batch.cu"
+KERNEL_DIR = REPO / "kernels"
 SHIM_HEADER = Path(__file__).resolve().parent / "cuda_cpu_shim.h"
 
 # Short code -> (C++ type as in the kernels' instantiations, NumPy dtype).
@@ -52,12 +55,19 @@ PARAMS = {
         ("const {TV}*", P), ("const {TC}*", P), ("long long", LL), ("const long long*", P), ("long long", LL),
         ("const long long*", P), ("const double*", P), ("int", INT), ("long long", LL), ("{OV}*", P),
     ],
+    "gather": [
+        ("const {TV}*", P), ("const {TC}*", P), ("long long", LL), ("const long long*", P), ("const long long*", P),
+        ("long long", LL), ("long long", LL), ("{TV}*", P), ("{TC}*", P), ("int*", P),
+    ],
 }
+# The kernels each file defines; ``build`` makes one library per file.
+FILES = {"csr_batch.cu": ("keep_flags", "row_sums", "emit", "densify"), "gather.cu": ("gather",)}
 TEMPLATE = {
     "keep_flags": ("TC",),
     "row_sums": ("TV", "TC"),
     "emit": ("TV", "TC", "OV", "OI"),
     "densify": ("TV", "TC", "OV"),
+    "gather": ("TV", "TC"),
 }
 TABLES = {"TV": TV, "TC": TC, "OV": OV, "OI": OI}
 
@@ -87,10 +97,11 @@ def _combos(kernel: str):
     return itertools.product(*(TABLES[t] for t in TEMPLATE[kernel]))
 
 
-def wrapper_source() -> str:
+def wrapper_source(file: str) -> str:
     """The kernel file plus one ``extern "C"`` launcher per instantiation (single translation unit)."""
-    out = [f'#include "{KERNEL}"', PRELUDE]
-    for kernel, params in PARAMS.items():
+    out = [f'#include "{KERNEL_DIR / file}"', PRELUDE]
+    for kernel in FILES[file]:
+        params = PARAMS[kernel]
         for codes in _combos(kernel):
             types = {t: TABLES[t][c][0] for t, c in zip(TEMPLATE[kernel], codes)}
             decl = ", ".join(f"{ctype.format(**types)} a{k}" for k, (ctype, _) in enumerate(params))
@@ -103,20 +114,32 @@ def wrapper_source() -> str:
     return "\n".join(out) + "\n"
 
 
-def build(tmp_dir: Path) -> Kernels:
-    """Compile the kernels with g++ (skips the calling test when g++ is missing)."""
+def build(tmp_dir: Path, file: str) -> Kernels:
+    """Compile the kernel file ``file`` (a name in ``FILES``) with g++ (skips the calling test when g++
+    is missing)."""
     gxx = shutil.which("g++")
     if gxx is None:
         pytest.skip("g++ not on PATH: cannot run the CUDA kernels on the CPU")
-    src = tmp_dir / "csr_batch_shim.cpp"
-    lib = tmp_dir / "csr_batch_shim.so"
-    src.write_text(wrapper_source())
+    stem = Path(file).stem
+    src = tmp_dir / f"{stem}_shim.cpp"
+    lib = tmp_dir / f"{stem}_shim.so"
+    src.write_text(wrapper_source(file))
     cmd = [gxx, "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC",
            "-include", str(SHIM_HEADER), str(src), "-o", str(lib)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise AssertionError(f"g++ failed ({proc.returncode}):\n{' '.join(cmd)}\n{proc.stderr}")
     return Kernels(ctypes.CDLL(str(lib)))
+
+
+def fixture(file: str):
+    """A session-scoped pytest fixture that builds ``file`` once: ``kernels = shim.fixture("gather.cu")``."""
+
+    @pytest.fixture(scope="session")
+    def kernels(tmp_path_factory) -> Kernels:
+        return build(tmp_path_factory.mktemp(f"{Path(file).stem}_shim"), file)
+
+    return kernels
 
 
 def _ptr(a: np.ndarray | None, dtype=None) -> int | None:
@@ -173,3 +196,11 @@ class Kernels:
         fn = self._fn("densify", CODE[vals.dtype], CODE[cols.dtype], CODE[out.dtype])
         fn(self._grid(n, block, grid), block, _ptr(vals), _ptr(cols), n, _ptr(in_ptr, np.int64), n_rows,
            _ptr(remap, np.int64), _ptr(row_scale, np.float64), int(log1p), out.shape[1], _ptr(out))  # fmt: skip
+
+    def gather(self, data, cols, src_start, out_ptr, width, out_vals, out_cols, err, *, block=128, grid=None):
+        n, n_rows = int(out_ptr[-1]), len(out_ptr) - 1
+        assert len(src_start) >= n_rows and len(out_vals) >= n and len(out_cols) >= n and err.shape == (1,)
+        fn = self._fn("gather", CODE[data.dtype], CODE[cols.dtype])
+        fn(self._grid(n, block, grid), block, _ptr(data), _ptr(cols), len(data), _ptr(src_start, np.int64),
+           _ptr(out_ptr, np.int64), n_rows, width, _ptr(out_vals, data.dtype), _ptr(out_cols, cols.dtype),
+           _ptr(err, np.int32))  # fmt: skip

@@ -36,9 +36,7 @@ REMAP_CAP = 1 << 16  # the longest remap table built: 65536 columns, the full ui
 DENSE_CAP = 1 << 12  # dense width for column types wider than uint16 (keeps the dense tests quick)
 
 
-@pytest.fixture(scope="session")
-def kernels(tmp_path_factory) -> shim.Kernels:
-    return shim.build(tmp_path_factory.mktemp("csr_batch_shim"))
+kernels = shim.fixture("csr_batch.cu")
 
 
 @dataclass

@@ -19,12 +19,18 @@ def _check(result):
     return result[1:] if isinstance(result, tuple) else None
 
 
+# Instantiations per file: keep_flags per column type, then per value x column type (6 x 4) row_sums,
+# densify x 2 outputs and emit x 4 outputs; gather once per value x column type.
+COUNTS = {"csr_batch.cu": 4 + 6 * 4 * (1 + 2 + 4), "gather.cu": 6 * 4}
+
+
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-def test_nvrtc_compiles_every_instantiation(arch):
-    exprs = kernels.all_expressions()
-    assert len(exprs) == 4 + 6 * 4 * (1 + 2 + 4)
+@pytest.mark.parametrize("file", kernels.SOURCES)
+def test_nvrtc_compiles_every_instantiation(file, arch):
+    exprs = kernels.all_expressions(file)
+    assert len(exprs) == len(set(exprs)) == COUNTS[file]
     try:
-        (prog,) = _check(nvrtc.nvrtcCreateProgram(kernels.source().encode(), b"csr_batch.cu", 0, [], []))
+        (prog,) = _check(nvrtc.nvrtcCreateProgram(kernels.source(file).encode(), file.encode(), 0, [], []))
     except RuntimeError as e:  # the wheel is there but libnvrtc is not
         pytest.skip(f"NVRTC library not loadable: {e}")
     for e in exprs:
