@@ -60,9 +60,10 @@ def assemble(ops, xp, vals, cols, in_ptr, opts: BatchOptions, width: int, remap=
     return Assembled(crow=out_ptr.astype(index_dtype), col=col, values=values.astype(opts.value_dtype, copy=False))
 
 
-def to_batch(plan, shape: tuple[int, int], out: Assembled, to_torch) -> Batch:
+def to_batch(plan, shape: tuple[int, int], out: Assembled, to_torch, sorted: bool = False) -> Batch:
     """A :class:`Batch` of ``plan``'s rows from assembled device arrays, each handed to torch by
-    ``to_torch`` (``torch.from_dlpack``: no copy)."""
+    ``to_torch`` (``torch.from_dlpack``: no copy); ``sorted``: the staged rows were sorted."""
     if out.dense is not None:
         return Batch(plan.rows, shape, dense=to_torch(out.dense))
-    return Batch(plan.rows, shape, crow=to_torch(out.crow), col=to_torch(out.col), values=to_torch(out.values))
+    return Batch(plan.rows, shape, crow=to_torch(out.crow), col=to_torch(out.col), values=to_torch(out.values),
+                 sorted=sorted)

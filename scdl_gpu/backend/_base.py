@@ -12,6 +12,7 @@ import numpy as np
 from ..archive._constants import FileNames
 from ..archive._reader import load_feature_index, open_arrays, rows_sorted
 from ._batch import Batch, BatchOptions
+from . import _gather
 from ._plan import RowPlan, plan_rows
 from ._stages import NO_STAGES
 
@@ -44,8 +45,9 @@ class Backend(ABC):
         self.dtypes = arrays.dtypes
         self.n_rows = arrays.n_rows
         self.archive_cols = _archive_width(self.path, self.col_ptr)
-        # Batches come out with sorted columns when the archive's rows are and no remap reorders them.
-        self.sorted_rows = rows_sorted(self.path, self.n_rows, len(self.data)) and self.options.gene_remap is None
+        # The writer's note that every row is sorted: readers that copy rows as they are (kvikio)
+        # can skip the per-batch sort; the compiled gather checks and sorts as it copies anyway.
+        self.archive_sorted = rows_sorted(self.path, self.n_rows, len(self.data))
         self.width = self.options.output_width(self.archive_cols)
         remap = self.options.gene_remap
         if remap is not None and len(remap) < self.archive_cols:
@@ -56,9 +58,39 @@ class Backend(ABC):
             # the kernels write column j of row i at i * width + j: a narrower output would overflow
             raise ValueError(f"n_cols={self.width} is narrower than the archive's {self.archive_cols} genes; "
                              "drop genes with gene_remap instead")
+        self._warm_up()
 
     def plan(self, rows) -> RowPlan:
-        return plan_rows(self.row_ptr, rows)
+        """Each row's checked span (``IndexError`` for a row outside the archive, ``ArchiveError``
+        for a span ``row_ptr.npy`` gets wrong)."""
+        return plan_rows(self.row_ptr, rows, len(self.data), self.path)
+
+    def gather(self, plan: RowPlan, values: np.ndarray, col: np.ndarray, sort: bool = True) -> None:
+        """The compiled, bounds-checked copy of ``plan``'s rows into ``values``/``col`` (cast to
+        their dtypes; columns sorted inside rows when ``sort``). float16 moves as its bits."""
+        data = self.data
+        if data.dtype == np.float16:
+            if values.dtype != np.float16:
+                raise TypeError("float16 archives are gathered as float16 (then cast)")
+            data, values = data.view(np.uint16), values.view(np.uint16)
+        _gather.gather(data, self.col_ptr, plan.starts, plan.in_ptr, self.archive_cols, values, col,
+                       sort=sort, archive=self.path, rows=plan.rows)
+
+    def gather_native(self, plan: RowPlan, out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``plan``'s rows in the archive's own dtypes (into ``out`` when given: pinned staging),
+        checked; sorted inside rows unless a gene remap will reorder them anyway."""
+        if out is None:
+            out = (np.empty(plan.nnz, self.data.dtype), np.empty(plan.nnz, self.col_ptr.dtype))
+        self.gather(plan, *out, sort=self.options.gene_remap is None and not self.options.dense)
+        return out
+
+    def _warm_up(self) -> None:
+        """Compile the gathers this backend calls now, not in the first batch (see ``_gather.warm_up``)."""
+        data_dt = np.uint16 if self.data.dtype == np.float16 else self.data.dtype
+        outputs = [(data_dt, self.col_ptr.dtype)]
+        if self.options.value_dtype != "float16":
+            outputs.append((self.options.value_dtype, self.options.index_dtype_for(self.width, len(self.data))))
+        _gather.warm_up(data_dt, self.col_ptr.dtype, self.row_ptr.dtype, outputs)
 
     @abstractmethod
     def batch(self, rows) -> Batch: ...

@@ -86,7 +86,8 @@ class Batch:
     """One minibatch on the backend's device, as torch tensors sharing the backend's buffers.
 
     CSR: ``crow`` (B+1), ``col`` and ``values``; dense: ``dense`` (B, n_cols). ``rows`` are the
-    archive rows, in batch order.
+    archive rows, in batch order. ``sorted``: every row's columns are known to be non-decreasing
+    (otherwise the loader sorts them, as torch's CSR invariants require).
     """
 
     rows: np.ndarray
@@ -95,6 +96,7 @@ class Batch:
     col: torch.Tensor | None = None
     values: torch.Tensor | None = None
     dense: torch.Tensor | None = None
+    sorted: bool = False
 
     @property
     def device(self) -> torch.device:

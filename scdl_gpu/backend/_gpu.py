@@ -19,7 +19,6 @@ import torch
 from ._assemble import assemble, to_batch
 from ._base import Backend
 from ._batch import Batch, BatchOptions
-from ._cpu import gather_spans
 from ._detect import kvikio_available, resolve_device
 from ._plan import RowPlan
 
@@ -107,7 +106,7 @@ class GPUBackend(Backend):
         cp = self.cp
         srcs = (self.data, self.col_ptr)
         with self.stages("read"):
-            pinned = gather_spans(srcs, plan, tuple(cupyx.empty_pinned(plan.nnz, s.dtype) for s in srcs))
+            pinned = self.gather_native(plan, tuple(cupyx.empty_pinned(plan.nnz, s.dtype) for s in srcs))
         with self.stages("h2d"):
             out = []
             for host in pinned:

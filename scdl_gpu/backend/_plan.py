@@ -1,27 +1,30 @@
-"""Where a batch's rows live in the archive, and which of them can be read as one span."""
+"""Where a batch's rows live in the archive, checked, and which of them can be read as one span."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
 
 import numpy as np
+
+from . import _gather
 
 
 @dataclass(frozen=True)
 class RowPlan:
-    """A batch of rows, in request order, as source spans of the value/column files.
+    """A batch of rows, in request order, with each row's place in the value/column files.
 
-    ``in_ptr`` (int64, B+1) places each row in the staged (concatenated) arrays. Rows that follow
-    each other in the archive and in the request form one span (``span_src`` first value,
-    ``span_out`` position in the staged arrays, ``span_len`` values), so block sampling reads a
-    few long spans while random sampling reads one span per row.
+    ``starts`` (int64, B) is each row's first value in ``data.npy``; ``in_ptr`` (int64, B+1)
+    places the rows in the batch. Both come from :func:`plan_rows`, which checked every span
+    against ``row_ptr`` and the value file. ``span_src``/``span_out``/``span_len`` merge rows
+    that follow each other in the archive and in the request into one span (block sampling reads
+    a few long spans); readers that issue one read per span (kvikio) use them.
     """
 
     rows: np.ndarray
     in_ptr: np.ndarray
-    span_src: np.ndarray
-    span_out: np.ndarray
-    span_len: np.ndarray
+    starts: np.ndarray
 
     @property
     def nnz(self) -> int:
@@ -31,26 +34,41 @@ class RowPlan:
     def n_rows(self) -> int:
         return len(self.rows)
 
+    @cached_property
+    def _spans(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        first = np.ones(len(self.rows), bool)
+        first[1:] = self.rows[1:] != self.rows[:-1] + 1
+        heads = np.flatnonzero(first)
+        span_out = self.in_ptr[heads]
+        return self.starts[heads], span_out, np.diff(np.append(span_out, self.in_ptr[-1]))
 
-def plan_rows(row_ptr: np.ndarray, rows) -> RowPlan:
-    """Plan the batch ``rows`` (any order, repeats allowed) of an archive with pointers ``row_ptr``."""
+    @property
+    def span_src(self) -> np.ndarray:
+        return self._spans[0]
+
+    @property
+    def span_out(self) -> np.ndarray:
+        return self._spans[1]
+
+    @property
+    def span_len(self) -> np.ndarray:
+        return self._spans[2]
+
+
+def plan_rows(row_ptr: np.ndarray, rows, n_data: int | None = None, archive: Path | str = "") -> RowPlan:
+    """Plan the batch ``rows`` (any order, repeats allowed) of an archive with pointers ``row_ptr``
+    over ``n_data`` values (default: ``row_ptr[-1]``).
+
+    Raises ``IndexError`` for a row outside the archive and :class:`~scdl_gpu.errors.ArchiveError`
+    (naming ``row_ptr.npy`` under ``archive``) for a span outside the value file.
+    """
     rows = np.asarray(rows)
     if rows.ndim != 1:
         raise ValueError(f"rows must be a 1-D array of row ids, got shape {rows.shape}")
     if rows.size and rows.dtype.kind not in "iu":
         raise TypeError(f"rows must be integers, got {rows.dtype}")
-    rows = rows.astype(np.int64, copy=False)
-    n = len(row_ptr) - 1
-    if rows.size and (rows.min() < 0 or rows.max() >= n):
-        bad = rows[(rows < 0) | (rows >= n)][0]
-        raise IndexError(f"row {int(bad)} out of range for an archive of {n} rows")
-    starts = np.asarray(row_ptr[rows], dtype=np.int64)
-    lengths = np.asarray(row_ptr[rows + 1], dtype=np.int64) - starts
-    in_ptr = np.zeros(len(rows) + 1, np.int64)
-    np.cumsum(lengths, out=in_ptr[1:])
-    first = np.ones(len(rows), bool)
-    first[1:] = rows[1:] != rows[:-1] + 1
-    heads = np.flatnonzero(first)
-    span_out = in_ptr[heads]
-    span_len = np.diff(np.append(span_out, in_ptr[-1]))
-    return RowPlan(rows, in_ptr, starts[heads], span_out, span_len)
+    rows = np.ascontiguousarray(rows, dtype=np.int64)  # one compiled signature for every caller
+    if n_data is None:
+        n_data = int(row_ptr[-1])
+    starts, in_ptr = _gather.plan(row_ptr, rows, int(n_data), archive)
+    return RowPlan(rows, in_ptr, starts)

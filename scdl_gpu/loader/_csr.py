@@ -31,6 +31,7 @@ def sort_rows(batch: Batch) -> Batch:
     if m is not None:
         if not m.has_sorted_indices:
             m.sort_indices()  # in place: the torch tensors share these arrays
+        batch.sorted = True
         return batch
     # Elsewhere (GPU, float16): one torch sort by (row, column), on the batch's device.
     crow, col = batch.crow.long(), batch.col.long()
@@ -56,4 +57,5 @@ def take_rows(m: sp.csr_matrix, local: np.ndarray, rows: np.ndarray, index_dtype
         crow=torch.from_numpy(sub.indptr.astype(dt, copy=False)),
         col=torch.from_numpy(sub.indices.astype(dt, copy=False)),
         values=torch.from_numpy(sub.data),
+        sorted=True,  # rows of a sorted matrix
     )

@@ -191,7 +191,7 @@ class SingleCellLoader:
                 perm = fetch_permutation(len(rows), self.seed, epoch, self.rank, f)
             fetched = self.backend.batch(rows[by_position])
             with self.stages("collate"):
-                m = None if fetched.dense is not None else to_scipy(sort_rows(fetched))
+                m = None if fetched.dense is not None else to_scipy(fetched if fetched.sorted else sort_rows(fetched))
             for j in range(max(start - first, 0), n_here):
                 pick = perm[j * self.batch_size : (j + 1) * self.batch_size]
                 local, batch_rows = slot[pick], rows[pick]
@@ -222,7 +222,7 @@ class SingleCellLoader:
     def _tensor(self, b) -> torch.Tensor:
         if b.dense is not None:
             return b.dense
-        return (b if self.backend.sorted_rows else sort_rows(b)).to_sparse_csr()
+        return (b if b.sorted else sort_rows(b)).to_sparse_csr()
 
     def _sample_neighbors(self, rows: np.ndarray, epoch: int, k: int) -> np.ndarray:
         """One neighbor per cell, uniformly among its neighbors; the cell itself when it has none."""

@@ -36,8 +36,10 @@ def _cast(values: np.ndarray, value_dtype: str) -> np.ndarray:
 
 
 def _take_rows(m: sp.csr_matrix, rows, value_dtype: str):
-    """``(indptr, indices, data)`` of ``m[rows]`` in stored entry order (scipy may sort indices)."""
+    """``(indptr, indices, data)`` of ``m[rows]`` with each row's columns sorted (stable), as the
+    compiled gather returns them (the archives' rows are stored unsorted)."""
     spans = [np.arange(m.indptr[r], m.indptr[r + 1]) for r in rows]
+    spans = [s[np.argsort(m.indices[s], kind="stable")] for s in spans]
     idx = np.concatenate(spans) if spans else np.zeros(0, np.int64)
     indptr = np.concatenate([[0], np.cumsum([len(s) for s in spans])]).astype(np.int64)
     return indptr, m.indices[idx], _cast(m.data[idx], value_dtype)
@@ -66,7 +68,8 @@ def test_csr_batches_equal_scipy(archive, value_dtype):
         assert b.crow.dtype == b.col.dtype == torch.int32
         assert b.values.dtype == getattr(torch, value_dtype)
         np.testing.assert_array_equal(b.crow.numpy(), indptr)
-        np.testing.assert_array_equal(b.col.numpy(), indices)  # stored order kept (unsorted)
+        np.testing.assert_array_equal(b.col.numpy(), indices)  # sorted inside rows
+        assert b.sorted
         np.testing.assert_array_equal(b.values.numpy(), data)
         dense = sp.csr_matrix((data.astype(np.float64), indices, indptr), shape=(len(rows), 300)).toarray().astype(value_dtype)
         np.testing.assert_array_equal(b.to_sparse_csr().to_dense().numpy(), dense)
@@ -198,13 +201,13 @@ def test_output_narrower_than_the_archive_is_refused(tmp_path):
     assert get_backend(path, device="cpu", options=BatchOptions(n_cols=30)).batch([1]).shape == (1, 30)
 
 
-@pytest.mark.parametrize("short_span", [0, 1 << 40])
-def test_both_gather_routes_equal_scipy(tmp_path, monkeypatch, short_span):
-    """Short spans go through reused native buffers and one cast; long spans cast on the way. Force
-    each route on the same requests (long rows: ~5,000 values, so blocks are long spans)."""
-    import scdl_gpu.backend._cpu as cpu
+@pytest.mark.parametrize("parallel_from", [0, 1 << 40])
+def test_serial_and_parallel_gathers_equal_scipy(tmp_path, monkeypatch, parallel_from):
+    """The compiled gather runs on the calling thread for small batches and over numba's threads for
+    large ones; force each on the same requests (long rows: ~5,000 values)."""
+    import scdl_gpu.backend._gather as gather
 
-    monkeypatch.setattr(cpu, "SHORT_SPAN", short_span)
+    monkeypatch.setattr(gather, "PARALLEL_MIN_VALUES", parallel_from)
     m = random_matrix(N_ROWS, 12_000, "uint16", seed=11, density=0.4)
     path = write_archive(tmp_path / "long", m, data_dtype="uint16")
     backend = get_backend(path, device="cpu")
@@ -217,7 +220,7 @@ def test_both_gather_routes_equal_scipy(tmp_path, monkeypatch, short_span):
 
 
 def test_batches_from_several_threads_are_each_correct(archive):
-    """Staging buffers are per thread: concurrent batches must not see each other's rows."""
+    """Concurrent batches (the gather releases the GIL) must not see each other's rows."""
     import threading
 
     path, m = archive

@@ -1,0 +1,215 @@
+"""The compiled, bounds-checked row gather: archive rows in, one batch's values and columns out.
+
+Every batch of every CPU read path goes through two numba functions (compiled once per dtype
+combination, cached on disk, GIL released):
+
+- :func:`plan` — for each requested row, its span in the value file from ``row_ptr``, checked:
+  ``0 <= row_ptr[r] <= row_ptr[r + 1] <= len(data)``. A span that fails names ``row_ptr.npy``.
+- :func:`gather` — copies each row's values (cast through float64, as the CUDA kernels do) and
+  columns into the output, checking every column against the archive's width, and sorts the
+  columns inside a row (values follow, stable) when asked. In parallel over rows for large
+  batches. A column that fails names ``col_ptr.npy``.
+
+Nothing outside the maps is ever read and no invalid CSR is ever returned: the first violation
+raises :class:`~scdl_gpu.errors.ArchiveError` (rows out of the archive's range are the caller's
+error: ``IndexError``). The NumPy reference of both is :func:`gather_reference`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+
+from ..archive._bounds import column_error, span_error
+from ..errors import ArchiveError
+
+log = logging.getLogger(__name__)
+
+# Below this many values a batch is copied on the calling thread: waking numba's workers costs
+# more than the copy (measured on 2 cores: ~20 us per parallel call).
+PARALLEL_MIN_VALUES = 1 << 16
+_SMALL_SORT = 24  # rows shorter than this are insertion-sorted in place (no allocation)
+
+_JIT = dict(nogil=True, cache=True, error_model="numpy", boundscheck=False)
+
+
+@numba.njit(**_JIT)
+def _plan(row_ptr, rows, n_data, starts, in_ptr):  # pragma: no cover - compiled
+    """Fill ``starts``/``in_ptr``; return (status, index): 0 ok, 1 row out of range, 2 bad span."""
+    n_rows = row_ptr.shape[0] - 1
+    total = 0
+    in_ptr[0] = 0
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        if r < 0 or r >= n_rows:
+            return 1, i
+        lo = np.int64(row_ptr[r])
+        hi = np.int64(row_ptr[r + 1])
+        # int64 views of uint64 pointers: a value >= 2**63 shows as negative and fails here too
+        if lo < 0 or hi < lo or hi > n_data:
+            return 2, i
+        starts[i] = lo
+        total += hi - lo
+        in_ptr[i + 1] = total
+    return 0, -1
+
+
+@numba.njit(**_JIT)
+def _sort_row(cols, vals, o, n):  # pragma: no cover - compiled
+    """Sort ``cols[o:o+n]`` ascending, ``vals`` following; stable, so duplicates keep their order."""
+    if n <= _SMALL_SORT:
+        for j in range(o + 1, o + n):
+            c, v = cols[j], vals[j]
+            k = j - 1
+            while k >= o and cols[k] > c:
+                cols[k + 1] = cols[k]
+                vals[k + 1] = vals[k]
+                k -= 1
+            cols[k + 1] = c
+            vals[k + 1] = v
+        return
+    order = np.argsort(cols[o : o + n], kind="mergesort")
+    c = cols[o : o + n][order]
+    v = vals[o : o + n][order]
+    cols[o : o + n] = c
+    vals[o : o + n] = v
+
+
+@numba.njit(**_JIT)
+def _copy_row(data, cols, s, o, n, width, out_vals, out_cols, cast, sort):  # pragma: no cover - compiled
+    """One row; returns False when a column is out of range (the row is then left zeroed). Sorts
+    the row when ``sort`` and its columns are not already non-decreasing (checked while copying)."""
+    prev = np.int64(-1)
+    unsorted = False
+    for j in range(n):
+        c = np.int64(cols[s + j])  # uint64 columns >= 2**63 turn negative and fail the check
+        if c < 0 or c >= width:
+            for k in range(n):
+                out_cols[o + k] = 0
+                out_vals[o + k] = 0
+            return False
+        unsorted |= c < prev
+        prev = c
+        out_cols[o + j] = c
+        if cast:
+            out_vals[o + j] = np.float64(data[s + j])  # the kernels' rounding: via double, then once
+        else:
+            out_vals[o + j] = data[s + j]
+    if sort and unsorted:
+        _sort_row(out_cols, out_vals, o, n)
+    return True
+
+
+@numba.njit(**_JIT)
+def _gather_serial(data, cols, starts, in_ptr, width, out_vals, out_cols, cast, sort):  # pragma: no cover
+    for i in range(starts.shape[0]):
+        o = in_ptr[i]
+        if not _copy_row(data, cols, starts[i], o, in_ptr[i + 1] - o, width, out_vals, out_cols, cast, sort):
+            return i
+    return -1
+
+
+@numba.njit(parallel=True, **_JIT)
+def _gather_parallel(data, cols, starts, in_ptr, width, out_vals, out_cols, cast, sort):  # pragma: no cover
+    bad = 0
+    for i in numba.prange(starts.shape[0]):
+        o = in_ptr[i]
+        if not _copy_row(data, cols, starts[i], o, in_ptr[i + 1] - o, width, out_vals, out_cols, cast, sort):
+            bad += 1
+    if bad == 0:
+        return -1
+    for i in range(starts.shape[0]):  # the error path only: find the first bad row
+        o = in_ptr[i]
+        for j in range(in_ptr[i + 1] - o):
+            c = np.int64(cols[starts[i] + j])
+            if c < 0 or c >= width:
+                return i
+    return -1
+
+
+def plan(row_ptr: np.ndarray, rows: np.ndarray, n_data: int, archive: Path | str = "") -> tuple[np.ndarray, np.ndarray]:
+    """``(starts, in_ptr)`` of ``rows`` (int64): each row's first value in the value file and the
+    rows' places in the batch. Raises ``IndexError`` for a row outside the archive and
+    :class:`ArchiveError` for a span that ``row_ptr`` gets wrong."""
+    starts = np.empty(len(rows), np.int64)
+    in_ptr = np.empty(len(rows) + 1, np.int64)
+    status, i = _plan(row_ptr, rows, n_data, starts, in_ptr)
+    if status == 1:
+        raise IndexError(f"row {int(rows[i])} out of range for an archive of {len(row_ptr) - 1} rows")
+    if status == 2:
+        r = int(rows[i])
+        raise span_error(archive, r, int(row_ptr[r]), int(row_ptr[r + 1]), n_data)
+    return starts, in_ptr
+
+
+def gather(data: np.ndarray, cols: np.ndarray, starts: np.ndarray, in_ptr: np.ndarray, width: int,
+           out_vals: np.ndarray, out_cols: np.ndarray, *, sort: bool = True, archive: Path | str = "",
+           rows: np.ndarray | None = None) -> None:
+    """Copy the planned rows into ``out_vals``/``out_cols`` (length ``in_ptr[-1]``), casting values
+    to ``out_vals``'s dtype (through float64 when it differs) and columns to ``out_cols``'s; sort
+    the columns of every row that is not sorted when ``sort`` (the check is free: it runs while
+    copying). Raises :class:`ArchiveError` on a column ``>= width``, naming the archive row when
+    ``rows`` (the planned row ids) is given."""
+    cast = out_vals.dtype != data.dtype
+    run = _gather_parallel if len(out_vals) >= PARALLEL_MIN_VALUES and len(starts) > 1 else _gather_serial
+    bad = run(data, cols, starts, in_ptr, np.int64(width), out_vals, out_cols, cast, sort)
+    if bad >= 0:
+        o, n = int(starts[bad]), int(in_ptr[bad + 1] - in_ptr[bad])
+        seg = np.asarray(cols[o : o + n]).astype(np.int64)
+        c = int(seg[(seg < 0) | (seg >= width)][0])
+        raise column_error(archive, int(rows[bad]) if rows is not None else bad, c, width)
+
+
+def gather_reference(row_ptr, data, cols, rows, width, value_dtype, index_dtype, sort=False):
+    """NumPy twin of :func:`plan` + :func:`gather` for tests: ``(in_ptr, values, columns)``, or the
+    exception the compiled path raises."""
+    rows = np.asarray(rows, np.int64)
+    n_rows = len(row_ptr) - 1
+    if rows.size and (rows.min() < 0 or rows.max() >= n_rows):
+        raise IndexError("row out of range")
+    lo = np.asarray(row_ptr, np.uint64)[rows].astype(np.int64) if rows.size else np.zeros(0, np.int64)
+    hi = np.asarray(row_ptr, np.uint64)[rows + 1].astype(np.int64) if rows.size else np.zeros(0, np.int64)
+    if ((lo < 0) | (hi < lo) | (hi > len(data))).any():
+        raise ArchiveError("row_ptr.npy")
+    in_ptr = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum(hi - lo, out=in_ptr[1:])
+    idx = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)]) if rows.size else np.zeros(0, np.int64)
+    c = np.asarray(cols)[idx].astype(np.int64)
+    if ((c < 0) | (c >= width)).any():
+        raise ArchiveError("col_ptr.npy")
+    v = np.asarray(data)[idx]
+    if np.dtype(value_dtype) != v.dtype:
+        v = v.astype(np.float64)
+    v = v.astype(value_dtype)
+    if sort:
+        row_of = np.repeat(np.arange(len(rows)), hi - lo)
+        order = np.lexsort((c, row_of))  # stable for equal (row, column)
+        c, v = c[order], v[order]
+    return in_ptr, v, c.astype(index_dtype)
+
+
+def warm_up(data_dtype, col_dtype, row_ptr_dtype, outputs) -> float:
+    """Compile (or load from numba's disk cache) the gathers a backend will call, for each
+    ``(value dtype, index dtype)`` in ``outputs``, so that the cost does not land on the first
+    batch of an epoch. Returns the seconds it took (logged when it was a compile)."""
+    t0 = time.perf_counter()
+    row_ptr = np.array([0, 1, 1], row_ptr_dtype)
+    data, cols = np.ones(1, data_dtype), np.zeros(1, col_dtype)
+    starts, in_ptr = plan(row_ptr, np.array([0, 1], np.int64), 1)
+    for vd, idt in dict.fromkeys(outputs):
+        out_v, out_c = np.empty(1, vd), np.empty(1, idt)
+        for run in (_gather_serial, _gather_parallel):  # `cast` and `sort` are values, not types
+            run(data, cols, starts, in_ptr, np.int64(1), out_v, out_c, out_v.dtype != data.dtype, False)
+    dt = time.perf_counter() - t0
+    if dt > 0.5:
+        log.info("compiled the row gather for %s values / %s columns in %.1f s (numba caches it on disk)",
+                 np.dtype(data_dtype).name, np.dtype(col_dtype).name, dt)
+    return dt
+
+
+__all__ = ["PARALLEL_MIN_VALUES", "gather", "gather_reference", "plan", "warm_up"]
+
