@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ._neighbors import NeighborMixin
+from .archive._bounds import check_columns, check_span
 from .archive._cast import cast_archive_data
 from .archive._concat import DEFAULT_CHUNK, concat_archives
 from .archive._constants import DEFAULT_DTYPES, SCDL_PACKAGE_VERSION, FileNames, Mode, NeighborSamplingStrategy
@@ -166,9 +167,15 @@ class SingleCellMemMapDataset(NeighborMixin, torch.utils.data.Dataset):
         return j
 
     def _row_slices(self, index) -> tuple[np.ndarray, np.ndarray]:
+        """The row's values and columns, checked: its span inside ``data.npy`` and every column below
+        the row's gene count (``ArchiveError`` naming the file otherwise, never a wild read)."""
         i = self._check_row(index)
-        lo, hi = int(self.row_index[i]), int(self.row_index[i + 1])
-        return self.data[lo:hi], self.col_index[lo:hi]
+        lo, hi = check_span(self.data_path, self.row_index, i, len(self.data))
+        values, columns = self.data[lo:hi], self.col_index[lo:hi]
+        var = self.var_features()
+        if len(var):
+            check_columns(self.data_path, columns, i, var.number_vars_at_row(i))
+        return values, columns
 
     def get_row(
         self,
