@@ -82,25 +82,32 @@ def _sort_row(cols, vals, o, n):  # pragma: no cover - compiled
 @numba.njit(**_JIT)
 def _copy_row(data, cols, s, o, n, width, out_vals, out_cols, cast, sort):  # pragma: no cover - compiled
     """One row; returns False when a column is out of range (the row is then left zeroed). Sorts
-    the row when ``sort`` and its columns are not already non-decreasing (checked while copying)."""
-    prev = np.int64(-1)
-    unsorted = False
+    the row when ``sort`` and its columns are not already non-decreasing.
+
+    Separate branch-free loops (largest column, order check, the two copies) so that LLVM
+    vectorises each: one loop with an early exit measured 1.5x slower on long rows."""
+    top = np.uint64(0)
     for j in range(n):
-        c = np.int64(cols[s + j])  # uint64 columns >= 2**63 turn negative and fail the check
-        if c < 0 or c >= width:
-            for k in range(n):
-                out_cols[o + k] = 0
-                out_vals[o + k] = 0
-            return False
-        unsorted |= c < prev
-        prev = c
-        out_cols[o + j] = c
-        if cast:
+        top = max(top, np.uint64(cols[s + j]))  # unsigned: uint64 columns >= 2**63 stay huge
+    if n and top >= np.uint64(width):
+        for k in range(n):
+            out_cols[o + k] = 0
+            out_vals[o + k] = 0
+        return False
+    for j in range(n):
+        out_cols[o + j] = cols[s + j]
+    if cast:
+        for j in range(n):
             out_vals[o + j] = np.float64(data[s + j])  # the kernels' rounding: via double, then once
-        else:
+    else:
+        for j in range(n):
             out_vals[o + j] = data[s + j]
-    if sort and unsorted:
-        _sort_row(out_cols, out_vals, o, n)
+    if sort and n > 1:
+        unsorted = False
+        for j in range(1, n):
+            unsorted |= cols[s + j] < cols[s + j - 1]
+        if unsorted:
+            _sort_row(out_cols, out_vals, o, n)
     return True
 
 
@@ -125,8 +132,7 @@ def _gather_parallel(data, cols, starts, in_ptr, width, out_vals, out_cols, cast
     for i in range(starts.shape[0]):  # the error path only: find the first bad row
         o = in_ptr[i]
         for j in range(in_ptr[i + 1] - o):
-            c = np.int64(cols[starts[i] + j])
-            if c < 0 or c >= width:
+            if np.uint64(cols[starts[i] + j]) >= np.uint64(width):
                 return i
     return -1
 
