@@ -21,16 +21,34 @@ ROWPTR_PARTIAL = "row_ptr.u64.partial"
 COPY_ITEMS = 8 * 1024 * 1024  # items per step when a file is re-typed while copied
 
 
-def rows_are_sorted(indptr: np.ndarray, indices: np.ndarray) -> bool:
-    """Whether every row of a CSR block has strictly increasing column indices (one vectorised pass)."""
-    indptr = np.asarray(indptr, dtype=np.int64) - int(indptr[0])
+def _increasing(indptr: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """Per stored entry ``k`` but the last: whether entry ``k + 1`` is in a later row or a larger column."""
     if len(indices) < 2:
-        return True
+        return np.ones(0, dtype=bool)
     increasing = np.diff(indices.astype(np.int64, copy=False)) > 0
     starts = indptr[1:-1]
     starts = starts[(starts > 0) & (starts < len(indices))]
     increasing[starts - 1] = True  # a row's first entry may be anything
-    return bool(increasing.all())
+    return increasing
+
+
+def rows_are_sorted(indptr: np.ndarray, indices: np.ndarray) -> bool:
+    """Whether every row of a CSR block has strictly increasing column indices (one vectorised pass)."""
+    return bool(_increasing(np.asarray(indptr, dtype=np.int64) - int(indptr[0]), indices).all())
+
+
+def unsorted_rows(indptr: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """The rows of a CSR block (numbered from 0) whose column indices are not strictly increasing."""
+    indptr = np.asarray(indptr, dtype=np.int64) - int(indptr[0])
+    increasing = _increasing(indptr, indices)
+    if increasing.all():
+        return np.zeros(0, dtype=np.int64)
+    # before[k]: out-of-order pairs (k', k' + 1) with k' < k; row r holds pairs indptr[r] .. indptr[r + 1] - 2
+    before = np.zeros(len(indices) + 1, dtype=np.int64)
+    np.cumsum(~increasing, out=before[1 : len(increasing) + 1])
+    before[len(increasing) + 1 :] = before[len(increasing)]
+    last = np.maximum(indptr[1:] - 1, indptr[:-1])
+    return np.flatnonzero(before[last] > before[indptr[:-1]])
 
 
 @dataclass(frozen=True)
@@ -115,7 +133,7 @@ class RowFiles:
         self._cols.seek(0, os.SEEK_END)
         write_raw(self._rowptr, indptr[1:])
         self.n_rows, self.nnz = len(counts), nnz
-        self.rows_sorted = False  # filled later by scattering: not checked here
+        self.rows_sorted = False  # filled later by scattering: see record_scattered_order
         if nnz == 0:
             return indptr, np.empty(0, self.data_dtype), np.empty(0, self.col_dtype)
         self._data.flush()
@@ -123,6 +141,13 @@ class RowFiles:
         data = np.memmap(self.directory / FileNames.DATA.value, dtype=self.data_dtype, mode="r+", shape=(nnz,))
         cols = np.memmap(self.directory / FileNames.COLPTR.value, dtype=self.col_dtype, mode="r+", shape=(nnz,))
         return indptr, data, cols
+
+    def record_scattered_order(self, rows_sorted: bool) -> None:
+        """Record whether the rows filled through :meth:`allocate_rows` are all strictly increasing.
+
+        The filler checks them (it holds the filled arrays); until then they count as unsorted.
+        """
+        self.rows_sorted = bool(rows_sorted)
 
     def append_segment(self, other: Segment) -> None:
         """Append the rows of a finished segment, converting dtypes where they differ.

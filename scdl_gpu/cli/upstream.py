@@ -53,6 +53,7 @@ def convert(args) -> int:
         paginated_load_cutoff=args.paginated_load_cutoff,
         load_block_row_size=args.load_block_row_size,
         use_X_not_raw=args.use_X_not_raw,
+        keep_column_order=True,  # upstream's conversion keeps input order: same bytes as its collection
         overwrite=args.overwrite,
         progress=sys.stderr.isatty(),
     )

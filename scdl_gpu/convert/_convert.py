@@ -38,6 +38,7 @@ def convert_h5ad(
     overwrite: bool = False,
     max_block_values: int = MAX_BLOCK_VALUES,
     progress: bool = False,
+    keep_column_order: bool = True,
 ) -> Path:
     """Convert an AnnData file into an SCDL archive at ``archive_path``.
 
@@ -59,6 +60,12 @@ def convert_h5ad(
     load_neighbors, neighbor_key
         Also store ``obsp[neighbor_key]`` (sparse or dense) as the neighbor arrays; a missing key
         warns and stores none, as upstream does.
+    keep_column_order
+        Store each row's entries in input order, as upstream does: this function is what
+        :class:`~scdl_gpu.SingleCellMemMapDataset` and :class:`~scdl_gpu.SingleCellCollection`
+        convert with, and their archives match upstream's byte for byte. ``False`` sorts every
+        row by column (values follow; repeated columns keep their order), so loading needs no
+        per-batch sort; :func:`~scdl_gpu.convert_many` does that by default.
 
     Returns
     -------
@@ -85,10 +92,16 @@ def convert_h5ad(
             bar = _progress(progress, n_rows, src.name)
             try:
                 cast = ValueCast(data_dtype, data_dtype_tolerance)
-                copy_matrix(source.matrix, w, cast, max_block_values, max_rows, on_rows=bar.update if bar else None)
+                unsorted = copy_matrix(
+                    source.matrix, w.rows, cast, max_block_values, max_rows,
+                    on_rows=bar.update if bar else None, sort_rows=not keep_column_order,
+                )
             finally:
                 if bar is not None:
                     bar.close()
+            if unsorted:
+                done = "kept as given" if keep_column_order else "sorted"
+                log.info("%s: %d rows with unsorted columns, %s", src, unsorted, done)
             return w.commit()
 
 

@@ -1,7 +1,7 @@
-"""Move one input's matrix into row storage: cast values, remap columns, scatter column-major inputs.
+"""Move one input's matrix into row storage: cast values, remap columns, sort rows, scatter column-major inputs.
 
-A *sink* is anything with ``col_dtype``, ``data_dtype``, ``append_rows`` and ``allocate_rows``
-(an :class:`~scdl_gpu.archive.ArchiveWriter` or a segment's :class:`~scdl_gpu.archive.RowFiles`).
+The *sink* is a :class:`~scdl_gpu.archive._rowfiles.RowFiles`: an archive writer's ``rows`` or
+a conversion worker's segment.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import numpy as np
 
 from ..archive._dtypes import cast_checked, check_data_dtype
 from ._matrix import MatrixReader, ScatterReader, check_column_indices
+from ._rows import order_allocated_rows, order_rows
 
 AUTO = "auto"
 
@@ -115,27 +116,36 @@ def copy_matrix(
     max_rows: int = 1 << 62,
     columns: ColumnMap | None = None,
     on_rows: Callable[[int], None] | None = None,
-) -> None:
-    """Write every row of ``matrix`` to ``sink``; ``on_rows(n)`` is called as rows are done."""
+    sort_rows: bool = True,
+) -> int:
+    """Write every row of ``matrix`` to ``sink``; ``on_rows(n)`` is called as rows are done.
+
+    With ``sort_rows``, each row's entries are stored by increasing column (after ``columns``
+    remaps them), else in input order. Returns how many rows were not strictly increasing as
+    read (after remapping): the rows sorted, or left unsorted without ``sort_rows``.
+    """
     if columns is not None and columns.identity:
         columns = None
     if isinstance(matrix, ScatterReader):
-        _scatter(matrix, sink, cast, max_values, columns)
+        unsorted = _scatter(matrix, sink, cast, max_values, columns, sort_rows)
         if on_rows is not None:
             on_rows(matrix.shape[0])
-        return
+        return unsorted
     n_vars = matrix.shape[1]
-    row = 0
+    row = unsorted = 0
     for indptr, indices, data in matrix.blocks(max_values, max_rows):
         n = len(indptr) - 1
         where = f"{matrix.where} rows {row} to {row + n}"
         check_column_indices(indices, n_vars, where)
         if columns is not None:
             indptr, indices, data = _remap_block(indptr, indices, data, columns, cast.stats)
-        sink.append_rows(indptr, indices.astype(sink.col_dtype, copy=False), cast(data, sink.data_dtype, where))
+        indices, data = indices.astype(sink.col_dtype, copy=False), cast(data, sink.data_dtype, where)
+        unsorted += order_rows(indptr, indices, data, sort_rows)  # in place: the block's own buffers
+        sink.append_rows(indptr, indices, data)
         row += n
         if on_rows is not None:
             on_rows(n)
+    return unsorted
 
 
 def _remap_block(indptr, indices, data, columns: ColumnMap, stats: ValueStats):
@@ -151,10 +161,12 @@ def _remap_block(indptr, indices, data, columns: ColumnMap, stats: ValueStats):
     return new_indptr, new[keep], data[keep]
 
 
-def _scatter(matrix: ScatterReader, sink, cast: ValueCast, max_values: int, columns: ColumnMap | None) -> None:
+def _scatter(matrix: ScatterReader, sink, cast: ValueCast, max_values: int, columns: ColumnMap | None, sort: bool) -> int:
     """Two passes: count entries per row, then place each entry block at its rows' cursors.
 
-    Entries of a row keep the order the reader gives them in (column order for CSC).
+    Entries of a row keep the order the reader gives them in (column order for CSC); a third
+    pass over the filled rows sorts them (with ``sort``) and records whether they are sorted.
+    Returns the rows not strictly increasing as filled.
     """
     keep = columns.keep if columns is not None and columns.drops else None
     counts = matrix.row_counts(max_values, keep)
@@ -179,6 +191,9 @@ def _scatter(matrix: ScatterReader, sink, cast: ValueCast, max_values: int, colu
         cursor += per_row
     if not np.array_equal(cursor, indptr[1:].astype(np.int64)):
         raise ValueError(f"{matrix.where}: the entries disagree with the row counts of the first pass")
+    unsorted, rows_sorted = order_allocated_rows(indptr, out_cols, out_data, max_values, sort)
+    sink.record_scattered_order(rows_sorted)
     if isinstance(out_data, np.memmap):
         out_data.flush()
         out_cols.flush()
+    return unsorted

@@ -50,6 +50,8 @@ class InputReport:
     genes_dropped: int | None = None
     genes_duplicate: int | None = None
     genes_missing: int | None = None
+    rows_unsorted: int = 0  # rows whose columns (after alignment) were not strictly increasing as read
+    rows_sorted: bool = False  # every row of this input is stored with strictly increasing columns
 
 
 @dataclass
@@ -64,6 +66,23 @@ class ConversionReport:
     seconds: float
     vocabulary_size: int | None = None
     inputs: list[InputReport] = field(default_factory=list)
+    keep_column_order: bool = False
+    rows_sorted: bool = False  # every archive row strictly increasing (``rows_sorted`` in scdl_gpu.json)
+
+    @property
+    def inputs_sorted(self) -> int:
+        """Inputs with unsorted rows whose rows this conversion sorted."""
+        return 0 if self.keep_column_order else sum(1 for r in self.inputs if r.rows_unsorted)
+
+    def row_order(self) -> str:
+        """One sentence on column order inside rows: what was sorted, or what was kept unsorted."""
+        unsorted = [r for r in self.inputs if r.rows_unsorted]
+        rows = sum(r.rows_unsorted for r in unsorted)
+        if not unsorted:
+            return "rows: every input's columns already in order"
+        done = "kept as given" if self.keep_column_order else "sorted"
+        tail = "" if self.rows_sorted else "; some rows repeat a column, so not all are strictly increasing"
+        return f"rows: {rows:,} rows with unsorted columns in {len(unsorted)} of {len(self.inputs)} input(s), {done}{tail}"
 
     def alignment_table(self) -> str:
         """Per input: genes matched and dropped (only meaningful with a gene vocabulary)."""
@@ -95,6 +114,7 @@ class _Task:
     use_X_not_raw: bool
     genome: str | None
     columns: ColumnMap | None
+    sort_rows: bool
     neighbor_key: str | None
     max_values: int
     max_rows: int
@@ -109,6 +129,7 @@ class _Result:
     rows: Segment
     neighbors: Segment | None
     stats: ValueStats
+    rows_unsorted: int
     obs_features: dict
     obs_names: np.ndarray
     var_features: dict | None
@@ -161,7 +182,9 @@ def _convert(task: _Task) -> _Result:
         rows = RowFiles(task.segment, cast.staging_dtype(src.matrix.dtype), task.col_dtype)
         sink = None
         try:
-            copy_matrix(src.matrix, rows, cast, task.max_values, task.max_rows, task.columns, on_rows=_tick)
+            unsorted = copy_matrix(
+                src.matrix, rows, cast, task.max_values, task.max_rows, task.columns, on_rows=_tick, sort_rows=task.sort_rows
+            )
             if task.neighbor_key is not None:
                 sink = _NeighborSegment(task.segment / NEIGHBORS)
                 copy_neighbors(src, task.neighbor_key, sink, task.max_values)
@@ -173,6 +196,7 @@ def _convert(task: _Task) -> _Result:
         rows=segment,
         neighbors=neighbors,
         stats=cast.stats,
+        rows_unsorted=unsorted,
         obs_features=features_of(obs, task.obs_name),
         obs_names=table_names(obs),
         var_features=None if var is None else features_of(var, task.var_name),
@@ -201,6 +225,7 @@ def convert_many(
     overwrite: bool = False,
     max_block_values: int = MAX_BLOCK_VALUES,
     progress: bool = False,
+    keep_column_order: bool = False,
 ) -> ConversionReport:
     """Convert ``.h5ad`` files, 10x HDF5 files and Matrix Market directories into one archive.
 
@@ -224,6 +249,12 @@ def convert_many(
         (one per line) or a sequence of ids. Genes are matched by the var index (gene ids for
         10x inputs), or by the var column ``gene_key``. Without it every input keeps its own
         columns and var block, as upstream does.
+    keep_column_order
+        Store each row's entries in input order, as upstream does (byte parity with its
+        conversion). By default every row is stored by increasing column (values follow;
+        entries repeating a column keep their input order), which aligned inputs and many
+        CELLxGENE files need, so that loading needs no per-batch sort. Sorting works on one
+        row block at a time, inside the same memory bound.
     paginated_load_cutoff, load_block_row_size
         Upstream's switches: inputs larger than the cutoff (MiB) are read in blocks of at most
         that many rows (blocks are always bounded by ``max_block_values`` too).
@@ -288,6 +319,7 @@ def convert_many(
                 use_X_not_raw=use_X_not_raw,
                 genome=genome,
                 columns=None if a is None else a.columns,
+                sort_rows=not keep_column_order,
                 neighbor_key=neighbor_key,
                 max_values=max_block_values,
                 max_rows=_max_rows(p.path, paginated_load_cutoff, load_block_row_size),
@@ -304,6 +336,8 @@ def convert_many(
             stats.merge(r.stats)
             reports[r.index].nnz = r.rows.nnz
             reports[r.index].values_dropped = r.stats.dropped
+            reports[r.index].rows_unsorted = r.rows_unsorted
+            reports[r.index].rows_sorted = r.rows.rows_sorted
             if data_dtype == AUTO:
                 held.append(r)  # the dtype is known only once every value has been seen
             else:
@@ -327,6 +361,8 @@ def convert_many(
         seconds=time.perf_counter() - t0,
         vocabulary_size=None if vocab is None else len(vocab),
         inputs=reports,
+        keep_column_order=keep_column_order,
+        rows_sorted=w.rows.rows_sorted,
     )
 
 

@@ -37,3 +37,8 @@ def reference(path: Path, use_x: bool) -> tuple[sp.csr_matrix, np.ndarray]:
 
 def row_dict(values, cols) -> dict[int, float]:
     return {int(c): float(v) for c, v in zip(cols, values) if v != 0}
+
+
+def unsorted_row_count(m: sp.csr_matrix) -> int:
+    """Rows whose stored column indices are not strictly increasing."""
+    return sum(1 for i in range(m.shape[0]) if np.any(np.diff(m.indices[m.indptr[i] : m.indptr[i + 1]]) <= 0))

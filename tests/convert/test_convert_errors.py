@@ -109,10 +109,10 @@ def test_overwrite_replaces_only_when_complete(tmp_path, small_h5ad, write_h5ad)
 
 def test_interrupted_conversion_leaves_no_archive(tmp_path, write_h5ad, monkeypatch):
     path = write_h5ad(make_adata(random_csr(40, 8, density=0.5)))
-    from scdl_gpu.archive import _writer
+    from scdl_gpu.archive import _rowfiles
 
     calls = {"n": 0}
-    real = _writer.ArchiveWriter.append_rows
+    real = _rowfiles.RowFiles.append_rows  # conversion writes rows through the writer's RowFiles
 
     def flaky(self, *a, **k):
         calls["n"] += 1
@@ -120,7 +120,7 @@ def test_interrupted_conversion_leaves_no_archive(tmp_path, write_h5ad, monkeypa
             raise KeyboardInterrupt
         return real(self, *a, **k)
 
-    monkeypatch.setattr(_writer.ArchiveWriter, "append_rows", flaky)
+    monkeypatch.setattr(_rowfiles.RowFiles, "append_rows", flaky)
     with pytest.raises(KeyboardInterrupt):
         convert_h5ad(path, tmp_path / "out", use_X_not_raw=True, max_block_values=20)
     assert _leftovers(tmp_path) == []

@@ -16,6 +16,7 @@ from scdl_gpu.convert._copy import ColumnMap, ValueCast, copy_matrix
 from scdl_gpu.convert._tenx import MtxReader, MtxSource, TenxH5Reader, TenxH5Source, is_tenx_h5, mtx_matrix_file
 from scdl_gpu.errors import ConversionError
 from tests.conftest import BUNDLED
+from tests.convert.sources import unsorted_row_count
 
 V3_H5 = BUNDLED / "10x_v3_chr21_filtered_feature_bc_matrix.h5"
 V2_H5 = BUNDLED / "10x_v2_hg19_chr21_filtered_gene_bc_matrices.h5"
@@ -84,6 +85,10 @@ class _MemorySink:
     def __init__(self) -> None:
         self.blocks: list = []
         self.allocated = None
+        self.scattered_sorted = None
+
+    def record_scattered_order(self, rows_sorted: bool) -> None:
+        self.scattered_sorted = rows_sorted
 
     def append_rows(self, indptr, indices, data) -> None:
         self.blocks.append((np.asarray(indptr, np.int64).copy(), indices.copy(), data.copy()))
@@ -168,12 +173,23 @@ def test_v3_h5_genome_argument():
         TenxH5Source(V3_H5, genome="hg19")
 
 
+def _sorted(m: sp.csr_matrix) -> sp.csr_matrix:
+    out = m.copy()
+    out.sort_indices()  # no repeated columns in the 10x files: any sort is the stable one
+    return out
+
+
 def test_copy_matrix_consumes_the_h5_reader():
     ref = _h5_reference(V3_H5, "matrix")
     sink = _MemorySink()
     with TenxH5Source(V3_H5) as src:
-        copy_matrix(src.matrix, sink, ValueCast("float32"), max_values=500)
+        n_unsorted = copy_matrix(src.matrix, sink, ValueCast("float32"), max_values=500, sort_rows=False)
     _same_rows(sink.csr(ref.shape), ref)  # values compare equal across dtypes
+    assert n_unsorted == unsorted_row_count(ref) > 1000
+    sink = _MemorySink()
+    with TenxH5Source(V3_H5) as src:  # by default every row comes out sorted
+        assert copy_matrix(src.matrix, sink, ValueCast("float32"), max_values=500) == n_unsorted
+    _same_rows(sink.csr(ref.shape), _sorted(ref))
 
 
 # -- Cell Ranger 1.2/2 HDF5 ----------------------------------------------------------------------
@@ -317,8 +333,14 @@ def test_copy_matrix_scatters_the_mtx_reader():
     ref = _h5_reference(V3_H5, "matrix")
     sink = _MemorySink()
     with MtxSource(MTX_DIR) as src:
-        copy_matrix(src.matrix, sink, ValueCast("float32"), max_values=999)
+        copy_matrix(src.matrix, sink, ValueCast("float32"), max_values=999, sort_rows=False)
     _same_rows(sink.csr(ref.shape), ref)  # values compare equal across dtypes
+    assert sink.scattered_sorted is False  # checked on the filled rows, not assumed
+    sink = _MemorySink()
+    with MtxSource(MTX_DIR) as src:
+        assert copy_matrix(src.matrix, sink, ValueCast("float32"), max_values=999) == unsorted_row_count(ref)
+    _same_rows(sink.csr(ref.shape), _sorted(ref))
+    assert sink.scattered_sorted is True
     # dropping genes: the first pass counts only kept genes, the second drops the rest
     new_of_old = np.where(np.arange(507) % 2 == 0, np.arange(507) // 2, -1)
     sink = _MemorySink()
