@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: demo test bench-convert bench-convert-dir bench-loader bench-profiling bench-peers clean
+.PHONY: demo test bench-convert bench-convert-dir bench-loader bench-profiling bench-peers gpu-kit gpu-check clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,20 @@ bench-profiling: $(STAMP)
 bench-peers: $(BENCH_STAMP)
 	PYTHONPATH=. $(PY) benchmarks/compare_peers.py --batch-sizes 64 4096 --json benchmarks/results/peers_cpu.json \
 		--markdown benchmarks/results/peers_cpu.md --plot benchmarks/results/peers_cpu.png
+
+# A lent GPU machine has no network and no .venv, and only the checkout (plus named ignored paths)
+# travels: `make gpu-kit` here copies the wheels its image lacks into .whl/ (git-ignored), the device
+# call carries [".whl"] and runs `make gpu-check` there, with the image's python3. Here (no GPU) the
+# same target is a dry run with the project's venv when it exists.
+GPU_KIT ?= ../shared/gpu-kit/wheels
+GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+
+gpu-kit:
+	@if [ -d "$(GPU_KIT)" ]; then mkdir -p .whl && cp "$(GPU_KIT)"/*.whl .whl/ && echo "$$(ls .whl/*.whl | wc -l) wheels in .whl/"; \
+	else echo "no $(GPU_KIT): .whl/ left as it is"; fi
+
+gpu-check:
+	$(GPU_PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

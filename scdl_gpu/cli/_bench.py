@@ -6,6 +6,7 @@ import json
 import sys
 
 from ..loader._order import ORDERS
+from ..profiling._bench import RESIDENCIES
 
 
 def _common(p, many: bool) -> None:
@@ -17,6 +18,9 @@ def _common(p, many: bool) -> None:
     p.add_argument("--batch-size", nargs=nargs, type=int, default=[4096] if many else 4096, help="[%(default)s]")
     p.add_argument("--prefetch", nargs=nargs, type=int, default=[2] if many else 2,
                    help="batches assembled ahead by the loader's thread [%(default)s]")
+    p.add_argument("--residency", nargs=nargs, choices=RESIDENCIES, default=["auto"] if many else "auto",
+                   help="where the loader keeps the archive: device memory, pinned host memory, streamed from "
+                        "the page cache, or its choice (auto); on the CPU: auto or stream [%(default)s]")
     p.add_argument("--block-size", type=int, help="rows per block in block order [batch size // 64]")
     p.add_argument("--fetch-factor", type=int, help="batches read at once in block order [1]")
     p.add_argument("--seconds", type=float, default=5.0, help="timed window per configuration [%(default)s]")
@@ -40,7 +44,10 @@ def register(sub) -> None:
 
 
 def _loader_kwargs(args) -> dict:
-    return {k: v for k, v in (("block_size", args.block_size), ("fetch_factor", args.fetch_factor)) if v is not None}
+    kw = {k: v for k, v in (("block_size", args.block_size), ("fetch_factor", args.fetch_factor)) if v is not None}
+    if isinstance(args.residency, str) and args.residency != "auto":  # profile's one residency (bench grids them)
+        kw["residency"] = args.residency
+    return kw
 
 
 def _check(args) -> None:
@@ -78,8 +85,8 @@ def bench(args) -> int:
 
     _check(args)
     result = run_bench(args.archive, device=args.device, shuffles=args.shuffle, batch_sizes=args.batch_size,
-                       prefetch=args.prefetch, seconds=args.seconds, warmup=args.warmup, ceilings=not args.no_ceilings,
-                       cold=not args.no_cold, progress=not args.quiet, **_loader_kwargs(args))
+                       prefetch=args.prefetch, residencies=args.residency, seconds=args.seconds, warmup=args.warmup,
+                       ceilings=not args.no_ceilings, cold=not args.no_cold, progress=not args.quiet, **_loader_kwargs(args))
     return _emit(args, result, format_bench(result), plot_bench)
 
 

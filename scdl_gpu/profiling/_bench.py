@@ -25,9 +25,17 @@ def archive_shape(archive: Path) -> dict:
                 bytes_per_cell=nbytes / n if n else 0.0, dtypes={k: a.dtypes[k] for k in ("data.npy", "col_ptr.npy", "row_ptr.npy")})
 
 
-def open_loader(archive: Path, device: str, shuffle: str, batch_size: int, prefetch: int, **kwargs):
+RESIDENCIES = ("auto", "device", "pinned", "stream")
+"""Where the loader keeps the archive (``SingleCellLoader(residency=...)``); on the CPU only
+``auto`` and ``stream`` apply."""
+
+
+def open_loader(archive: Path, device: str, shuffle: str, batch_size: int, prefetch: int, residency: str = "auto",
+                **kwargs):
     from ..loader import SingleCellLoader
 
+    if residency != "auto":  # the loader's own default; a loader without the argument still takes "auto"
+        kwargs["residency"] = residency
     loader = SingleCellLoader(archive, batch_size=batch_size, shuffle=shuffle, device=device, prefetch=prefetch, **kwargs)
     if len(loader) == 0:
         loader.close()
@@ -35,11 +43,24 @@ def open_loader(archive: Path, device: str, shuffle: str, batch_size: int, prefe
     return loader
 
 
-def loader_factory(archive: Path, device: str, shuffle: str, batch_size: int, prefetch: int, **kwargs):
-    """A ``make_stream()`` for :func:`measure`: a fresh loader's batches, the loader closed with the stream."""
+def resolved_residency(loader) -> str | None:
+    """Where a loader put the archive, if it says: a residency other than ``auto`` on the loader or its backend."""
+    for obj in (getattr(loader, "backend", None), loader):
+        r = getattr(obj, "residency", None)
+        if isinstance(r, str) and r != "auto":
+            return r
+    return None
+
+
+def loader_factory(archive: Path, device: str, shuffle: str, batch_size: int, prefetch: int, seen: dict | None = None,
+                   **kwargs):
+    """A ``make_stream()`` for :func:`measure`: a fresh loader's batches, the loader closed with the stream.
+    ``seen["residency"]`` is set to where the loader put the archive (None if it does not say)."""
 
     def make():
         loader = open_loader(archive, device, shuffle, batch_size, prefetch, **kwargs)
+        if seen is not None:
+            seen["residency"] = resolved_residency(loader)
         try:
             yield from loader_stream(loader)
         finally:
@@ -69,6 +90,7 @@ def run_bench(
     shuffles: Sequence[str] = ("random", "block"),
     batch_sizes: Sequence[int] = (4096,),
     prefetch: Sequence[int] = (2,),
+    residencies: Sequence[str] = ("auto",),
     seconds: float = 5.0,
     warmup: int = 3,
     ceilings: bool = True,
@@ -76,35 +98,48 @@ def run_bench(
     progress: bool = False,
     **loader_kwargs,
 ) -> dict:
-    """Measure the loader for every combination of ``shuffles`` x ``batch_sizes`` x ``prefetch``.
+    """Measure the loader for every combination of ``residencies`` x ``shuffles`` x ``batch_sizes`` x ``prefetch``.
 
     Each result has cells/s and batches/s (delivered as torch tensors on the device, synchronised),
     time to first batch, host RSS and device memory peaks, and ``fraction_of_bound``: its bytes/s
-    over the ceiling that bounds it (page-cache read on the CPU; the lesser of that and
-    host-to-device copy on the GPU). Returns a JSON-ready dict (``schema`` ``scdl-gpu-bench/1``).
+    over the ceiling that bounds it (``bound``: page-cache read on the CPU; on the GPU it depends on
+    where the archive lives: HBM copy in device memory, host-to-device copy in pinned memory, the
+    lesser of page-cache read and host-to-device copy when streamed). ``bounds`` maps each residency
+    to its bound; ``bound`` is the first residency's. Returns a JSON-ready dict (``schema``
+    ``scdl-gpu-bench/1``).
     """
     from ..backend import resolve_device
 
     archive = Path(archive)
     dev = resolve_device(device)
     shape = archive_shape(archive)
+    bpc = shape["bytes_per_cell"]
     ceil = measure_ceilings(archive, dev, cold=cold) if ceilings else {}
-    bound_name, bound_bps = bound(ceil, dev)
-    grid = list(itertools.product(shuffles, [int(b) for b in batch_sizes], [int(p) for p in prefetch]))
+
+    def bound_of(residency: str) -> dict:
+        name, bps = bound(ceil, dev, residency)
+        return dict(name=name, bytes_per_s=bps, cells_per_s=bps / bpc if bps and bpc else None)
+
+    grid = list(itertools.product(residencies, shuffles, [int(b) for b in batch_sizes], [int(p) for p in prefetch]))
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(grid), unit="config", desc="bench")
-    results = []
+    results, bounds = [], {}
     try:
-        for shuffle, bs, pf in grid:
-            make = loader_factory(archive, dev, shuffle, bs, pf, **loader_kwargs)
-            label = f"{shuffle}@{bs} prefetch {pf}"
+        for residency, shuffle, bs, pf in grid:
+            seen: dict = {}
+            make = loader_factory(archive, dev, shuffle, bs, pf, seen=seen, residency=residency, **loader_kwargs)
+            label = f"{shuffle}@{bs} prefetch {pf}" + (f" {residency}" if len(residencies) > 1 else "")
             t = measure(make, dev, seconds, warmup, on_batch=Ticker(bar, label, seconds) if bar is not None else None)
-            rec = dict(shuffle=shuffle, batch_size=bs, prefetch=pf, device=dev, **t.to_dict())
-            rec["bytes_per_s"] = t.cells_per_s * shape["bytes_per_cell"]
-            rec["fraction_of_bound"] = rec["bytes_per_s"] / bound_bps if bound_bps else None
+            used = seen.get("residency") or residency
+            b = bounds.setdefault(residency, bound_of(used))
+            rec = dict(shuffle=shuffle, batch_size=bs, prefetch=pf, device=dev, residency=residency,
+                       residency_used=seen.get("residency"), **t.to_dict())
+            rec["bytes_per_s"] = t.cells_per_s * bpc
+            rec["bound"] = b["name"]
+            rec["fraction_of_bound"] = rec["bytes_per_s"] / b["bytes_per_s"] if b["bytes_per_s"] else None
             results.append(rec)
             if bar is not None:
                 bar.set_postfix_str(f"{label}: {t.cells_per_s:,.0f} cells/s", refresh=False)
@@ -112,11 +147,10 @@ def run_bench(
     finally:
         if bar is not None:
             bar.close()
-    bpc = shape["bytes_per_cell"]
+    first = bounds[residencies[0]] if results else bound_of(residencies[0] if residencies else "auto")
     return dict(
         schema=SCHEMA, kind="bench", system=system_info(dev), archive=shape,
-        settings=dict(seconds=seconds, warmup=warmup, loader_kwargs={k: repr(v) for k, v in loader_kwargs.items()}),
-        ceilings=ceil,
-        bound=dict(name=bound_name, bytes_per_s=bound_bps, cells_per_s=bound_bps / bpc if bound_bps and bpc else None),
-        results=results,
+        settings=dict(seconds=seconds, warmup=warmup, residencies=list(residencies),
+                      loader_kwargs={k: repr(v) for k, v in loader_kwargs.items()}),
+        ceilings=ceil, bound=first, bounds=bounds, results=results,
     )

@@ -33,19 +33,31 @@ def format_bench(result: dict) -> str:
         parts = [f"{name.replace('_', ' ')} {_gbs(c.get('bytes_per_s'))}" for name, c in ceil.items()]
         b = result["bound"]
         lines.append("ceilings " + "; ".join(parts))
-        if b["cells_per_s"]:
+        bounds = {k: v for k, v in (result.get("bounds") or {}).items() if v.get("cells_per_s")}
+        if len({v["name"] for v in bounds.values()}) > 1:  # residencies bounded by different ceilings
+            lines.append("bounds   " + "; ".join(f"{k}: {v['name'].replace('_', ' ')} {v['cells_per_s']:,.0f} cells/s"
+                                                 for k, v in bounds.items()))
+        elif b["cells_per_s"]:
             lines.append(f"bound    {b['name'].replace('_', ' ')}: {b['cells_per_s']:,.0f} cells/s")
     lines.append("")
     rows = []
-    runners = any("runner" in r for r in result["results"])
-    for r in result["results"]:
+    runs = result["results"]
+    runners = any("runner" in r for r in runs)
+    residency = any("residency" in r for r in runs)  # results written before the loader had a residency lack it
+    for r in runs:
         frac = r.get("fraction_of_bound")
         pf = "–" if r.get("prefetch") is None else str(r["prefetch"])
-        rows.append(([r.get("runner", "scdl_gpu")] if runners else []) + [r["shuffle"], str(r["batch_size"]), pf, f"{r['cells_per_s']:,.0f}",
-                     f"{r['batches_per_s']:,.1f}", "–" if frac is None else f"{frac:.1%}",
-                     f"{1e3 * r['first_batch_s']:,.0f}", _mib(r["host_rss_peak_bytes"]), _mib(r["host_anon_peak_bytes"]), _mib(r.get("device_mem_added_bytes"))])
-    lines.append(_table((["runner"] if runners else []) + ["shuffle", "batch", "prefetch", "cells/s", "batches/s", "of bound", "first ms", "RSS MiB",
-                         "anon MiB", "device MiB"], rows))
+        where = r.get("residency") or "–"
+        if r.get("residency_used") and r["residency_used"] != where:
+            where += f" ({r['residency_used']})"
+        rows.append(([r.get("runner", "scdl_gpu")] if runners else []) + ([where] if residency else [])
+                    + [r["shuffle"], str(r["batch_size"]), pf, f"{r['cells_per_s']:,.0f}",
+                       f"{r['batches_per_s']:,.1f}", "–" if frac is None else f"{frac:.1%}",
+                       f"{1e3 * r['first_batch_s']:,.0f}", _mib(r["host_rss_peak_bytes"]), _mib(r["host_anon_peak_bytes"]),
+                       _mib(r.get("device_mem_added_bytes"))])
+    lines.append(_table((["runner"] if runners else []) + (["residency"] if residency else [])
+                        + ["shuffle", "batch", "prefetch", "cells/s", "batches/s", "of bound", "first ms", "RSS MiB",
+                           "anon MiB", "device MiB"], rows))
     return "\n".join(lines)
 
 

@@ -73,3 +73,29 @@ def test_plot_without_matplotlib_is_a_clear_error(bundled_archive, tmp_path, mon
     rc = main(["profile", str(bundled_archive), "--device", "cpu", "--seconds", "0.1", "--plot", str(tmp_path / "p.png"),
                "--quiet"])
     assert rc == 1 and "pip install 'scdl-gpu[plot]'" in capsys.readouterr().err
+
+
+def test_bench_residencies(bundled_archive, tmp_path, capsys):
+    # needs SingleCellLoader(residency=...) for "stream"; on the CPU only "auto" and "stream" apply
+    out = tmp_path / "bench.json"
+    rc = main(["bench", str(bundled_archive), "--device", "cpu", "--residency", "auto", "stream", "--shuffle", "block",
+               "--batch-size", "8", "--seconds", "0.1", "--warmup", "0", "--json", str(out), "--quiet", "--no-ceilings"])
+    assert rc == 0
+    table = capsys.readouterr().out
+    header = next(line for line in table.splitlines() if "cells/s" in line and "shuffle" in line)
+    assert header.split()[0] == "residency" and "stream" in table
+    r = json.loads(out.read_text())
+    assert [x["residency"] for x in r["results"]] == ["auto", "stream"] and r["settings"]["residencies"] == ["auto", "stream"]
+
+
+def test_profile_residency(bundled_archive, tmp_path):
+    out = tmp_path / "profile.json"
+    assert main(["profile", str(bundled_archive), "--device", "cpu", "--residency", "stream", "--batch-size", "8",
+                 "--seconds", "0.1", "--json", str(out), "--quiet"]) == 0
+    assert json.loads(out.read_text())["settings"]["loader_kwargs"]["residency"] == "'stream'"
+
+
+def test_bench_residency_choices(bundled_archive, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["bench", str(bundled_archive), "--residency", "hbm"])
+    assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err

@@ -81,3 +81,65 @@ def test_profiling_leaves_batches_unchanged(bundled_archive):
 
 def torch_equal(a, b) -> bool:
     return bool((a.to_dense() == b.to_dense()).all())
+
+
+def test_bench_grids_residencies(bundled_archive):
+    # "stream" needs SingleCellLoader(residency=...); on the CPU every residency is bounded by the page cache
+    r = run_bench(bundled_archive, device="cpu", residencies=["auto", "stream"], shuffles=["block"], batch_sizes=[8, 16],
+                  seconds=0.1, warmup=0, cold=False)
+    assert [(x["residency"], x["batch_size"]) for x in r["results"]] == [(s, b) for s in ("auto", "stream") for b in (8, 16)]
+    assert r["settings"]["residencies"] == ["auto", "stream"]
+    assert set(r["bounds"]) == {"auto", "stream"} and {b["name"] for b in r["bounds"].values()} == {"page_cache_read"}
+    for x in r["results"]:
+        assert x["bound"] == "page_cache_read" and x["cells_per_s"] > 0
+        assert x["residency_used"] == "stream"  # where the CPU loader reads from, "auto" included
+        assert np.isclose(x["fraction_of_bound"], x["bytes_per_s"] / r["bounds"][x["residency"]]["bytes_per_s"])
+    lines = format_bench(r).splitlines()
+    at = next(i for i, line in enumerate(lines) if "cells/s" in line and "shuffle" in line)
+    assert lines[at].split()[0] == "residency"  # a column: what was asked, and where "auto" went
+    assert [line.split("  ")[0].strip() for line in lines[at + 2:]] == ["auto (stream)"] * 2 + ["stream"] * 2
+
+
+def test_bound_follows_the_residency():
+    from scdl_gpu.profiling._ceilings import bound
+
+    ceil = {"page_cache_read": {"bytes_per_s": 8e9}, "h2d": {"bytes_per_s": 50e9}, "hbm_copy": {"bytes_per_s": 2e12},
+            "memcpy": {"bytes_per_s": 20e9}}
+    assert bound(ceil, "cuda", "device") == ("hbm_copy", 2e12)
+    assert bound(ceil, "cuda", "pinned") == ("h2d", 50e9)
+    assert bound(ceil, "cuda", "stream") == bound(ceil, "cuda", "auto") == ("page_cache_read", 8e9)  # the lesser
+    assert bound({**ceil, "page_cache_read": {"bytes_per_s": 90e9}}, "cuda", "stream") == ("h2d", 50e9)
+    assert all(bound(ceil, "cpu", r) == ("page_cache_read", 8e9) for r in ("auto", "stream"))
+    assert bound({}, "cuda", "device") == ("none", None)
+
+
+def test_residency_reaches_the_loader_only_when_not_auto(bundled_archive, monkeypatch):
+    # "auto" is the loader's default, so a loader without the argument still runs the default grid
+    import scdl_gpu.loader as loader_module
+    from scdl_gpu.profiling._bench import open_loader
+
+    seen = []
+    real = loader_module.SingleCellLoader
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("residency", "<absent>"))
+        kwargs.pop("residency", None)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loader_module, "SingleCellLoader", recording)
+    for residency in ("auto", "stream"):
+        open_loader(bundled_archive, "cpu", "block", 8, 0, residency=residency).close()
+    assert seen == ["<absent>", "stream"]
+
+
+def test_format_bench_names_each_residencys_bound(bundled_archive):
+    r = run_bench(bundled_archive, device="cpu", shuffles=["block"], batch_sizes=[8], seconds=0.1, warmup=0, cold=False)
+    x = r["results"][0]
+    bps = r["bound"]["bytes_per_s"]
+    r["bounds"] = {"device": dict(name="hbm_copy", bytes_per_s=100 * bps, cells_per_s=100 * r["bound"]["cells_per_s"]),
+                   "pinned": dict(r["bound"], name="h2d")}
+    r["results"] = [dict(x, residency="device", residency_used=None), dict(x, residency="auto", residency_used="pinned")]
+    text = format_bench(r)
+    assert "bounds   device: hbm copy" in text and "pinned: h2d" in text
+    assert "auto (pinned)" in text  # where "auto" put the archive, when the loader says
+
