@@ -12,20 +12,29 @@ import os
 from ._base import Backend
 from ._batch import Batch, BatchOptions
 from ._detect import gpu_available, kvikio_available, resolve_device
+from ._residency import RESIDENCIES
 
 
-def get_backend(archive: str | os.PathLike, device: str = "auto", options: BatchOptions | None = None, **gpu_kwargs) -> Backend:
-    """The backend for ``device`` (``"auto"``, ``"cpu"`` or ``"cuda"``) over the archive at ``archive``.
+def get_backend(archive: str | os.PathLike, device: str = "auto", options: BatchOptions | None = None,
+                residency: str = "auto", **gpu_kwargs) -> Backend:
+    """The backend for ``device`` (``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``) over ``archive``.
 
-    ``gpu_kwargs`` (``reader``, ``kvikio_threads``, ...) go to :class:`GPUBackend`.
+    ``residency`` (``"auto"``, ``"device"``, ``"pinned"``, ``"stream"``): where a GPU backend keeps
+    the rows it serves (see :mod:`scdl_gpu.backend._residency`); the CPU reads the archive's
+    memory maps (``"auto"``/``"stream"``). ``gpu_kwargs`` (``resident_rows``, ``reader``,
+    ``kvikio_threads``, ...) go to :class:`GPUBackend`.
     """
+    if residency not in RESIDENCIES:
+        raise ValueError(f"residency must be one of {RESIDENCIES}, got {residency!r}")
     if resolve_device(device) == "cuda":
         from ._gpu import GPUBackend
 
-        return GPUBackend(archive, options, **gpu_kwargs)
+        return GPUBackend(archive, options, device=device if ":" in str(device) else None, residency=residency, **gpu_kwargs)
+    if residency in ("device", "pinned"):
+        raise ValueError(f"residency={residency!r} needs a GPU backend (device='cuda'); the CPU reads the archive's maps")
     from ._cpu import CPUBackend
 
     return CPUBackend(archive, options)
 
 
-__all__ = ["Backend", "Batch", "BatchOptions", "get_backend", "gpu_available", "kvikio_available", "resolve_device"]
+__all__ = ["RESIDENCIES", "Backend", "Batch", "BatchOptions", "get_backend", "gpu_available", "kvikio_available", "resolve_device"]

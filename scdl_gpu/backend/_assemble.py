@@ -29,14 +29,15 @@ def kernel_dtype(value_dtype: str) -> str:
     return "float64" if value_dtype == "float64" else "float32"
 
 
-def assemble(ops, xp, vals, cols, in_ptr, opts: BatchOptions, width: int, remap=None) -> Assembled:
+def assemble(ops, xp, vals, cols, in_ptr, opts: BatchOptions, width: int, remap=None, nnz: int | None = None) -> Assembled:
     """Apply the gene remap, the per-row scaling and ``log1p``; emit CSR or a dense matrix.
 
     ``vals``/``cols`` are the staged entries (archive dtypes), ``in_ptr`` (int64, B+1) their rows;
-    ``remap`` is ``opts.gene_remap`` already on the device.
+    ``remap`` is ``opts.gene_remap`` already on the device. ``nnz`` (``in_ptr[-1]``, when the
+    caller knows it) spares a device read.
     """
     n_rows = len(in_ptr) - 1
-    n = int(in_ptr[-1]) if n_rows >= 0 else 0
+    n = nnz if nnz is not None else (int(in_ptr[-1]) if n_rows >= 0 else 0)
     pos = None
     out_ptr = in_ptr
     if remap is not None:
@@ -54,7 +55,7 @@ def assemble(ops, xp, vals, cols, in_ptr, opts: BatchOptions, width: int, remap=
     if opts.dense:
         dense = ops.densify(vals, cols, in_ptr, remap, scale, opts.log1p, width, out_dtype)
         return Assembled(dense=dense.astype(opts.value_dtype, copy=False))
-    n_out = int(out_ptr[-1])  # one small device read, also sizing the kernel's output
+    n_out = n if remap is None else int(out_ptr[-1])  # synchronize! (only with a remap: sizes the output)
     index_dtype = opts.index_dtype_for(width, n_out)
     values, col = ops.emit(vals, cols, in_ptr, remap, pos, scale, opts.log1p, out_dtype, index_dtype, n_out=n_out)
     return Assembled(crow=out_ptr.astype(index_dtype), col=col, values=values.astype(opts.value_dtype, copy=False))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from abc import ABC, abstractmethod
@@ -78,10 +79,10 @@ class Backend(ABC):
 
     def gather_native(self, plan: RowPlan, out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``plan``'s rows in the archive's own dtypes (into ``out`` when given: pinned staging),
-        checked; sorted inside rows unless a gene remap will reorder them anyway."""
+        checked; sorted inside rows (by archive column, as resident copies are) unless dense."""
         if out is None:
             out = (np.empty(plan.nnz, self.data.dtype), np.empty(plan.nnz, self.col_ptr.dtype))
-        self.gather(plan, *out, sort=self.options.gene_remap is None and not self.options.dense)
+        self.gather(plan, *out, sort=not self.options.dense)
         return out
 
     def _warm_up(self) -> None:
@@ -94,6 +95,19 @@ class Backend(ABC):
 
     @abstractmethod
     def batch(self, rows) -> Batch: ...
+
+    # Hand-off hooks for a loader that produces batches in one thread and yields them in another
+    # (no-ops on the CPU; the GPU backend orders its stream against the consumer's).
+    def producing(self):
+        """Context for the producing thread: makes the backend's device and stream current."""
+        return contextlib.nullcontext()
+
+    def ready_event(self):
+        """An event marking the end of the work queued so far for a batch (``None``: nothing to wait on)."""
+        return None
+
+    def handoff(self, ready, tensors) -> None:
+        """In the consuming thread, before it uses ``tensors``: wait for ``ready``."""
 
     def close(self) -> None:
         """Release files and device buffers (the backend is unusable afterwards)."""
@@ -117,13 +131,17 @@ def _archive_width(path: Path, col_ptr: np.ndarray) -> int:
     return int(col_ptr.max()) + 1 if col_ptr.size else 0
 
 
-def _fits_in_memory(nbytes: int) -> bool:
+def available_host_memory() -> int:
+    """Bytes of host memory available without swapping (``MemAvailable``; 0 when unknown)."""
     try:
         with open("/proc/meminfo") as f:
-            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
     except (OSError, StopIteration, ValueError):
-        return False
-    return nbytes <= avail // 2
+        return 0
+
+
+def _fits_in_memory(nbytes: int) -> bool:
+    return nbytes <= available_host_memory() // 2
 
 
 def _touch_pages(arrays, chunk: int = 1 << 28) -> None:

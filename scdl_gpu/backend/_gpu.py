@@ -1,38 +1,60 @@
-"""GPU backend: row spans read into device memory, assembled by CUDA kernels, handed to torch by DLPack.
+"""GPU backend: rows gathered into device memory, assembled by CUDA kernels, handed to torch by DLPack.
 
-Reading: with kvikio, ``CuFile.pread`` of each span of ``data.npy`` and ``col_ptr.npy`` straight
-into device buffers (parallel tasks on kvikio's thread pool; GDS when the system has it, else
-POSIX reads through a bounce buffer). Short spans (random rows) are gathered on the host into
-pinned memory instead and copied with one transfer per array: thousands of tiny preads cost more
-than the copy. Without kvikio, every batch takes the pinned-host route.
+Where the rows come from is the backend's residency (see :mod:`._residency`):
 
-Imports CuPy (and kvikio) when constructed, never at package import.
+- ``device`` / ``pinned``: the rows it serves (all, or the loader's share for this rank) are copied
+  once into GPU memory or mapped pinned host memory; each batch is one upload of its row pointers
+  and one launch of ``scdl_gather`` (``kernels/gather.cu``), which checks its reads and flags
+  violations in a word read once per batch.
+- ``stream``: each batch is read from the archive: with kvikio, ``CuFile.pread`` of each long span
+  straight into device memory; otherwise (short spans, random rows) the compiled host gather into
+  pinned staging and one copy per array.
+
+Then the kernels of ``kernels/csr_batch.cu`` remap, scale, ``log1p``, cast and emit CSR or dense.
+All of it runs on the backend's own stream and device (:mod:`._device`). Imports CuPy (and kvikio)
+when constructed, never at package import.
 """
 
 from __future__ import annotations
 
-import contextlib
+import logging
+import os
 
 import numpy as np
 import torch
 
+from ..archive._constants import FileNames
+from ..errors import ArchiveError
+from . import _residency
 from ._assemble import assemble, to_batch
-from ._base import Backend
+from ._base import Backend, available_host_memory
 from ._batch import Batch, BatchOptions
 from ._detect import kvikio_available, resolve_device
 from ._plan import RowPlan
 
+log = logging.getLogger(__name__)
+
 READERS = ("auto", "kvikio", "host")
+LOAD_CHUNK_VALUES = 1 << 26  #: values per step while copying resident rows (bounded host staging)
 
 
 class GPUBackend(Backend):
-    """Batches as CUDA torch tensors sharing CuPy's buffers (zero copy, ordered on torch's stream).
+    """Batches as CUDA torch tensors sharing CuPy's buffers (zero copy, on the backend's stream).
 
+    device
+        ``"cuda"`` (torch's current device when constructed) or ``"cuda:N"``.
+    residency
+        ``"auto"``, ``"device"``, ``"pinned"`` or ``"stream"`` (see :mod:`._residency`).
+    resident_rows
+        The archive rows to hold for ``device``/``pinned`` (default: all); batches may only ask
+        for these. The loader passes its rank's share.
+    device_fraction
+        Share of the free GPU memory that ``auto`` lets resident rows take.
     reader
-        ``"kvikio"``, ``"host"`` (pinned host gather + one copy) or ``"auto"``: kvikio for batches
-        whose spans average at least ``kvikio_min_span`` bytes, when kvikio is installed.
+        For ``stream``: ``"kvikio"``, ``"host"`` (compiled host gather into pinned memory + one copy)
+        or ``"auto"``: kvikio for batches whose spans average at least ``kvikio_min_span`` bytes.
     kvikio_threads, kvikio_task_size
-        kvikio's thread pool size and task size (bytes) while this backend reads.
+        kvikio's thread pool size (default: the CPU count, at most 16) and task size, set once.
     """
 
     device = "cuda"
@@ -42,98 +64,231 @@ class GPUBackend(Backend):
         archive,
         options: BatchOptions | None = None,
         *,
+        device: str | None = None,
+        residency: str = "auto",
+        resident_rows=None,
+        device_fraction: float = _residency.DEVICE_FRACTION,
         reader: str = "auto",
         kvikio_min_span: int = 1 << 20,
         kvikio_threads: int | None = None,
         kvikio_task_size: int | None = None,
     ) -> None:
         resolve_device("cuda")  # a clear error when no usable GPU
-        super().__init__(archive, options)
+        if residency not in _residency.RESIDENCIES:
+            raise ValueError(f"residency must be one of {_residency.RESIDENCIES}, got {residency!r}")
         if reader not in READERS:
             raise ValueError(f"reader must be one of {READERS}, got {reader!r}")
         if reader == "kvikio" and not kvikio_available():
             raise RuntimeError("reader='kvikio' but kvikio is not installed (pip install 'scdl-gpu[gpu-cu13]')")
+        super().__init__(archive, options)
         import cupy as cp
 
         from ._cuda import CudaKernels
+        from ._device import DeviceContext
 
         self.cp = cp
+        self.ctx = DeviceContext(device if device not in (None, "auto") else None)
+        self.device_index = self.ctx.index
         self.reader = reader if reader != "auto" else ("kvikio" if kvikio_available() else "host")
         self.kvikio_min_span = int(kvikio_min_span)
-        self._kvikio_settings = {k: v for k, v in (("num_threads", kvikio_threads), ("task_size", kvikio_task_size)) if v}
-        stage_dtype = "float32" if self.data.dtype == np.float16 else self.data.dtype.name  # kernels take no half
-        self.kernels = CudaKernels(stage_dtype, self.col_ptr.dtype.name)
-        remap = self.options.gene_remap
-        self.remap = None if remap is None else cp.asarray(remap)
         self._files = None
+        if self.reader == "kvikio":
+            _configure_kvikio(kvikio_threads, kvikio_task_size)
+        self._f16 = self.data.dtype == np.float16
+        stage_dtype = "float32" if self._f16 else self.data.dtype.name  # kernels take no half
+        self.kernels = CudaKernels(stage_dtype, self.col_ptr.dtype.name)
+        with self.ctx.activate():
+            remap = self.options.gene_remap
+            self.remap = None if remap is None else cp.asarray(remap)
+            self._err = cp.zeros(1, cp.int32)
+            rows = _residency.resident_rows(resident_rows, self.n_rows) if residency != "stream" else None
+            need = _residency.share_bytes(self.row_ptr, rows, self.data.itemsize + self.col_ptr.itemsize) if rows is not None else 0
+            free = cp.cuda.runtime.memGetInfo()[0] if residency == "auto" else 0
+            self.residency = _residency.choose(residency, need, free, available_host_memory(), device_fraction)
+            self.index = None
+            if self.residency in ("device", "pinned"):
+                self._load_resident(rows)
+        log.info("GPU backend on cuda:%d, residency %s%s", self.device_index, self.residency,
+                 f" (auto; {need / 2**30:.2f} GiB of rows)" if residency == "auto" else "")
 
-    # -- reading ------------------------------------------------------------------------------
+    # -- residency ------------------------------------------------------------------------------
+    def _load_resident(self, rows: np.ndarray) -> None:
+        """Copy ``rows`` (checked and sorted by the compiled gather) into device or mapped pinned memory."""
+        cp = self.cp
+        plan = self.plan(rows)
+        n = plan.nnz
+        v_dt = np.uint16 if self._f16 else self.data.dtype
+        c_dt = self.col_ptr.dtype
+        if self.residency == "pinned":
+            from ._pinned import mapped_empty
+
+            (self._host_data, self._res_data), (self._host_cols, self._res_cols) = mapped_empty(n, v_dt), mapped_empty(n, c_dt)
+        else:
+            self._res_data, self._res_cols = cp.empty(n, v_dt), cp.empty(n, c_dt)
+        # in steps of about LOAD_CHUNK_VALUES values, so host staging stays bounded
+        bounds = np.searchsorted(plan.in_ptr, np.arange(0, n + LOAD_CHUNK_VALUES, LOAD_CHUNK_VALUES), side="right") - 1
+        cuts = np.unique(np.clip(np.append(bounds, len(rows)), 0, len(rows)))
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            lo, hi = int(plan.in_ptr[a]), int(plan.in_ptr[b])
+            part = RowPlan(plan.rows[a:b], plan.in_ptr[a : b + 1] - lo, plan.starts[a:b])
+            if self.residency == "pinned":
+                self.gather(part, self._host_data[lo:hi].view(self.data.dtype), self._host_cols[lo:hi])
+                continue
+            vals = self.ctx.staging("load_vals", hi - lo, self.data.dtype)
+            cols = self.ctx.staging("load_cols", hi - lo, c_dt)
+            self.gather(part, vals, cols)
+            self._res_data[lo:hi].set(vals.view(v_dt))
+            self._res_cols[lo:hi].set(cols)
+            self.ctx.staged("load_vals")
+            self.ctx.staged("load_cols")
+        self.ctx.synchronize()
+        self.index = _residency.ResidentIndex(plan.rows, plan.in_ptr)
+        log.info("%s: %d rows (%.2f GiB) resident in %s memory", self.path, len(rows),
+                 (self._res_data.nbytes + self._res_cols.nbytes) / 2**30, "GPU" if self.residency == "device" else "pinned host")
+
+    def _stage_resident(self, rows):
+        """Device/pinned: the batch's rows gathered from the resident arrays by one kernel launch."""
+        cp = self.cp
+        rows = np.asarray(rows)
+        if rows.ndim != 1 or (rows.size and rows.dtype.kind not in "iu"):
+            raise ValueError(f"rows must be a 1-D array of integer row ids, got {rows.dtype} of shape {rows.shape}")
+        starts, out_ptr = self.index.locate(rows)
+        n_b = len(starts)
+        dev = self._upload("ptrs", np.concatenate([out_ptr, starts]))  # one copy for both
+        d_out_ptr, d_starts = dev[: n_b + 1], dev[n_b + 1 :]
+        vals, cols = self.kernels.gather(self._res_data, self._res_cols, d_starts, d_out_ptr, int(out_ptr[-1]),
+                                         self.archive_cols, self._err)
+        return RowPlan(np.asarray(rows, np.int64), out_ptr, starts), d_out_ptr, vals, cols
+
+    def _upload(self, name: str, host: np.ndarray):
+        """``host`` copied to the device through this backend's pinned staging (not CuPy's pinned
+        pool, whose blocks are handed out again while their copies may still be queued)."""
+        buf = self.ctx.staging(name, len(host), host.dtype)
+        buf[...] = host
+        dev = self.cp.empty(len(host), host.dtype)
+        dev.set(buf)
+        self.ctx.staged(name)
+        return dev
+
+    # -- streaming ---------------------------------------------------------------------------------
     def _use_kvikio(self, plan: RowPlan) -> bool:
         if self.reader != "kvikio" or not len(plan.span_len):
             return False
-        mean_bytes = plan.nnz * self.data.itemsize / len(plan.span_len)
-        return mean_bytes >= self.kvikio_min_span
+        return plan.nnz * self.data.itemsize / len(plan.span_len) >= self.kvikio_min_span
 
     def _open(self):
         if self._files is None:
             import kvikio
 
-            self._files = tuple(kvikio.CuFile(self.path / name, "r") for name in ("data.npy", "col_ptr.npy"))
+            self._files = tuple(kvikio.CuFile(self.path / name, "r") for name in (FileNames.DATA.value, FileNames.COLPTR.value))
         return self._files
 
     def _stage_kvikio(self, plan: RowPlan):
-        import kvikio
-
         cp = self.cp
-        # Reused pool memory may still be read by the previous batch's kernels: kvikio's threads
-        # write outside the stream order, so wait for them first.
-        cp.cuda.get_current_stream().synchronize()
-        out = (cp.empty(plan.nnz, self.data.dtype), cp.empty(plan.nnz, self.col_ptr.dtype))
-        with kvikio.defaults.set(self._kvikio_settings) if self._kvikio_settings else contextlib.nullcontext():
-            futures = [
-                f.pread(buf[o : o + n], n * buf.itemsize, file_offset=s * buf.itemsize)
-                for f, buf in zip(self._open(), out)
-                for s, o, n in zip(plan.span_src.tolist(), plan.span_out.tolist(), plan.span_len.tolist())
-                if n
-            ]
-            for fut in futures:
-                fut.get()
+        # kvikio's threads write outside stream order: memory from the pool may still be read by
+        # kernels queued on this stream, so let them finish first.
+        self.ctx.synchronize()  # synchronize!
+        v_dt = np.uint16 if self._f16 else self.data.dtype
+        out = (cp.empty(plan.nnz, v_dt), cp.empty(plan.nnz, self.col_ptr.dtype))
+        futures = [
+            f.pread(buf[o : o + n], n * buf.itemsize, file_offset=s * buf.itemsize)
+            for f, buf in zip(self._open(), out)
+            for s, o, n in zip(plan.span_src.tolist(), plan.span_out.tolist(), plan.span_len.tolist())
+            if n
+        ]
+        for fut in futures:
+            fut.get()
+        if len(out[1]) and int(out[1].max()) >= self.archive_cols:  # synchronize! (kvikio bypasses the host gather's checks)
+            raise ArchiveError(f"{self.path / FileNames.COLPTR.value}: a column of rows {plan.rows[:5].tolist()}... "
+                               f"is not below the archive's {self.archive_cols} genes; the archive is damaged")
         return out
 
     def _stage_host(self, plan: RowPlan):
-        import cupyx
-
-        cp = self.cp
-        srcs = (self.data, self.col_ptr)
+        cp, ctx = self.cp, self.ctx
         with self.stages("read"):
-            pinned = self.gather_native(plan, tuple(cupyx.empty_pinned(plan.nnz, s.dtype) for s in srcs))
+            vals = ctx.staging("vals", plan.nnz, self.data.dtype)
+            cols = ctx.staging("cols", plan.nnz, self.col_ptr.dtype)
+            self.gather_native(plan, (vals, cols))
         with self.stages("h2d"):
-            out = []
-            for host in pinned:
-                dev = cp.empty(plan.nnz, host.dtype)
-                dev.set(host)  # one host-to-device copy per array
-                out.append(dev)
-        return tuple(out)
+            v_dt = np.uint16 if self._f16 else self.data.dtype
+            out = (cp.empty(plan.nnz, v_dt), cp.empty(plan.nnz, self.col_ptr.dtype))
+            out[0].set(vals.view(v_dt))
+            out[1].set(cols)
+            ctx.staged("vals")
+            ctx.staged("cols")
+        return out
 
-    # -- batches ------------------------------------------------------------------------------
+    # -- batches ------------------------------------------------------------------------------------
     def batch(self, rows) -> Batch:
-        cp, stages = self.cp, self.stages
-        plan = self.plan(rows)
-        if self._use_kvikio(plan):
-            with stages("read"):
-                vals, cols = self._stage_kvikio(plan)
-        else:
-            vals, cols = self._stage_host(plan)
-        with stages("kernels"):
-            if vals.dtype == cp.float16:
-                vals = vals.astype(cp.float32)
-            in_ptr = cp.asarray(plan.in_ptr)
-            out = assemble(self.kernels, cp, vals, cols, in_ptr, self.options, self.width, self.remap)
-        with stages("dlpack"):
-            return to_batch(plan, (plan.n_rows, self.width), out, torch.from_dlpack)
+        cp, stages, opts = self.cp, self.stages, self.options
+        with self.ctx.activate():
+            self.ctx.collect()
+            sorted_rows = True
+            if self.index is not None:
+                with stages("read"):
+                    self._err.fill(0)
+                    plan, in_ptr, vals, cols = self._stage_resident(rows)
+            else:
+                plan = self.plan(rows)
+                if self._use_kvikio(plan):
+                    with stages("read"):
+                        vals, cols = self._stage_kvikio(plan)
+                    sorted_rows = self.archive_sorted
+                else:
+                    vals, cols = self._stage_host(plan)
+                in_ptr = None
+            with stages("kernels"):
+                if self._f16:
+                    vals = vals.view(cp.float16).astype(cp.float32)
+                if in_ptr is None:
+                    in_ptr = self._upload("in_ptr", plan.in_ptr)
+                out = assemble(self.kernels, cp, vals, cols, in_ptr, opts, self.width, self.remap, nnz=plan.nnz)
+                bits = int(self._err.get()[0]) if self.index is not None else 0  # synchronize! (the one flag read)
+                if bits:
+                    raise self._device_error(bits)
+            with stages("dlpack"):
+                for a in (out.crow, out.col, out.values, out.dense):
+                    if a is not None:
+                        self.ctx.keep_until_released(a)
+                return to_batch(plan, (plan.n_rows, self.width), out, torch.from_dlpack,
+                                sorted=sorted_rows and opts.gene_remap is None)
+
+    def _device_error(self, bits: int) -> ArchiveError:
+        what = []
+        if bits & 1:
+            what.append(f"a row span outside the resident values (from {FileNames.ROWPTR.value})")
+        if bits & 2:
+            what.append(f"a column not below {self.archive_cols} (from {FileNames.COLPTR.value})")
+        return ArchiveError(f"{self.path}: the gather kernel read {' and '.join(what)} in the {self.residency} "
+                            "copy; the resident rows were checked when loaded, so device memory was overwritten")
+
+    # -- hand-off to the consumer ----------------------------------------------------------------------
+    def producing(self):
+        return self.ctx.activate()
+
+    def ready_event(self):
+        return self.ctx.record()
+
+    def handoff(self, ready, tensors) -> None:
+        self.ctx.handoff(ready, tensors)
 
     def close(self) -> None:
         if self._files is not None:
             for f in self._files:
                 f.close()
             self._files = None
+        self._res_data = self._res_cols = self._host_data = self._host_cols = None
+        self.index = None
+
+
+def _configure_kvikio(threads: int | None, task_size: int | None) -> None:
+    """kvikio's thread pool once per backend (rebuilding it per batch costs milliseconds); the
+    default of one thread makes every span's read serial."""
+    import kvikio.defaults
+
+    settings = {"num_threads": threads or min(16, os.cpu_count() or 1)}
+    if task_size:
+        settings["task_size"] = task_size
+    kvikio.defaults.set(settings)
+
+

@@ -6,7 +6,7 @@ import json
 import sys
 
 from ..loader._order import ORDERS
-from ..profiling._bench import RESIDENCIES
+from ..backend._residency import RESIDENCIES
 
 
 def _common(p, many: bool) -> None:

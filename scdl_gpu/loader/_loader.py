@@ -10,10 +10,11 @@ import numpy as np
 import torch
 
 from ..archive._reader import open_arrays
-from ..backend import Batch, BatchOptions, get_backend
+from ..backend import Batch, BatchOptions, get_backend, resolve_device
 from ._csr import sort_rows, take_rows, to_scipy
 from ._obs import ObsColumns
-from ._order import ORDERS, Shard, epoch_order, fetch_permutation, rng_for, rows_and_batches_per_rank, shard
+from ._order import (ORDERS, Shard, epoch_order, fetch_permutation, resident_shard, resident_share, rng_for,
+                     rows_and_batches_per_rank, shard)
 from ._prefetch import prefetch as run_ahead
 
 OUTPUTS = ("csr", "dense")
@@ -52,6 +53,16 @@ class SingleCellLoader:
         ``gene_remap``); ``output="dense"`` sets its ``dense``.
     transform
         Called on each batch dict (on the device) before it is yielded.
+    residency
+        On a GPU: ``"auto"`` (default), ``"device"``, ``"pinned"`` or ``"stream"`` — where the rows
+        live (see :mod:`scdl_gpu.backend._residency`). ``device``/``pinned`` hold each rank's share
+        of the rows once and gather batches from it with a CUDA kernel. The share is one seeded
+        random partition of all rows into ``world_size`` equal parts, fixed for the run; each epoch
+        permutes the rank's own part. Every row is still seen once per epoch across ranks and each
+        batch is a uniform draw from its rank's part, but a rank never sees another rank's rows:
+        unlike a global permutation, which rows share a batch is limited to one part (harmless for
+        SGD in expectation; with ``world_size`` 1 it *is* a global permutation). The CPU reads the
+        archive's maps (``"auto"``/``"stream"``); ``neighbors=True`` streams.
     prefetch
         Batches assembled ahead by a background thread (0: none). It overlaps assembly with a
         training step that releases the GIL (GPU steps, large CPU batches); small CPU batches are
@@ -81,6 +92,7 @@ class SingleCellLoader:
         world_size: int | None = None,
         neighbors: bool = False,
         options: BatchOptions | None = None,
+        residency: str = "auto",
     ) -> None:
         self.path = Path(getattr(data, "data_path", data))
         if isinstance(shuffle, bool):
@@ -102,7 +114,19 @@ class SingleCellLoader:
         opts = options or BatchOptions()
         if output == "dense" and not opts.dense:
             opts = BatchOptions(**{**opts.__dict__, "dense": True})
-        self.backend = get_backend(self.path, device=device, options=opts)
+        self._share = None
+        if resolve_device(device) == "cuda" and residency != "stream":
+            if neighbors and residency in ("device", "pinned"):
+                raise ValueError("neighbors=True reads rows outside a rank's resident share; use residency='stream'")
+            n_rows = open_arrays(self.path).n_rows
+            share = None if neighbors else resident_share(n_rows, self.seed, self.rank, self.world_size, self.drop_last)
+            residency = "stream" if neighbors else residency
+            self.backend = get_backend(self.path, device=device, options=opts, residency=residency, resident_rows=share)
+            if self.backend.residency in ("device", "pinned"):
+                self._share = share
+        else:
+            self.backend = get_backend(self.path, device=device, options=opts, residency=residency)
+        self.residency = getattr(self.backend, "residency", "stream")
         self.n_rows = self.backend.n_rows
         self.n_genes = self.backend.width
         self.obs = ObsColumns(self.path, list(obs_columns or []), self.n_rows)
@@ -133,6 +157,9 @@ class SingleCellLoader:
         return self.obs.categories
 
     def _shard(self, epoch: int) -> Shard:
+        if self._share is not None:
+            return resident_shard(self._share, self.order, self.seed, epoch, self.rank, self.batch_size,
+                                  self.block_size, self.drop_last)
         order = epoch_order(self.n_rows, self.order, self.seed, epoch, self.block_size)
         return shard(order, self.rank, self.world_size, self.batch_size, self.drop_last)
 
@@ -147,12 +174,19 @@ class SingleCellLoader:
     def state_dict(self) -> dict:
         """Where the iteration stands: load it into a fresh loader to continue with the next batch."""
         return dict(epoch=self.epoch, batches_done=self._done, seed=self.seed, order=self.order,
-                    batch_size=self.batch_size, world_size=self.world_size, rank=self.rank, n_rows=self.n_rows)
+                    batch_size=self.batch_size, world_size=self.world_size, rank=self.rank, n_rows=self.n_rows,
+                    partition=self.partition)
+
+    @property
+    def partition(self) -> str:
+        """``"resident"``: each rank draws from its own fixed share of the rows (GPU residency);
+        ``"global"``: each epoch permutes all rows and deals them to ranks."""
+        return "resident" if self._share is not None else "global"
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "order", "batch_size", "world_size", "n_rows"):
-            if state[key] != getattr(self, key):
-                raise ValueError(f"state_dict was taken with {key}={state[key]!r}, this loader has {getattr(self, key)!r}")
+        for key in ("seed", "order", "batch_size", "world_size", "n_rows", "partition"):
+            if state.get(key, "global" if key == "partition" else None) != getattr(self, key):
+                raise ValueError(f"state_dict was taken with {key}={state.get(key)!r}, this loader has {getattr(self, key)!r}")
         self.epoch, self._resume_at, self._done = int(state["epoch"]), int(state["batches_done"]), int(state["batches_done"])
 
     # -- iteration ------------------------------------------------------------------------------
@@ -160,7 +194,9 @@ class SingleCellLoader:
         epoch, start = self.epoch, self._resume_at
         self._resume_at = 0
         self._done = start
-        for batch in run_ahead(self._batches(epoch, start), self.prefetch):
+        for batch, ready in run_ahead(self._batches(epoch, start), self.prefetch):
+            if ready is not None:  # GPU: this thread's stream waits for the batch's
+                self.backend.handoff(ready, _tensors(batch))
             self._done += 1
             yield batch
         self.epoch, self._done = epoch + 1, 0  # a finished epoch moves on, as every rank does
@@ -174,7 +210,10 @@ class SingleCellLoader:
         for k in range(start, sh.n_batches):
             with self.stages("sample"):
                 rows = sh.batch(k)
-            yield self._finish(self.backend.batch(rows), epoch, k)
+            with self.backend.producing():  # per batch, exited before the yield: the consumer's
+                out = self._finish(self.backend.batch(rows), epoch, k)  # thread keeps its own stream
+                ready = self.backend.ready_event()
+            yield out, ready
 
     def _fetched(self, sh: Shard, epoch: int, start: int) -> Iterator[dict]:
         """Block order: read ``fetch_factor`` batches of rows at once (sorted: few long spans), shuffle
@@ -201,7 +240,7 @@ class SingleCellLoader:
                     with self.stages("collate"):
                         b = (take_rows(m, local, batch_rows, fetched.crow.numpy().dtype) if m is not None else
                              type(fetched)(batch_rows, (len(local), fetched.shape[1]), dense=fetched.dense[torch.from_numpy(local)]))
-                yield self._finish(b, epoch, first + j)
+                yield self._finish(b, epoch, first + j), None
 
     def _finish(self, b, epoch: int, k: int) -> dict:
         with self.stages("collate"):
@@ -239,6 +278,17 @@ class SingleCellLoader:
     def __repr__(self) -> str:
         return (f"SingleCellLoader({str(self.path)!r}, batch_size={self.batch_size}, shuffle={self.order!r}, "
                 f"rank={self.rank}/{self.world_size}, device={self.backend.device!r}, batches={len(self)})")
+
+
+def _tensors(batch: dict) -> list[torch.Tensor]:
+    """Every dense tensor a batch dict holds (CSR tensors by their parts)."""
+    out = []
+    for v in batch.values():
+        if isinstance(v, dict):
+            out += _tensors(v)
+        elif isinstance(v, torch.Tensor):
+            out += [v.crow_indices(), v.col_indices(), v.values()] if v.layout == torch.sparse_csr else [v]
+    return out
 
 
 def _silence_csr_beta_warning() -> None:

@@ -17,15 +17,16 @@ def rng_for(seed: int, epoch: int, *stream: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), *map(int, stream)]))
 
 
-def epoch_order(n_rows: int, order: str, seed: int, epoch: int, block_size: int) -> np.ndarray:
+def epoch_order(n_rows: int, order: str, seed: int, epoch: int, block_size: int, key: tuple[int, ...] = ()) -> np.ndarray:
     """All rows of one epoch, in the order they are dealt to ranks (int64).
 
     ``block``: contiguous blocks of ``block_size`` rows in shuffled order (rows inside a block stay
-    contiguous here; :func:`fetches` mixes them).
+    contiguous here; :func:`fetches` mixes them). ``key`` selects an independent stream (a rank's
+    own order over its resident share).
     """
     if order == "sequential":
         return np.arange(n_rows, dtype=np.int64)
-    rng = rng_for(seed, epoch, 0)
+    rng = rng_for(seed, epoch, 0, *key)
     if order == "random":
         return rng.permutation(n_rows).astype(np.int64)
     if order == "block":
@@ -76,3 +77,26 @@ def shard(order: np.ndarray, rank: int, world_size: int, batch_size: int, drop_l
 def fetch_permutation(n: int, seed: int, epoch: int, rank: int, fetch: int) -> np.ndarray:
     """How the rows of one fetch (``n`` rows) are shuffled among its batches (``block`` order)."""
     return rng_for(seed, epoch, 1, rank, fetch).permutation(n)
+
+
+def resident_share(n_rows: int, seed: int, rank: int, world_size: int, drop_last: bool) -> np.ndarray:
+    """This rank's rows when rows are resident on the GPU: part ``rank`` of one seeded random
+    partition of all rows into ``world_size`` equal parts, the same in every epoch (sorted).
+
+    Equal parts as :func:`shard` makes them: without ``drop_last`` the partition is padded with rows
+    from its own start (a rank may hold one row twice), with it the rows beyond equal parts are
+    left out for the whole run.
+    """
+    perm = rng_for(seed, 0, 3).permutation(n_rows).astype(np.int64)
+    per_rank, _ = rows_and_batches_per_rank(n_rows, world_size, 1, drop_last)
+    if not drop_last and n_rows and per_rank * world_size > n_rows:
+        perm = np.concatenate([perm, np.resize(perm, per_rank * world_size - n_rows)])
+    return np.sort(perm[rank * per_rank : (rank + 1) * per_rank])
+
+
+def resident_shard(share: np.ndarray, order: str, seed: int, epoch: int, rank: int, batch_size: int,
+                   block_size: int, drop_last: bool) -> Shard:
+    """One epoch over a rank's resident share: its own order of its own rows (rank-keyed stream)."""
+    rows = share[epoch_order(len(share), order, seed, epoch, block_size, key=(4, rank))]
+    n_batches = len(rows) // batch_size if drop_last else -(-len(rows) // batch_size)
+    return Shard(rows[: n_batches * batch_size] if drop_last else rows, batch_size, n_batches)

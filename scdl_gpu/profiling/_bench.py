@@ -25,18 +25,12 @@ def archive_shape(archive: Path) -> dict:
                 bytes_per_cell=nbytes / n if n else 0.0, dtypes={k: a.dtypes[k] for k in ("data.npy", "col_ptr.npy", "row_ptr.npy")})
 
 
-RESIDENCIES = ("auto", "device", "pinned", "stream")
-"""Where the loader keeps the archive (``SingleCellLoader(residency=...)``); on the CPU only
-``auto`` and ``stream`` apply."""
-
-
 def open_loader(archive: Path, device: str, shuffle: str, batch_size: int, prefetch: int, residency: str = "auto",
                 **kwargs):
     from ..loader import SingleCellLoader
 
-    if residency != "auto":  # the loader's own default; a loader without the argument still takes "auto"
-        kwargs["residency"] = residency
-    loader = SingleCellLoader(archive, batch_size=batch_size, shuffle=shuffle, device=device, prefetch=prefetch, **kwargs)
+    loader = SingleCellLoader(archive, batch_size=batch_size, shuffle=shuffle, device=device, prefetch=prefetch,
+                              residency=residency, **kwargs)
     if len(loader) == 0:
         loader.close()
         raise ValueError(f"{archive} has no rows to load")

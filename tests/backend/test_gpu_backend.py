@@ -57,14 +57,17 @@ OPTIONS = [
 
 
 @pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: f"{o.value_dtype}-dense{o.dense}-sum{o.target_sum}-log{o.log1p}")
-@pytest.mark.parametrize("reader", ["host", "kvikio"])
-def test_gpu_batches_equal_cpu_batches(archive, opts, reader):
+@pytest.mark.parametrize("route", ["device", "pinned", "stream-host", "stream-kvikio"])
+def test_gpu_batches_equal_cpu_batches(archive, opts, route):
+    residency, _, reader = route.partition("-")
     if reader == "kvikio" and not kvikio_available():
         pytest.skip("kvikio not installed")
     cpu = get_backend(archive, device="cpu", options=opts)
     if opts.value_dtype == "float16" and np.abs(cpu.data.astype(np.float64)).max() > 65504:
         pytest.skip("values beyond float16's range")
-    with get_backend(archive, device="cuda", options=opts, reader=reader, kvikio_min_span=0) as gpu:
+    kw = dict(reader=reader, kvikio_min_span=0) if reader else {}
+    with get_backend(archive, device="cuda", options=opts, residency=residency, **kw) as gpu:
+        assert gpu.residency == residency
         exact = not opts.log1p and not (opts.target_sum and cpu.data.dtype.kind == "f")
         for rows in _rows(cpu.n_rows, 1):
             _same(cpu.batch(rows), gpu.batch(rows), exact=exact)
@@ -77,9 +80,10 @@ def test_gene_remap_on_gpu(archive):
     remap[keep] = np.random.default_rng(1).permutation(len(keep))
     for opts in (BatchOptions(gene_remap=remap), BatchOptions(gene_remap=remap, dense=True, target_sum=100.0)):
         cpu = get_backend(archive, device="cpu", options=opts)
-        gpu = get_backend(archive, device="cuda", options=opts)
-        for rows in _rows(cpu.n_rows, 2):
-            _same(cpu.batch(rows), gpu.batch(rows))
+        for residency in ("device", "stream"):
+            gpu = get_backend(archive, device="cuda", options=opts, residency=residency)
+            for rows in _rows(cpu.n_rows, 2):
+                _same(cpu.batch(rows), gpu.batch(rows))
 
 
 def test_dlpack_hand_off_is_zero_copy():
@@ -134,3 +138,32 @@ def test_every_kernel_matches_its_reference(tv, tc):
         dense = k.densify(d["vals"], d["cols"], d["in_ptr"], d["remap"], cp.asarray(scale), True, n_cols, out_dtype).get()
         want = ref.densify(vals, cols, in_ptr, remap, scale, True, n_out_cols=n_cols, out_dtype=out_dtype)
         np.testing.assert_allclose(dense, want, rtol=2e-7 if out_dtype == "float32" else 1e-15)
+
+
+@pytest.mark.parametrize("tv", ["uint8", "uint16", "uint32", "uint64", "float32", "float64"])
+@pytest.mark.parametrize("tc", ["uint8", "uint16", "uint32", "uint64"])
+def test_gather_kernel_matches_its_reference(tv, tc):
+    import cupy as cp
+
+    from scdl_gpu.backend._cuda import CudaKernels
+
+    rng = np.random.default_rng(hash((tv, tc, "gather")) % 2**32)
+    width = min(np.iinfo(tc).max, 5000) + 1
+    lengths = rng.integers(0, 40, 60)
+    lengths[[0, 9, -1]] = 0
+    ptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    n = int(ptr[-1])
+    data = (rng.random(n) * 200).astype(tv)
+    cols = rng.integers(0, width, n).astype(tc)
+    rows = rng.integers(0, 60, 45)
+    starts, out_ptr = ptr[rows], np.concatenate([[0], np.cumsum(lengths[rows])]).astype(np.int64)
+    cols_bad = cols.copy()
+    cols_bad[int(ptr[rows[3]])] = width if lengths[rows[3]] else cols_bad[0]
+    for c, w in ((cols, width), (cols_bad, width)):
+        err = cp.zeros(1, cp.int32)
+        gv, gc = CudaKernels(tv, tc).gather(cp.asarray(data), cp.asarray(c), cp.asarray(starts), cp.asarray(out_ptr),
+                                            int(out_ptr[-1]), w, err)
+        rv, rc, rerr = ref.gather(data, c, starts, out_ptr, w)
+        np.testing.assert_array_equal(gv.get(), rv)
+        np.testing.assert_array_equal(gc.get(), rc)
+        assert int(err.get()[0]) == rerr

@@ -1,129 +1,188 @@
-"""The GPU backend's Python side (planning, pinned-host staging, assembly, hand-off) run without a GPU.
-
-CuPy is replaced by a NumPy stand-in and the CUDA launchers by the NumPy references, so what this
-checks is the backend's own logic: which arrays are staged, in which dtypes, how they flow through
-``assemble`` and into ``Batch``. The kernels themselves are checked by ``tests/kernels`` (shim and
-compilers) and, on a GPU machine, by ``test_gpu_backend.py``.
+"""The GPU backend's Python side run without a GPU (see ``fake_gpu.py``): residency, staging,
+assembly, device and stream discipline, hand-off. The kernels themselves are checked by
+``tests/kernels`` (shim and compilers) and, on a GPU machine, by ``test_gpu_backend.py``.
 """
 
 from __future__ import annotations
 
-import sys
-import types
+import threading
 
 import numpy as np
 import pytest
 import torch
 
+from scdl_gpu import SingleCellLoader
 from scdl_gpu.backend import BatchOptions, get_backend
-from scdl_gpu.backend import _reference as ref
+from scdl_gpu.errors import ArchiveError
+from tests.backend import fake_gpu
 from tests.backend.archives import random_matrix, write_archive
 
 
-class _DeviceArray(np.ndarray):
-    """A NumPy array with CuPy's host-transfer methods."""
-
-    def set(self, host):
-        self[...] = host
-
-    def get(self):
-        return np.asarray(self)
-
-
-def _fake_cupy() -> types.ModuleType:
-    cp = types.ModuleType("cupy")
-    for name in ("zeros", "cumsum", "where", "float16", "float32", "float64", "int32", "int64", "count_nonzero"):
-        setattr(cp, name, getattr(np, name))
-    cp.empty = lambda n, dtype=np.float64: np.empty(n, dtype).view(_DeviceArray)
-    cp.asarray = lambda a, dtype=None: np.asarray(a, dtype=dtype).view(_DeviceArray)
-    return cp
-
-
-class _ReferenceKernels:
-    """The CUDA launchers' interface, answered by the NumPy references."""
-
-    def __init__(self, value_dtype, col_dtype):
-        self.value_dtype, self.col_dtype = value_dtype, col_dtype
-
-    def _check(self, vals, cols):
-        assert vals.dtype == self.value_dtype and cols.dtype == self.col_dtype  # staged as declared
-
-    def keep_flags(self, cols, remap):
-        return ref.keep_flags(cols, remap)
-
-    def row_sums(self, vals, cols, in_ptr, remap=None):
-        self._check(vals, cols)
-        return ref.row_sums(vals, cols, in_ptr, remap)
-
-    def emit(self, vals, cols, in_ptr, remap=None, pos=None, row_scale=None, log1p=False, out_dtype="float32",
-             index_dtype="int32", n_out=None):
-        self._check(vals, cols)
-        out = ref.emit(vals, cols, in_ptr, remap, pos, row_scale, log1p, out_dtype, index_dtype)
-        assert n_out is None or n_out == len(out[0])
-        return out
-
-    def densify(self, vals, cols, in_ptr, remap=None, row_scale=None, log1p=False, n_out_cols=0, out_dtype="float32"):
-        self._check(vals, cols)
-        return ref.densify(vals, cols, in_ptr, remap, row_scale, log1p, n_out_cols=n_out_cols, out_dtype=out_dtype)
-
-
 @pytest.fixture
-def fake_gpu(monkeypatch):
-    cp = _fake_cupy()
-    cupyx = types.ModuleType("cupyx")
-    cupyx.empty_pinned = lambda n, dtype: np.empty(n, dtype)
-    cuda_mod = types.ModuleType("scdl_gpu.backend._cuda")
-    cuda_mod.CudaKernels = _ReferenceKernels
-    monkeypatch.setitem(sys.modules, "cupy", cp)
-    monkeypatch.setitem(sys.modules, "cupyx", cupyx)
-    monkeypatch.setitem(sys.modules, "scdl_gpu.backend._cuda", cuda_mod)
-    import scdl_gpu.backend as backend
-    from scdl_gpu.backend import _gpu
-
-    monkeypatch.setattr(_gpu, "resolve_device", lambda device: "cuda")
-    monkeypatch.setattr(backend, "resolve_device", lambda device: "cuda")
-    monkeypatch.setattr(_gpu, "kvikio_available", lambda: False)
-    monkeypatch.setattr(torch, "from_dlpack", lambda a: torch.from_numpy(np.array(a)))  # stand-in arrays are host memory
-    return _gpu
+def world(monkeypatch):
+    return fake_gpu.install(monkeypatch)
 
 
-@pytest.mark.parametrize("dtype", ["uint16", "float16", "uint64", "float64"])
-@pytest.mark.parametrize(
-    "opts",
-    [BatchOptions(), BatchOptions(value_dtype="float16"), BatchOptions(dense=True, target_sum=100.0, log1p=True),
-     BatchOptions(index_dtype="int64", value_dtype="float64")],
-    ids=["plain", "half", "dense-transforms", "wide"],
-)
-def test_gpu_backend_logic_matches_cpu(fake_gpu, tmp_path, dtype, opts):
-    m = random_matrix(40, 90, dtype if dtype != "float16" else "float32", seed=9)
+def _archive(tmp_path, dtype="uint16", n=40, seed=9):
+    m = random_matrix(n, 90, dtype if dtype != "float16" else "float32", seed=seed)
     if dtype == "float16":
         m.data = m.data.astype(np.float16).astype(np.float32)
     elif dtype.startswith("uint"):
         m.data = (m.data % 1000).astype(dtype)  # sums meaningful, and within float16's range
-    path = write_archive(tmp_path / "a", m, data_dtype=dtype)
-    gpu = get_backend(path, device="cuda", options=opts)
-    assert type(gpu).__name__ == "GPUBackend" and gpu.reader == "host"
+    return write_archive(tmp_path / "a", m, data_dtype=dtype)
+
+
+def _assert_same(g, c, rtol=0):
+    for name in ("crow", "col", "values", "dense"):
+        a, b = getattr(g, name), getattr(c, name)
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert a.dtype == b.dtype, name
+            torch.testing.assert_close(a, b, rtol=rtol, atol=0)
+
+
+OPTIONS = [BatchOptions(), BatchOptions(value_dtype="float16"), BatchOptions(dense=True, target_sum=100.0, log1p=True),
+           BatchOptions(index_dtype="int64", value_dtype="float64")]
+
+
+@pytest.mark.parametrize("residency", ["device", "pinned", "stream"])
+@pytest.mark.parametrize("dtype", ["uint16", "float16", "uint64", "float64"])
+@pytest.mark.parametrize("opts", OPTIONS, ids=["plain", "half", "dense-transforms", "wide"])
+def test_every_residency_matches_the_cpu(world, tmp_path, residency, dtype, opts):
+    path = _archive(tmp_path, dtype)
+    gpu = get_backend(path, device="cuda", options=opts, residency=residency)
+    assert type(gpu).__name__ == "GPUBackend" and gpu.residency == residency and gpu.reader == "host"
     cpu = get_backend(path, device="cpu", options=opts)
     rng = np.random.default_rng(0)
     for rows in (rng.integers(0, 40, 25), np.arange(3, 30), np.array([], np.int64), np.array([7, 7])):
         g, c = gpu.batch(rows), cpu.batch(rows)
-        for name in ("crow", "col", "values", "dense"):
-            a, b = getattr(g, name), getattr(c, name)
-            assert (a is None) == (b is None)
-            if a is not None:
-                assert a.dtype == b.dtype, name
-                torch.testing.assert_close(a, b, rtol=2.5e-7 if opts.log1p else 0, atol=0)
+        _assert_same(g, c, rtol=2.5e-7 if opts.log1p else 0)
+        assert g.sorted == c.sorted
     gpu.close()
 
 
-def test_gpu_backend_with_a_gene_remap(fake_gpu, tmp_path):
-    m = random_matrix(30, 50, "uint16", seed=2)
-    path = write_archive(tmp_path / "a", m)
-    remap = np.full(50, -1, np.int64)
-    remap[::2] = np.arange(25)[::-1]
+@pytest.mark.parametrize("residency", ["device", "stream"])
+def test_gene_remap(world, tmp_path, residency):
+    path = _archive(tmp_path)
+    remap = np.full(90, -1, np.int64)
+    remap[::2] = np.arange(45)[::-1]
     opts = BatchOptions(gene_remap=remap)
-    g = get_backend(path, device="cuda", options=opts).batch(np.arange(30))
-    c = get_backend(path, device="cpu", options=opts).batch(np.arange(30))
-    assert g.shape == c.shape == (30, 25)
-    for name in ("crow", "col", "values"):
-        torch.testing.assert_close(getattr(g, name), getattr(c, name), rtol=0, atol=0)
+    g = get_backend(path, device="cuda", options=opts, residency=residency).batch(np.arange(40))
+    c = get_backend(path, device="cpu", options=opts).batch(np.arange(40))
+    assert g.shape == c.shape == (40, 45)
+    _assert_same(g, c)
+
+
+def test_resident_share_only(world, tmp_path):
+    path = _archive(tmp_path)
+    gpu = get_backend(path, device="cuda", residency="device", resident_rows=[3, 9, 9, 20])
+    assert gpu.index.rows.tolist() == [3, 9, 20]
+    _assert_same(gpu.batch([20, 3, 9, 9]), get_backend(path, device="cpu").batch([20, 3, 9, 9]))
+    with pytest.raises(KeyError, match="row 4 is not resident"):
+        gpu.batch([3, 4])
+    with pytest.raises(IndexError):
+        get_backend(path, device="cuda", residency="device", resident_rows=[40])
+
+
+def test_auto_picks_device_then_pinned_then_stream(world, tmp_path, monkeypatch):
+    from scdl_gpu.backend import _gpu
+
+    path = _archive(tmp_path)
+    assert get_backend(path, device="cuda").residency == "device"
+    world.free_bytes = 10  # rows no longer fit in the GPU's free memory
+    assert get_backend(path, device="cuda").residency == "pinned"
+    monkeypatch.setattr(_gpu, "available_host_memory", lambda: 10)
+    assert get_backend(path, device="cuda").residency == "stream"
+    with pytest.raises(ValueError, match="residency"):
+        get_backend(path, device="cuda", residency="hbm")
+    with pytest.raises(ValueError, match="needs a GPU backend"):
+        get_backend(path, device="cpu", residency="device")
+
+
+def test_a_device_side_bounds_flag_raises(world, tmp_path):
+    path = _archive(tmp_path)
+    gpu = get_backend(path, device="cuda", residency="device")
+    gpu._res_cols[int(gpu.index.ptr[5])] = 90  # device memory overwritten after the checked load
+    gpu.batch([4, 6])  # rows that do not read it are fine
+    with pytest.raises(ArchiveError, match="col_ptr.npy"):
+        gpu.batch([4, 5])
+    gpu._err[0] = 0
+    n = gpu.index.nnz
+    gpu.index.ptr[6:8] = n + 5, n + 8  # row 6 now points past the resident values
+    with pytest.raises(ArchiveError, match="row_ptr.npy"):
+        gpu.batch([6])
+
+
+def test_every_launch_and_copy_runs_on_the_backends_device_and_stream(world, tmp_path):
+    """Issue: the prefetch thread built every rank's batches on GPU 0, on the default stream."""
+    path = _archive(tmp_path)
+    loader = SingleCellLoader(path, batch_size=8, shuffle="random", device="cuda:1", prefetch=2, residency="stream")
+    backend = loader.backend
+    assert backend.device_index == 1
+    world.log.clear()
+    n = sum(1 for _ in loader)
+    assert n == len(loader) == 5
+    work = [e for e in world.log if e[0] in ("launch", "h2d")]
+    assert work and {(e[1], e[2]) for e in work} == {(1, backend.ctx.torch_stream.cuda_stream)}
+    assert threading.current_thread() is threading.main_thread() and world.current() == (0, 0)  # consumer untouched
+
+
+def test_a_consumer_on_another_stream_waits_for_each_batch(world, tmp_path):
+    path = _archive(tmp_path)
+    loader = SingleCellLoader(path, batch_size=8, shuffle="random", device="cuda", prefetch=0, residency="device")
+    consumer = torch.cuda.Stream()
+    with torch.cuda.stream(consumer):
+        world.log.clear()
+        batches = list(loader)
+    waits = [e for e in world.log if e[0] == "wait_event" and e[1] == consumer.cuda_stream]
+    assert len(waits) == len(batches) == 5
+    assert any(e[0] == "record_stream" and e[1] == consumer.cuda_stream for e in world.log)
+
+
+def test_pinned_staging_is_not_reused_while_its_copy_is_queued(world, tmp_path):
+    """Issue: pinned staging went back to CuPy's pool while its copy was still queued."""
+    path = _archive(tmp_path)
+    gpu = get_backend(path, device="cuda", residency="stream")
+    gpu.batch(np.arange(10))
+    buf, copied = gpu.ctx._staging["vals"]
+    assert copied is not None and not copied.query()  # the copy is (still) queued
+    world.log.clear()
+    gpu.batch(np.arange(20, 30))
+    assert ("sync_event", id(copied)) in world.log  # waited before writing the buffer again
+    first_h2d = next(i for i, e in enumerate(world.log) if e[0] == "h2d")
+    assert world.log.index(("sync_event", id(copied))) < first_h2d
+
+
+def test_batch_memory_is_held_until_the_releasing_stream_passes_it(world, tmp_path):
+    path = _archive(tmp_path)
+    gpu = get_backend(path, device="cuda", residency="device")
+    gpu.batch(np.arange(10))  # the stand-in's DLPack copies, so the outputs are released at once
+    held = gpu.ctx.collect()
+    assert held == 3  # crow, col, values: their release events have not passed
+    world.finish_all()
+    assert gpu.ctx.collect() == 0
+
+
+def test_loader_residency_partitions_rows_across_ranks(world, tmp_path):
+    path = _archive(tmp_path, n=41)
+    seen, counts = [], []
+    for rank in range(3):
+        loader = SingleCellLoader(path, batch_size=4, shuffle="random", device="cuda", residency="device",
+                                  rank=rank, world_size=3, prefetch=0, seed=5)
+        assert loader.partition == "resident" and loader.residency == "device"
+        share = set(loader._share.tolist())
+        rows = np.concatenate([b["rows"].numpy() for b in loader])
+        assert set(rows.tolist()) == share  # a rank only draws from its own share
+        seen.append(rows)
+        counts.append(len(loader))
+        again = np.concatenate([b["rows"].numpy() for b in loader])  # next epoch: same share, new order
+        assert sorted(again.tolist()) == sorted(rows.tolist()) and not np.array_equal(again, rows)
+    assert len(set(counts)) == 1  # equal batches per rank
+    assert set(np.concatenate(seen).tolist()) == set(range(41))  # every row once per epoch (padding repeats one)
+
+
+def test_loader_residency_on_the_cpu_is_checked(tmp_path):
+    path = _archive(tmp_path)
+    assert SingleCellLoader(path, batch_size=8, device="cpu", residency="stream").partition == "global"
+    with pytest.raises(ValueError, match="needs a GPU backend"):
+        SingleCellLoader(path, batch_size=8, device="cpu", residency="pinned")

@@ -45,7 +45,7 @@ def test_profile_table_json_and_plot(bundled_archive, tmp_path, capsys):
     r = json.loads(out.read_text())
     assert r["schema"] == "scdl-gpu-profile/1" and r["settings"]["batch_size"] == 32
     assert r["settings"]["loader_kwargs"] == {"block_size": "4", "fetch_factor": "2"}
-    assert {s["stage"] for s in r["stages"]} >= {"sample", "read", "kernels", "collate"}
+    assert {s["stage"] for s in r["stages"]} >= {"sample", "read", "collate"}  # plain CPU batches: one compiled gather, no kernels stage
     assert png.read_bytes().startswith(PNG)
 
 

@@ -59,7 +59,8 @@ def test_profile_stages(bundled_archive, prefetch):
     json.loads(json.dumps(r))
     assert r["schema"] == "scdl-gpu-profile/1" and r["batches"] > 0
     names = [s["stage"] for s in r["stages"]]
-    assert names == ["sample", "read", "kernels", "dlpack", "collate"]  # pipeline order; no h2d on the CPU
+    # pipeline order; no h2d on the CPU, and no kernels stage: a plain batch is one compiled gather
+    assert names == ["sample", "read", "dlpack", "collate"]
     for s in r["stages"]:
         assert s["ms_per_batch"] > 0 and s["calls"] >= r["batches"] - 1 and s["device_ms_per_batch"] is None
     assert np.isclose(r["stages_ms_per_batch"], sum(s["ms_per_batch"] for s in r["stages"]))
@@ -113,23 +114,15 @@ def test_bound_follows_the_residency():
     assert bound({}, "cuda", "device") == ("none", None)
 
 
-def test_residency_reaches_the_loader_only_when_not_auto(bundled_archive, monkeypatch):
-    # "auto" is the loader's default, so a loader without the argument still runs the default grid
-    import scdl_gpu.loader as loader_module
+def test_residency_reaches_the_loader(bundled_archive):
     from scdl_gpu.profiling._bench import open_loader
 
-    seen = []
-    real = loader_module.SingleCellLoader
-
-    def recording(*args, **kwargs):
-        seen.append(kwargs.get("residency", "<absent>"))
-        kwargs.pop("residency", None)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(loader_module, "SingleCellLoader", recording)
     for residency in ("auto", "stream"):
-        open_loader(bundled_archive, "cpu", "block", 8, 0, residency=residency).close()
-    assert seen == ["<absent>", "stream"]
+        loader = open_loader(bundled_archive, "cpu", "block", 8, 0, residency=residency)
+        assert loader.residency == "stream" and loader.partition == "global"  # the CPU reads its maps
+        loader.close()
+    with pytest.raises(ValueError, match="needs a GPU backend"):
+        open_loader(bundled_archive, "cpu", "block", 8, 0, residency="device")
 
 
 def test_format_bench_names_each_residencys_bound(bundled_archive):

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 
 from scdl_gpu.profiling import run_bench, run_profile
+from tests.backend import fake_gpu
 from tests.backend.archives import random_matrix, write_archive
-from tests.backend.test_gpu_orchestration import fake_gpu  # noqa: F401  (fixture)
 
 
 @pytest.fixture
-def fake_cuda(fake_gpu, monkeypatch):  # noqa: F811
+def fake_cuda(monkeypatch):
+    world = fake_gpu.install(monkeypatch)
     cp = sys.modules["cupy"]
     log = []
 
@@ -31,9 +32,7 @@ def fake_cuda(fake_gpu, monkeypatch):  # noqa: F811
         def synchronize(self):
             log.append("event-sync")
 
-    class Device:
-        id = 0
-
+    class Device(cp.cuda.Device):  # the world's device context, logging syncs here too
         def synchronize(self):
             log.append("sync")
 
@@ -42,7 +41,7 @@ def fake_cuda(fake_gpu, monkeypatch):  # noqa: F811
             log.append("stream-sync")
 
     cuda = types.SimpleNamespace(
-        Event=Event, Device=Device, get_current_stream=lambda: Stream(),
+        Event=Event, Device=Device, get_current_stream=lambda: Stream(), ExternalStream=cp.cuda.ExternalStream,
         get_elapsed_time=lambda a, b: (b.t - a.t) * 0.5,  # ms
         runtime=types.SimpleNamespace(memGetInfo=lambda: (60 << 30, 80 << 30),
                                       getDeviceProperties=lambda i: {"name": b"Stand-in GPU"}),
@@ -51,6 +50,8 @@ def fake_cuda(fake_gpu, monkeypatch):  # noqa: F811
     )
     monkeypatch.setattr(cp, "cuda", cuda, raising=False)
     monkeypatch.setattr(cp, "uint8", np.uint8, raising=False)
+    monkeypatch.setattr(cp, "copyto", np.copyto, raising=False)
+    world.free_bytes = 60 << 30
     device_array = type(cp.empty(1, np.uint8))
     monkeypatch.setattr(device_array, "set", lambda self, host, stream=None: self.__setitem__(Ellipsis, host))
     return log
@@ -58,7 +59,8 @@ def fake_cuda(fake_gpu, monkeypatch):  # noqa: F811
 
 def test_profile_on_cuda_times_h2d_and_events_and_balances_nvtx(fake_cuda, tmp_path):
     path = write_archive(tmp_path / "a", random_matrix(80, 120, "uint16", seed=2), data_dtype="uint16")
-    r = run_profile(path, device="cuda", shuffle="random", batch_size=16, prefetch=0, seconds=0.2, warmup=1)
+    r = run_profile(path, device="cuda", shuffle="random", batch_size=16, prefetch=0, seconds=0.2, warmup=1,
+                    residency="stream")
     stages = {s["stage"]: s for s in r["stages"]}
     assert list(stages) == ["sample", "read", "h2d", "kernels", "dlpack", "collate"]
     for s in stages.values():
@@ -70,10 +72,12 @@ def test_profile_on_cuda_times_h2d_and_events_and_balances_nvtx(fake_cuda, tmp_p
 
 def test_bench_on_cuda_reports_h2d_bound_and_device_memory(fake_cuda, tmp_path):
     path = write_archive(tmp_path / "a", random_matrix(80, 120, "uint16", seed=3), data_dtype="uint16")
-    r = run_bench(path, device="cuda", shuffles=["block"], batch_sizes=[16], seconds=0.1, warmup=0, cold=False)
-    assert set(r["ceilings"]) == {"page_cache_read", "memcpy", "h2d"}
+    r = run_bench(path, device="cuda", shuffles=["block"], batch_sizes=[16], seconds=0.1, warmup=0, cold=False,
+                  residencies=["stream"])
+    assert set(r["ceilings"]) == {"page_cache_read", "memcpy", "h2d", "hbm_copy"}
     h2d = r["ceilings"]["h2d"]["bytes_per_s"]
     assert h2d == pytest.approx((256 << 20) / 0.5e-3)  # best of the timed copies: one event tick = 0.5 ms
+    assert r["ceilings"]["hbm_copy"]["bytes_per_s"] == pytest.approx((512 << 20) / 0.5e-3)
     assert r["bound"]["name"] == min(("page_cache_read", r["ceilings"]["page_cache_read"]["bytes_per_s"]),
                                      ("h2d", h2d), key=lambda x: x[1])[0]
     x = r["results"][0]

@@ -1,0 +1,128 @@
+"""One GPU backend's hold on its device: which GPU, which stream, and how memory crosses threads.
+
+- **Device**: captured once (``"cuda:N"``, else torch's current device in the constructing thread)
+  and made current by :meth:`DeviceContext.activate` in every thread that works for the backend:
+  the CUDA current device is per host thread, so a prefetch thread would otherwise run on GPU 0.
+- **Stream**: the backend's own torch stream, wrapped for CuPy, so CuPy kernels and torch ops of
+  one batch are ordered on it. A batch is handed to the consumer with an event its stream waits
+  on (:meth:`handoff`), whatever stream the consumer is on.
+- **Outputs that outlive the batch call**: CuPy memory handed to torch by DLPack returns to
+  CuPy's pool when the tensor dies, while the consumer's stream may still have reads of it queued.
+  :meth:`keep_until_released` holds the memory until an event recorded on the releasing thread's
+  current stream has passed (torch's ``record_stream`` rule, by hand).
+- **Pinned staging**: host buffers reused batch after batch; :meth:`staging` waits for the event
+  of the copies that last read a buffer before handing it out again (``ndarray.set`` copies
+  asynchronously and does not keep its source alive).
+
+Imports CuPy and torch's CUDA side only when constructed.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+
+import numpy as np
+import torch
+
+
+def device_index(device: str | None) -> int:
+    """``"cuda:N"`` -> N; ``"cuda"``/``None`` -> torch's current device of the calling thread."""
+    if device is not None and ":" in str(device):
+        return int(str(device).split(":", 1)[1])
+    return torch.cuda.current_device()
+
+
+class DeviceContext:
+    def __init__(self, device: str | None = None) -> None:
+        import cupy as cp
+
+        self.cp = cp
+        self.index = device_index(device)
+        with cp.cuda.Device(self.index):
+            self.torch_stream = torch.cuda.Stream(device=self.index)
+            self.stream = cp.cuda.ExternalStream(self.torch_stream.cuda_stream, self.index)
+        self._held: list[tuple[torch.cuda.Event, object]] = []
+        self._held_lock = threading.Lock()
+        self._staging: dict[str, tuple[np.ndarray, torch.cuda.Event | None]] = {}
+
+    # -- making the device and stream current ----------------------------------------------------
+    def activate(self):
+        """A context that makes this device and stream current for CuPy and torch in this thread."""
+        return _Active(self)
+
+    # -- hand-off -----------------------------------------------------------------------------------
+    def record(self) -> torch.cuda.Event:
+        ev = torch.cuda.Event()
+        ev.record(self.torch_stream)
+        return ev
+
+    def handoff(self, ready: torch.cuda.Event, tensors) -> None:
+        """In the consumer's thread: its current stream waits for the batch, and torch-allocated
+        tensors are marked as used there (so their memory is not reused under its reads)."""
+        consumer = torch.cuda.current_stream(self.index)
+        if consumer.cuda_stream == self.torch_stream.cuda_stream:
+            return
+        consumer.wait_event(ready)
+        for t in tensors:
+            t.record_stream(consumer)  # no-op for DLPack memory: keep_until_released covers that
+
+    def keep_until_released(self, array) -> None:
+        """Hold ``array``'s device memory past its death until the releasing thread's stream is
+        past every queued use of it."""
+        weakref.finalize(array, self._release, array.data)
+
+    def _release(self, memptr) -> None:
+        ev = torch.cuda.Event()
+        ev.record(torch.cuda.current_stream(self.index))
+        with self._held_lock:
+            self._held.append((ev, memptr))
+
+    def collect(self) -> int:
+        """Drop held memory whose streams have passed it; returns how many blocks are still held."""
+        with self._held_lock:
+            self._held = [(ev, m) for ev, m in self._held if not ev.query()]
+            return len(self._held)
+
+    # -- pinned staging -------------------------------------------------------------------------------
+    def staging(self, name: str, n: int, dtype) -> np.ndarray:
+        """A pinned host buffer of ``n`` items for ``name``, safe to overwrite: the copies that read
+        it last have finished. Grown by doubling, never shrunk."""
+        import cupyx
+
+        buf, last_read = self._staging.get(name, (None, None))
+        if last_read is not None:
+            last_read.synchronize()  # synchronize! (only when the previous copy is still queued)
+        nbytes = int(n) * np.dtype(dtype).itemsize
+        if buf is None or buf.nbytes < nbytes:
+            size = max(nbytes, 2 * (buf.nbytes if buf is not None else 0), 1 << 16)
+            buf = cupyx.empty_pinned(size, np.uint8)
+        self._staging[name] = (buf, None)
+        return buf[:nbytes].view(dtype)
+
+    def staged(self, name: str) -> None:
+        """Mark ``name``'s staging buffer as read by copies queued on the stream just now."""
+        buf, _ = self._staging[name]
+        self._staging[name] = (buf, self.record())
+
+    def synchronize(self) -> None:
+        self.stream.synchronize()
+
+
+class _Active:
+    def __init__(self, ctx: DeviceContext) -> None:
+        self.ctx = ctx
+
+    def __enter__(self):
+        ctx = self.ctx
+        self._device = ctx.cp.cuda.Device(ctx.index)
+        self._device.__enter__()
+        self._torch = torch.cuda.stream(ctx.torch_stream)
+        self._torch.__enter__()
+        ctx.stream.__enter__()
+        return ctx
+
+    def __exit__(self, *exc) -> None:
+        self.ctx.stream.__exit__(*exc)
+        self._torch.__exit__(*exc)
+        self._device.__exit__(*exc)
