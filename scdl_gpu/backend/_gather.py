@@ -5,7 +5,7 @@ combination, cached on disk, GIL released):
 
 - :func:`plan` — for each requested row, its span in the value file from ``row_ptr``, checked:
   ``0 <= row_ptr[r] <= row_ptr[r + 1] <= len(data)``. A span that fails names ``row_ptr.npy``.
-- :func:`gather` — copies each row's values (cast through float64, as the CUDA kernels do) and
+- :func:`gather` — copies each row's values (cast as the CUDA kernels round them) and
   columns into the output, checking every column against the archive's width, and sorts the
   columns inside a row (values follow, stable) when asked. In parallel over rows for large
   batches. A column that fails names ``col_ptr.npy``.
@@ -18,6 +18,7 @@ error: ``IndexError``). The NumPy reference of both is :func:`gather_reference`.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -29,9 +30,11 @@ from ..errors import ArchiveError
 
 log = logging.getLogger(__name__)
 
-# Below this many values a batch is copied on the calling thread: waking numba's workers costs
-# more than the copy (measured on 2 cores: ~20 us per parallel call).
-PARALLEL_MIN_VALUES = 1 << 16
+# Below this many values a batch is copied on the calling thread. Random rows are bound by memory
+# latency, which threads overlap: on 2 cores, 64 rows of ~1,450 values went from 0.66M to 1.3M
+# cells/s in parallel (numba's OpenMP layer), so the threshold is low.
+PARALLEL_MIN_VALUES = 1 << 13
+_parallel = threading.Lock()
 _SMALL_SORT = 24  # rows shorter than this are insertion-sorted in place (no allocation)
 
 _JIT = dict(nogil=True, cache=True, error_model="numpy", boundscheck=False)
@@ -80,59 +83,56 @@ def _sort_row(cols, vals, o, n):  # pragma: no cover - compiled
 
 
 @numba.njit(**_JIT)
-def _copy_row(data, cols, s, o, n, width, out_vals, out_cols, cast, sort):  # pragma: no cover - compiled
+def _copy_row(data, cols, s, o, n, width, out_vals, out_cols, via_double, sort):  # pragma: no cover - compiled
     """One row; returns False when a column is out of range (the row is then left zeroed). Sorts
-    the row when ``sort`` and its columns are not already non-decreasing.
+    the row when ``sort`` and its columns are not non-decreasing (checked while copying).
 
-    Separate branch-free loops (largest column, order check, the two copies) so that LLVM
-    vectorises each: one loop with an early exit measured 1.5x slower on long rows."""
-    top = np.uint64(0)
+    One pass: random rows are bound by memory latency, not by these few instructions (a
+    branch-free, four-loop version measured 2x slower)."""
+    prev = np.int64(-1)
+    unsorted = False
     for j in range(n):
-        top = max(top, np.uint64(cols[s + j]))  # unsigned: uint64 columns >= 2**63 stay huge
-    if n and top >= np.uint64(width):
-        for k in range(n):
-            out_cols[o + k] = 0
-            out_vals[o + k] = 0
-        return False
-    for j in range(n):
-        out_cols[o + j] = cols[s + j]
-    if cast:
-        for j in range(n):
-            out_vals[o + j] = np.float64(data[s + j])  # the kernels' rounding: via double, then once
-    else:
-        for j in range(n):
+        c = np.int64(cols[s + j])  # uint64 columns >= 2**63 turn negative and fail the check
+        if c < 0 or c >= width:
+            for k in range(n):
+                out_cols[o + k] = 0
+                out_vals[o + k] = 0
+            return False
+        unsorted |= c < prev
+        prev = c
+        out_cols[o + j] = c
+        if via_double:
+            out_vals[o + j] = np.float64(data[s + j])  # uint64 -> float32 rounds through double, as the kernels do
+        else:
             out_vals[o + j] = data[s + j]
-    if sort and n > 1:
-        unsorted = False
-        for j in range(1, n):
-            unsorted |= cols[s + j] < cols[s + j - 1]
-        if unsorted:
-            _sort_row(out_cols, out_vals, o, n)
+    if sort and unsorted:
+        _sort_row(out_cols, out_vals, o, n)
     return True
 
 
 @numba.njit(**_JIT)
-def _gather_serial(data, cols, starts, in_ptr, width, out_vals, out_cols, cast, sort):  # pragma: no cover
+def _gather_serial(data, cols, starts, in_ptr, width, out_vals, out_cols, via_double, sort):  # pragma: no cover
     for i in range(starts.shape[0]):
         o = in_ptr[i]
-        if not _copy_row(data, cols, starts[i], o, in_ptr[i + 1] - o, width, out_vals, out_cols, cast, sort):
+        if not _copy_row(data, cols, starts[i], o, in_ptr[i + 1] - o, width, out_vals, out_cols, via_double, sort):
             return i
     return -1
 
 
 @numba.njit(parallel=True, **_JIT)
-def _gather_parallel(data, cols, starts, in_ptr, width, out_vals, out_cols, cast, sort):  # pragma: no cover
+def _gather_parallel(data, cols, starts, in_ptr, width, out_vals, out_cols, via_double, sort):  # pragma: no cover
     bad = 0
     for i in numba.prange(starts.shape[0]):
         o = in_ptr[i]
-        if not _copy_row(data, cols, starts[i], o, in_ptr[i + 1] - o, width, out_vals, out_cols, cast, sort):
+        if not _copy_row(data, cols, starts[i], o, in_ptr[i + 1] - o, width, out_vals, out_cols, via_double, sort):
             bad += 1
     if bad == 0:
         return -1
     for i in range(starts.shape[0]):  # the error path only: find the first bad row
         o = in_ptr[i]
         for j in range(in_ptr[i + 1] - o):
-            if np.uint64(cols[starts[i] + j]) >= np.uint64(width):
+            c = np.int64(cols[starts[i] + j])
+            if c < 0 or c >= width:
                 return i
     return -1
 
@@ -160,9 +160,20 @@ def gather(data: np.ndarray, cols: np.ndarray, starts: np.ndarray, in_ptr: np.nd
     the columns of every row that is not sorted when ``sort`` (the check is free: it runs while
     copying). Raises :class:`ArchiveError` on a column ``>= width``, naming the archive row when
     ``rows`` (the planned row ids) is given."""
-    cast = out_vals.dtype != data.dtype
-    run = _gather_parallel if len(out_vals) >= PARALLEL_MIN_VALUES and len(starts) > 1 else _gather_serial
-    bad = run(data, cols, starts, in_ptr, np.int64(width), out_vals, out_cols, cast, sort)
+    n = int(in_ptr[-1])
+    if len(out_vals) < n or len(out_cols) < n or len(in_ptr) != len(starts) + 1:
+        raise ValueError(f"outputs of {len(out_vals)}/{len(out_cols)} entries for a plan of {n} values and "
+                         f"{len(starts)} rows ({len(in_ptr)} pointers)")
+    # Every other cast is one correctly rounded step either way; uint64 -> float32 is not.
+    via_double = data.dtype == np.uint64 and out_vals.dtype == np.float32
+    args = (data, cols, starts, in_ptr, np.int64(width), out_vals, out_cols, via_double, sort)
+    if n >= PARALLEL_MIN_VALUES and len(starts) > 1 and _parallel.acquire(blocking=False):
+        try:  # one parallel gather at a time: not every threading layer takes concurrent launches
+            bad = _gather_parallel(*args)
+        finally:
+            _parallel.release()
+    else:
+        bad = _gather_serial(*args)
     if bad >= 0:
         o, n = int(starts[bad]), int(in_ptr[bad + 1] - in_ptr[bad])
         seg = np.asarray(cols[o : o + n]).astype(np.int64)
@@ -208,8 +219,8 @@ def warm_up(data_dtype, col_dtype, row_ptr_dtype, outputs) -> float:
     starts, in_ptr = plan(row_ptr, np.array([0, 1], np.int64), 1)
     for vd, idt in dict.fromkeys(outputs):
         out_v, out_c = np.empty(1, vd), np.empty(1, idt)
-        for run in (_gather_serial, _gather_parallel):  # `cast` and `sort` are values, not types
-            run(data, cols, starts, in_ptr, np.int64(1), out_v, out_c, out_v.dtype != data.dtype, False)
+        for run in (_gather_serial, _gather_parallel):  # `via_double` and `sort` are values, not types
+            run(data, cols, starts, in_ptr, np.int64(1), out_v, out_c, False, False)
     dt = time.perf_counter() - t0
     if dt > 0.5:
         log.info("compiled the row gather for %s values / %s columns in %.1f s (numba caches it on disk)",
