@@ -85,28 +85,35 @@ def _sort_row(cols, vals, o, n):  # pragma: no cover - compiled
 @numba.njit(**_JIT)
 def _copy_row(data, cols, s, o, n, width, out_vals, out_cols, via_double, sort):  # pragma: no cover - compiled
     """One row; returns False when a column is out of range (the row is then left zeroed). Sorts
-    the row when ``sort`` and its columns are not non-decreasing (checked while copying).
+    the row when ``sort`` and its columns are not non-decreasing.
 
-    One pass: random rows are bound by memory latency, not by these few instructions (a
-    branch-free, four-loop version measured 2x slower)."""
-    prev = np.int64(-1)
-    unsorted = False
-    for j in range(n):
-        c = np.int64(cols[s + j])  # uint64 columns >= 2**63 turn negative and fail the check
-        if c < 0 or c >= width:
-            for k in range(n):
-                out_cols[o + k] = 0
-                out_vals[o + k] = 0
-            return False
-        unsorted |= c < prev
-        prev = c
-        out_cols[o + j] = c
-        if via_double:
-            out_vals[o + j] = np.float64(data[s + j])  # uint64 -> float32 rounds through double, as the kernels do
-        else:
-            out_vals[o + j] = data[s + j]
-    if sort and unsorted:
-        _sort_row(out_cols, out_vals, o, n)
+    The loops run over local views with no early exit (the largest column is checked after the
+    copy): that is what lets LLVM vectorise them. Indexing the whole arrays with an early exit
+    measured 2-3x slower (block rows 0.7M against 2.0M cells/s on one core)."""
+    src, dst, src_v, dst_v = cols[s : s + n], out_cols[o : o + n], data[s : s + n], out_vals[o : o + n]
+    top = src.dtype.type(0)  # columns are unsigned, so uint64 columns >= 2**63 stay huge here
+    if via_double:
+        for j in range(n):
+            x = src[j]
+            top = max(top, x)
+            dst[j] = x
+            dst_v[j] = np.float64(src_v[j])  # uint64 -> float32 rounds through double, as the kernels do
+    else:
+        for j in range(n):
+            x = src[j]
+            top = max(top, x)
+            dst[j] = x
+            dst_v[j] = src_v[j]
+    if n and np.uint64(top) >= np.uint64(width):
+        dst[:] = 0
+        dst_v[:] = 0
+        return False
+    if sort and n > 1:
+        unsorted = False
+        for j in range(1, n):
+            unsorted |= src[j] < src[j - 1]
+        if unsorted:
+            _sort_row(out_cols, out_vals, o, n)
     return True
 
 
@@ -131,8 +138,7 @@ def _gather_parallel(data, cols, starts, in_ptr, width, out_vals, out_cols, via_
     for i in range(starts.shape[0]):  # the error path only: find the first bad row
         o = in_ptr[i]
         for j in range(in_ptr[i + 1] - o):
-            c = np.int64(cols[starts[i] + j])
-            if c < 0 or c >= width:
+            if np.uint64(cols[starts[i] + j]) >= np.uint64(width):
                 return i
     return -1
 
