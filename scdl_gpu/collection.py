@@ -78,6 +78,7 @@ class SingleCellCollection:
             use_X_not_raw=use_X_not_raw,
             paginated_load_cutoff=paginated_load_cutoff,
             load_block_row_size=load_block_row_size,
+            keep_column_order=True,  # upstream's API: the same bytes as upstream's conversion
         )
         self._add(member)
 
@@ -107,6 +108,7 @@ class SingleCellCollection:
             use_X_not_raw=use_X_not_raw,
             paginated_load_cutoff=paginated_load_cutoff,
             load_block_row_size=load_block_row_size,
+            keep_column_order=True,  # upstream's API: the same bytes as upstream's conversion
         )
         if use_processes:
             pool = cf.ProcessPoolExecutor(max_workers, mp_context=mp.get_context("spawn"))

@@ -89,6 +89,7 @@ class SingleCellMemMapDataset(NeighborMixin, torch.utils.data.Dataset):
                 obs_feature_index_name=obs_feature_index_name,
                 load_neighbors=load_neighbors,
                 neighbor_key=neighbor_key,
+                keep_column_order=True,  # upstream's API: the same bytes as upstream's conversion
             )
             self.load(data_path)
         elif isinstance(num_rows, int) and isinstance(num_elements, int):

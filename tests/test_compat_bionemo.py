@@ -180,7 +180,7 @@ def synthetic_pair(tmp_path) -> tuple[Ours, Theirs]:
 def test_our_archive_opens_in_bionemo(tmp_path, path, use_x):
     src = _source_csr(path, use_x)
     with _warns_downcast(src):
-        archive = convert_h5ad(path, tmp_path / "ours", use_X_not_raw=use_x)
+        archive = convert_h5ad(path, tmp_path / "ours", use_X_not_raw=use_x, keep_column_order=True)
     ours, theirs = Ours(archive), _theirs_copy(archive, tmp_path)
     assert_same_dataset(theirs, ours)
     # ... and what upstream reads is the source matrix, stored entries in stored order.
@@ -301,7 +301,7 @@ def test_header_and_files_match_bionemo(tmp_path, path, use_x):
     t, o = tmp_path / "t", tmp_path / "o"
     with _warns_downcast(_source_csr(src, use_x)):
         Theirs(str(t), h5ad_path=str(src), use_X_not_raw=use_x)
-        convert_h5ad(src, o, use_X_not_raw=use_x)
+        convert_h5ad(src, o, use_X_not_raw=use_x, keep_column_order=True)
     theirs_json = TheirHeader.load(str(t / "header.sch")).to_json()
     assert OurHeader.load(str(t / "header.sch")).to_json() == theirs_json  # both decoders agree
     # decoded: same version, array names/lengths/dtypes, index names/lengths/files but labels.json

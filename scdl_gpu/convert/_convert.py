@@ -38,7 +38,7 @@ def convert_h5ad(
     overwrite: bool = False,
     max_block_values: int = MAX_BLOCK_VALUES,
     progress: bool = False,
-    keep_column_order: bool = True,
+    keep_column_order: bool = False,
 ) -> Path:
     """Convert an AnnData file into an SCDL archive at ``archive_path``.
 
@@ -61,11 +61,10 @@ def convert_h5ad(
         Also store ``obsp[neighbor_key]`` (sparse or dense) as the neighbor arrays; a missing key
         warns and stores none, as upstream does.
     keep_column_order
-        Store each row's entries in input order, as upstream does: this function is what
-        :class:`~scdl_gpu.SingleCellMemMapDataset` and :class:`~scdl_gpu.SingleCellCollection`
-        convert with, and their archives match upstream's byte for byte. ``False`` sorts every
-        row by column (values follow; repeated columns keep their order), so loading needs no
-        per-batch sort; :func:`~scdl_gpu.convert_many` does that by default.
+        ``False`` (default): store every row by increasing column (values follow; repeated
+        columns keep their order), so loading needs no per-batch sort. ``True``: input order,
+        byte for byte as upstream converts; :class:`~scdl_gpu.SingleCellMemMapDataset` and
+        :class:`~scdl_gpu.SingleCellCollection` (upstream's API) convert that way.
 
     Returns
     -------
