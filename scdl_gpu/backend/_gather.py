@@ -18,6 +18,7 @@ error: ``IndexError``). The NumPy reference of both is :func:`gather_reference`.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -35,6 +36,14 @@ log = logging.getLogger(__name__)
 # cells/s in parallel (numba's OpenMP layer), so the threshold is low.
 PARALLEL_MIN_VALUES = 1 << 13
 _parallel = threading.Lock()
+_forked = [False]  # set in a forked child: GNU OpenMP (numba's usual layer) aborts a child that uses it
+
+
+def _after_fork() -> None:
+    _forked[0] = True
+
+
+os.register_at_fork(after_in_child=_after_fork)
 _SMALL_SORT = 24  # rows shorter than this are insertion-sorted in place (no allocation)
 
 _JIT = dict(nogil=True, cache=True, error_model="numpy", boundscheck=False)
@@ -173,7 +182,7 @@ def gather(data: np.ndarray, cols: np.ndarray, starts: np.ndarray, in_ptr: np.nd
     # Every other cast is one correctly rounded step either way; uint64 -> float32 is not.
     via_double = data.dtype == np.uint64 and out_vals.dtype == np.float32
     args = (data, cols, starts, in_ptr, np.int64(width), out_vals, out_cols, via_double, sort)
-    if n >= PARALLEL_MIN_VALUES and len(starts) > 1 and _parallel.acquire(blocking=False):
+    if n >= PARALLEL_MIN_VALUES and len(starts) > 1 and not _forked[0] and _parallel.acquire(blocking=False):
         try:  # one parallel gather at a time: not every threading layer takes concurrent launches
             bad = _gather_parallel(*args)
         finally:

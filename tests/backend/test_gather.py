@@ -125,3 +125,36 @@ def test_bad_spans_and_columns_raise(monkeypatch, parallel):
 
 def test_warm_up_compiles_before_the_first_batch():
     assert _gather.warm_up(np.uint16, np.uint16, np.uint64, [("float32", "int32")]) >= 0
+
+
+def test_a_forked_child_gathers_without_the_parents_thread_pool(tmp_path):
+    """GNU OpenMP aborts a forked child that uses the parent's pool (DataLoader workers fork): the
+    child falls back to the serial gather and gets the same rows."""
+    import subprocess
+    import sys
+
+    code = """
+import os, numpy as np
+from scdl_gpu.backend import _gather
+rng = np.random.default_rng(0)
+n_rows = 3000
+row_ptr = np.zeros(n_rows + 1, np.uint64); np.cumsum(rng.integers(0, 40, n_rows), out=row_ptr[1:])
+nnz = int(row_ptr[-1]); data = rng.random(nnz).astype(np.float32); cols = rng.integers(0, 900, nnz).astype(np.uint16)
+rows = rng.integers(0, n_rows, 2000)
+def run():
+    starts, in_ptr = _gather.plan(row_ptr, rows, nnz)
+    v, c = np.empty(in_ptr[-1], np.float32), np.empty(in_ptr[-1], np.int32)
+    _gather.gather(data, cols, starts, in_ptr, 900, v, c)
+    return v, c
+assert run()[0].size >= _gather.PARALLEL_MIN_VALUES  # the parent runs the parallel gather
+parent = run()
+pid = os.fork()
+if pid == 0:
+    child = run()
+    os._exit(0 if all(np.array_equal(a, b) for a, b in zip(parent, child)) else 3)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0", out.stderr
