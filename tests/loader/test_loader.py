@@ -19,7 +19,8 @@ REAL = BUNDLED / "cxg_small_perturbations.h5ad"  # 500 x 2000, every row's colum
 
 @pytest.fixture(scope="module")
 def real(tmp_path_factory):
-    out = convert_h5ad(REAL, tmp_path_factory.mktemp("real") / "a", use_X_not_raw=True)
+    # keep the input's unsorted rows: the loader must hand torch sorted CSR from them
+    out = convert_h5ad(REAL, tmp_path_factory.mktemp("real") / "a", use_X_not_raw=True, keep_column_order=True)
     import anndata as ad
 
     return out, sp.csr_matrix(ad.read_h5ad(REAL).X)
