@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: demo test bench-convert bench-convert-dir bench-loader bench-profiling bench-peers gpu-kit gpu-check clean
+.PHONY: demo test bench-convert bench-convert-dir bench-loader gpu-kit gpu-check clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,21 +34,15 @@ bench-convert: $(STAMP)
 bench-convert-dir: $(STAMP)
 	$(PY) benchmarks/bench_convert_dir.py --repeats 3 --json benchmarks/results/convert_dir_cpu.json --markdown benchmarks/results/convert_dir_cpu.md
 
-# The loader benchmarks (results/README.md says what each measures); the peers come with the bench extra.
+# Every loader measurement in one run (results/README.md says what it measures): scdl_gpu on its own,
+# bionemo-scdl's and a gene-aligned conversion of the same cells, the peers (the bench extra), the
+# memcpy ceilings and the stage profile. About 10 minutes on 2 cores; the archives are made once.
 $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -c constraints-cpu.txt -e ".[bench]"
 	touch $(BENCH_STAMP)
 
 bench-loader: $(BENCH_STAMP)
-	PYTHONPATH=. $(PY) benchmarks/bench_loader.py --repeats 3 --seconds 4 --block default 64x4 --prefetch 2 0 \
-		--json benchmarks/results/loader_cpu.json --markdown benchmarks/results/loader_cpu.md
-
-bench-profiling: $(STAMP)
-	PYTHONPATH=. $(PY) benchmarks/bench_profiling.py --device cpu --out benchmarks/results
-
-bench-peers: $(BENCH_STAMP)
-	PYTHONPATH=. $(PY) benchmarks/compare_peers.py --batch-sizes 64 4096 --json benchmarks/results/peers_cpu.json \
-		--markdown benchmarks/results/peers_cpu.md --plot benchmarks/results/peers_cpu.png
+	PYTHONPATH=. $(PY) benchmarks/bench_loader.py --repeats 3 --out benchmarks/results
 
 # A lent GPU machine has no network and no .venv, and only the checkout (plus named ignored paths)
 # travels: `make gpu-kit` here copies the wheels its image lacks into .whl/ (git-ignored), the device

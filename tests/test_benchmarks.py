@@ -189,95 +189,87 @@ def test_bench_convert_dir_end_to_end(tmp_path):
     assert "Directory -> one SCDL archive" in out_md.read_text()
 
 
-def test_bench_backend_end_to_end(tmp_path):
-    pytest.importorskip("bionemo.scdl")
-    from tests.backend.archives import random_matrix, write_archive
+def _tiny_inputs(ms, directory: Path) -> Path:
+    directory.mkdir()
+    for k in range(2):  # two inputs of one gene table, as bench_convert_dir.make_inputs writes them
+        ms.make_synthetic_h5ad(directory / f"plate_{k:03d}.h5ad", 150, 300, 30, seed=k, table_seed=0, progress=False)
+    return directory
 
-    archive = write_archive(tmp_path / "a", random_matrix(300, 50, "uint16"))
-    out_json = tmp_path / "res.json"
-    cmd = [sys.executable, str(BENCH / "bench_backend.py"), "--archive", str(archive), "--device", "cpu", "--seconds", "0.2",
-           "--warmup", "1", "--repeats", "2", "--batch-sizes", "8", "--workdir", str(tmp_path / "work"), "--json", str(out_json)]
+
+def _bench_loader(tmp_path, *args: str) -> dict:
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(BENCH / "bench_loader.py"), "--workdir", str(tmp_path / "work"), "--seconds", "0.1",
+           "--peer-seconds", "0.1", "--ceiling-seconds", "0.02", "--warmup", "1", "--batch-sizes", "16", "--no-cold",
+           "--out", str(out), *args]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads(out_json.read_text())
-    assert res["config"]["device"] == "cpu" and res["ceiling"]["cells_per_s"] > 0
-    assert [(r["sampler"], r["batch_size"]) for r in res["runs"]] == [("random", 8), ("block", 8)]
-    for r in res["runs"]:
-        assert len(r["ours"]["all_cells_per_s"]) == 2 and r["ours"]["cells_per_s"] > 0
-        assert r["bionemo"]["cells_per_s"] > 0
-    assert "| random | 8 |" in proc.stdout
+    assert "| runner | archive | order | batch |" in proc.stdout
+    return json.loads((out / "loader_cpu.json").read_text())
 
 
 def test_bench_loader_end_to_end(ms, tmp_path):
     pytest.importorskip("bionemo.scdl")
     pytest.importorskip("anndata")
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    for k in range(2):  # two inputs of one gene table, as bench_convert_dir.make_inputs writes them
-        ms.make_synthetic_h5ad(inputs / f"plate_{k:03d}.h5ad", 150, 300, 30, seed=k, table_seed=0, progress=False)
-    peers = ["bionemo", "annloader"] + (["scdataset"] if importlib.util.find_spec("scdataset") else [])
-    out_json, out_md = tmp_path / "res.json", tmp_path / "res.md"
-    cmd = [sys.executable, str(BENCH / "bench_loader.py"), "--inputs", str(inputs), "--workdir", str(tmp_path / "work"),
-           "--seconds", "0.1", "--warmup", "1", "--repeats", "1", "--batch-sizes", "16", "--block", "default", "4x2",
-           "--peers", *peers, "--json", str(out_json), "--markdown", str(out_md)]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads(out_json.read_text())
-    assert res["config"]["n_rows"] == 300 and res["config"]["n_inputs"] == 2 and res["ceiling"]["cells_per_s"] > 0
-    runners = {(r["runner"], r["order"]) for r in res["runs"]}
-    assert {("scdl_gpu", o) for o in ("sequential", "random", "block")} <= runners
-    assert {("bionemo-scdl", "shuffle"), ("AnnLoader", "shuffle")} <= runners
-    assert (("scDataset", "block") in runners) == ("scdataset" in peers)
-    assert any(r["settings"].endswith("block_size=4, fetch_factor=2") for r in res["runs"] if r["runner"] == "scdl_gpu")
-    for r in res["runs"]:
-        assert r["cells_per_s"] > 0 and len(r["all_cells_per_s"]) == 1 and r["batch_size"] == 16, r
-        if r["runner"] in ("scdl_gpu", "AnnLoader", "scDataset"):
-            assert r["widths"] == [300], r  # full width; bionemo-scdl's is max column + 1
-        if r["runner"] == "scdl_gpu" or r["runner"] == "scDataset":
-            assert 1 <= r["distinct_labels"] <= 14, r  # the generator's plates
-    assert res["targets"] == {}  # not evaluable at batch 16
-    text = out_md.read_text()
-    assert "| scdl_gpu | random | 16 |" in text and "ceiling" in text
-
-
-def test_compare_peers_end_to_end(ms, tmp_path):
-    pytest.importorskip("bionemo.scdl")
     pytest.importorskip("matplotlib")
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    for k in range(2):
-        ms.make_synthetic_h5ad(inputs / f"plate_{k:03d}.h5ad", 150, 300, 30, seed=k, table_seed=0, progress=False)
-    out_json, out_md, out_png = tmp_path / "p.json", tmp_path / "p.md", tmp_path / "p.png"
-    cmd = [sys.executable, str(BENCH / "compare_peers.py"), "--inputs", str(inputs), "--workdir", str(tmp_path / "work"),
-           "--seconds", "0.1", "--warmup", "1", "--repeats", "2", "--batch-sizes", "16", "--peers", "bionemo", "annloader",
-           "annbatch", "--no-cold", "--json", str(out_json), "--markdown", str(out_md), "--plot", str(out_png)]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads(out_json.read_text())
-    assert res["kind"] == "compare_peers" and res["archive"]["n_rows"] == 300
-    assert {(r["runner"], r["shuffle"]) for r in res["results"]} == {
-        ("scdl_gpu", "random"), ("scdl_gpu", "block"), ("bionemo-scdl", "shuffle"), ("AnnLoader", "shuffle")}
-    for r in res["results"]:
-        assert r["cells_per_s"] > 0 and len(r["all_cells_per_s"]) == 2 and r["first_batch_s"] > 0
+    from scdl_gpu.archive import open_arrays
+
+    inputs = _tiny_inputs(ms, tmp_path / "in")
+    res = _bench_loader(tmp_path, "--inputs", str(inputs), "--repeats", "2", "--profile", "block:16")
+    arc = res["archives"]
+    assert list(arc) == ["scdl_gpu", "bionemo", "aligned"] and all(a["n_rows"] == 300 for a in arc.values())
+    assert arc["bionemo"]["dtypes"]["data.npy"] == "float32" and arc["scdl_gpu"]["dtypes"]["data.npy"] == "uint16"
+    ours, aligned = (open_arrays(arc[k]["path"]) for k in ("scdl_gpu", "aligned"))
+    assert ours.nnz == aligned.nnz and not np.array_equal(ours.col_ptr, aligned.col_ptr)  # columns remapped
+    peers = {("AnnLoader", None, "shuffle")} | ({("scDataset", None, "block")} if importlib.util.find_spec("scdataset") else set())
+    assert {(r["runner"], r["archive"], r["order"]) for r in res["runs"]} == peers | {
+        ("scdl_gpu", a, o) for a in arc for o in ("random", "block")} | {("bionemo-scdl", a, "shuffle") for a in arc}
+    for r in res["runs"]:
+        assert r["cells_per_s"] > 0 and len(r["all_cells_per_s"]) == 2 and r["batch_size"] == 16, r
+        assert (r["of_ceiling"] is None) == (r["archive"] is None), r
+        if r["runner"] == "scdl_gpu":
+            assert 1 <= r["distinct_labels"] <= 14, r  # the generator's plates
+    for ce in res["ceilings"].values():
+        assert ce["name"] == "memcpy" and len(ce["all_cells_per_s"]) == 2 and ce["bench"]["page_cache_read"]["bytes_per_s"]
+    assert res["targets"] == []  # none at batch 16
     if sys.version_info < (3, 12):
         assert "annbatch not measured: needs Python >= 3.12" in res["notes"]
-    assert "| bionemo-scdl | shuffle | 16 |" in out_md.read_text() and "x bionemo-scdl" in out_md.read_text()
-    assert out_png.read_bytes().startswith(b"\x89PNG") and "runner" in proc.stdout
+    out = tmp_path / "out"
+    assert "| scdl_gpu | aligned | random | 16 |" in (out / "loader_cpu.md").read_text()
+    assert (out / "loader_cpu.png").read_bytes().startswith(b"\x89PNG")
+    assert json.loads((out / "profile_cpu.json").read_text())[0]["settings"]["shuffle"] == "block"
+    assert (out / "profile_cpu_block16.png").exists()
 
 
-def test_bench_loader_targets_per_prefetch_depth():
+def test_bench_loader_given_archive(tmp_path):
+    pytest.importorskip("bionemo.scdl")
+    from tests.backend.archives import random_matrix, write_archive
+
+    archive = write_archive(tmp_path / "a", random_matrix(300, 50, "uint16"))
+    res = _bench_loader(tmp_path, "--archive", str(archive), "--repeats", "1", "--runners", "scdl_gpu", "bionemo-scdl",
+                        "AnnLoader", "--orders", "sequential", "--profile")
+    assert list(res["archives"]) == ["given"] and res["config"]["loader_default_prefetch"] == 0
+    assert [(r["runner"], r["order"]) for r in res["runs"]] == [("scdl_gpu", "sequential"), ("bionemo-scdl", "shuffle")]
+    assert "AnnLoader not measured: no --inputs" in res["notes"]
+    assert not (tmp_path / "out" / "profile_cpu.json").exists()
+
+
+def test_bench_loader_targets():
     from benchmarks.bench_loader import evaluate
 
-    def run(runner, order, bs, settings, cps):
-        return dict(runner=runner, order=order, batch_size=bs, settings=settings, cells_per_s=cps)
+    def run(runner, archive, order, bs, cps, ceiling=None):
+        return dict(runner=runner, archive=archive, order=order, batch_size=bs, cells_per_s=cps,
+                    ceiling_cells_per_s=ceiling, of_ceiling=cps / ceiling if ceiling else None)
 
-    runs = [run("scdl_gpu", "random", 64, "prefetch=2", 400.0), run("scdl_gpu", "random", 64, "prefetch=0", 600.0),
-            run("scdl_gpu", "block", 4096, "prefetch=2, block_size=64, fetch_factor=1", 550.0),
-            run("scdl_gpu", "block", 4096, "prefetch=2, block_size=64, fetch_factor=4", 50.0),
-            run("scdl_gpu", "block", 4096, "prefetch=0, block_size=64, fetch_factor=1", 450.0),
-            run("bionemo-scdl", "shuffle", 64, "DataLoader num_workers=0", 100.0)]
-    t = evaluate(runs, ceiling=1000.0)
-    assert t["random64_vs_bionemo_prefetch2"]["value"] == 4.0 and not t["random64_vs_bionemo_prefetch2"]["met"]
-    assert t["random64_vs_bionemo_prefetch0"]["value"] == 6.0 and t["random64_vs_bionemo_prefetch0"]["met"]
-    assert t["block4096_of_ceiling_prefetch2"]["value"] == 0.55 and t["block4096_of_ceiling_prefetch2"]["met"]
-    assert t["block4096_of_ceiling_prefetch0"]["value"] == 0.45 and not t["block4096_of_ceiling_prefetch0"]["met"]
+    runs = [run("scdl_gpu", "scdl_gpu", "random", 64, 450.0, 1000.0), run("scdl_gpu", "scdl_gpu", "random", 4096, 590.0, 1000.0),
+            run("scdl_gpu", "scdl_gpu", "block", 4096, 800.0, 1000.0), run("bionemo-scdl", "scdl_gpu", "shuffle", 64, 50.0, 1000.0),
+            run("scdl_gpu", "bionemo", "random", 64, 300.0, 600.0), run("bionemo-scdl", "bionemo", "shuffle", 64, 40.0, 600.0),
+            run("scdl_gpu", "aligned", "block", 4096, 700.0, 1000.0), run("scdl_gpu", "aligned", "random", 4096, 650.0, 1000.0)]
+    t = {x["name"]: x for x in evaluate(runs)}
+    assert set(t) == {"scdl_gpu:random4096_of_ceiling", "scdl_gpu:random64_of_ceiling", "scdl_gpu:random64_vs_bionemo",
+                      "scdl_gpu:block4096_of_ceiling", "bionemo:random64_of_ceiling", "bionemo:random64_vs_bionemo",
+                      "aligned:aligned_block4096", "aligned:aligned_random4096"}
+    verdicts = {k: (round(v["value"], 4), v["met"]) for k, v in t.items()}
+    assert verdicts == {"scdl_gpu:random4096_of_ceiling": (0.59, False), "scdl_gpu:random64_of_ceiling": (0.45, True),
+                        "scdl_gpu:random64_vs_bionemo": (9.0, True), "scdl_gpu:block4096_of_ceiling": (0.8, True),
+                        "bionemo:random64_of_ceiling": (0.5, True), "bionemo:random64_vs_bionemo": (7.5, False),
+                        "aligned:aligned_block4096": (0.875, False), "aligned:aligned_random4096": (round(650 / 590, 4), True)}
