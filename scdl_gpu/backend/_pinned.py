@@ -15,12 +15,11 @@ def mapped_empty(n: int, dtype) -> tuple[np.ndarray, object]:
     fill) and as a CuPy array (for kernels); the device view keeps the allocation alive."""
     import cupy as cp
 
-    dtype = np.dtype(dtype)
-    nbytes = max(int(n) * dtype.itemsize, 1)
-    flags = cp.cuda.runtime.hostAllocMapped | cp.cuda.runtime.hostAllocPortable
-    mem = cp.cuda.PinnedMemory(nbytes, flags)
-    host = np.frombuffer(cp.cuda.PinnedMemoryPointer(mem, 0), dtype=np.uint8, count=nbytes)[: int(n) * dtype.itemsize].view(dtype)
-    device_ptr = cp.cuda.runtime.hostGetDevicePointer(mem.ptr, 0)
-    unowned = cp.cuda.UnownedMemory(device_ptr, nbytes, mem, cp.cuda.runtime.getDevice())
-    device = cp.ndarray((int(n),), dtype, cp.cuda.MemoryPointer(unowned, 0))
+    dtype, n = np.dtype(dtype), int(n)
+    nbytes = max(n * dtype.itemsize, 1)
+    mem = cp.cuda.PinnedMemory(nbytes, cp.cuda.runtime.hostAllocMapped | cp.cuda.runtime.hostAllocPortable)
+    host = np.ndarray((n,), dtype=dtype, buffer=cp.cuda.PinnedMemoryPointer(mem, 0))  # as cupyx.empty_pinned
+    # Unified addressing: the device sees the allocation at the host address.
+    unowned = cp.cuda.UnownedMemory(mem.ptr, nbytes, mem, cp.cuda.runtime.getDevice())
+    device = cp.ndarray((n,), dtype, cp.cuda.MemoryPointer(unowned, 0))
     return host, device
