@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._checksums import write_manifest
 from ._constants import DEFAULT_DTYPES, LAYOUT_FILE, SCDL_PACKAGE_VERSION, FileNames
 from ._dtypes import check_data_dtype, col_dtype_for, smallest_uint_dtype
 from ._feature_index import ObservedFeatureIndex, VariableFeatureIndex
@@ -161,6 +162,7 @@ class ArchiveWriter:
         write_json(tmp / FileNames.METADATA.value, {"num_rows": self.n_rows})
         write_json(tmp / LAYOUT_FILE, {"n_rows": self.n_rows, "nnz": self.nnz, "rows_sorted": self.rows.rows_sorted})
         write_json(tmp / FileNames.VERSION.value, SCDL_PACKAGE_VERSION)
+        write_manifest(tmp)  # last: it records every file above
         fsync_dir(tmp)
         if self.path.exists():
             if not self.overwrite:
