@@ -36,7 +36,7 @@ bench-convert-dir: $(STAMP)
 
 # Every loader measurement in one run (results/README.md says what it measures): scdl_gpu on its own,
 # bionemo-scdl's and a gene-aligned conversion of the same cells, the peers (the bench extra), the
-# memcpy ceilings and the stage profile. About 10 minutes on 2 cores; the archives are made once.
+# memcpy ceilings and the stage profile. About 5 minutes on 2 cores once the archives exist (made once).
 $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -c constraints-cpu.txt -e ".[bench]"
 	touch $(BENCH_STAMP)

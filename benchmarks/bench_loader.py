@@ -34,7 +34,7 @@ a GPU the ``scdl-gpu bench`` bound of the residency the loader chose. ``scdl-gpu
 (page-cache read, cold read, ...) are recorded beside it. Shuffle quality: distinct ``--label``
 values (plates, contiguous in the inputs) per batch. :data:`TARGETS` are evaluated and printed as
 met or not met. ``--profile SHUFFLE:BATCH`` also runs ``scdl-gpu profile`` (ms per stage) on the
-``scdl_gpu`` archive. Example (``make bench-loader``, about 10 minutes on 2 cores)::
+``scdl_gpu`` archive. Example (``make bench-loader``, about 5 minutes on 2 cores once the archives exist)::
 
     PYTHONPATH=. python benchmarks/bench_loader.py --repeats 3 --out benchmarks/results
 """
