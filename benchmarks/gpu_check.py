@@ -655,7 +655,7 @@ def _plate(job: tuple[int, int]):
 
 def plates(cells: int) -> list[tuple[int, int]]:
     """The 200k archive is 10 plates of 20,000 cells (seeds 0-9, one gene table): the cells of the
-    CPU benchmarks' conversion (bench_backend.default_archive); a smaller one is fewer or smaller plates."""
+    CPU benchmarks' conversion (bench_loader.default_archive); a smaller one is fewer or smaller plates."""
     n = max(1, -(-cells // CELLS_PER_FILE))
     return [(k, cells // n + (k < cells % n)) for k in range(n)]
 

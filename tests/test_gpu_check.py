@@ -88,7 +88,7 @@ def test_timeouts_leave_later_steps_what_they_need(gpu_check, check):
 
 
 def test_archive_has_the_cpu_benchmarks_cells(gpu_check):
-    # bench_backend.default_archive converts 10 plates of 20,000 cells, seeds 0-9: the same cells here
+    # bench_loader.default_archive converts 10 plates of 20,000 cells, seeds 0-9: the same cells here
     assert gpu_check.plates(200_000) == [(k, 20_000) for k in range(10)]
     assert gpu_check.plates(1500) == [(0, 1500)]
     assert sum(n for _, n in gpu_check.plates(45_001)) == 45_001

@@ -16,8 +16,8 @@ def _common(p, many: bool) -> None:
     p.add_argument("--shuffle", nargs=nargs, choices=ORDERS, default=["random", "block"] if many else "block",
                    help="sampling order(s) [%(default)s]")
     p.add_argument("--batch-size", nargs=nargs, type=int, default=[4096] if many else 4096, help="[%(default)s]")
-    p.add_argument("--prefetch", nargs=nargs, type=int, default=[2] if many else 2,
-                   help="batches assembled ahead by the loader's thread [%(default)s]")
+    p.add_argument("--prefetch", nargs=nargs, type=int, default=[None] if many else None,
+                   help="batches assembled ahead by the loader's thread [the loader's default: 2 on a GPU, 0 on the CPU]")
     p.add_argument("--residency", nargs=nargs, choices=RESIDENCIES, default=["auto"] if many else "auto",
                    help="where the loader keeps the archive: device memory, pinned host memory, streamed from "
                         "the page cache, or its choice (auto); on the CPU: auto or stream [%(default)s]")

@@ -25,7 +25,7 @@ def archive_shape(archive: Path) -> dict:
                 bytes_per_cell=nbytes / n if n else 0.0, dtypes={k: a.dtypes[k] for k in ("data.npy", "col_ptr.npy", "row_ptr.npy")})
 
 
-def open_loader(archive: Path, device: str, shuffle: str, batch_size: int, prefetch: int, residency: str = "auto",
+def open_loader(archive: Path, device: str, shuffle: str, batch_size: int, prefetch: int | None, residency: str = "auto",
                 **kwargs):
     from ..loader import SingleCellLoader
 
@@ -49,12 +49,14 @@ def resolved_residency(loader) -> str | None:
 def loader_factory(archive: Path, device: str, shuffle: str, batch_size: int, prefetch: int, seen: dict | None = None,
                    **kwargs):
     """A ``make_stream()`` for :func:`measure`: a fresh loader's batches, the loader closed with the stream.
-    ``seen["residency"]`` is set to where the loader put the archive (None if it does not say)."""
+    ``seen["residency"]`` is set to where the loader put the archive (None if it does not say), and
+    ``seen["prefetch"]`` to its prefetch depth (the loader's default when ``prefetch`` is None)."""
 
     def make():
         loader = open_loader(archive, device, shuffle, batch_size, prefetch, **kwargs)
         if seen is not None:
             seen["residency"] = resolved_residency(loader)
+            seen["prefetch"] = getattr(loader, "prefetch", prefetch)
         try:
             yield from loader_stream(loader)
         finally:
@@ -83,7 +85,7 @@ def run_bench(
     device: str = "auto",
     shuffles: Sequence[str] = ("random", "block"),
     batch_sizes: Sequence[int] = (4096,),
-    prefetch: Sequence[int] = (2,),
+    prefetch: Sequence[int | None] = (None,),
     residencies: Sequence[str] = ("auto",),
     seconds: float = 5.0,
     warmup: int = 3,
@@ -114,7 +116,8 @@ def run_bench(
         name, bps = bound(ceil, dev, residency)
         return dict(name=name, bytes_per_s=bps, cells_per_s=bps / bpc if bps and bpc else None)
 
-    grid = list(itertools.product(residencies, shuffles, [int(b) for b in batch_sizes], [int(p) for p in prefetch]))
+    grid = list(itertools.product(residencies, shuffles, [int(b) for b in batch_sizes],
+                                  [None if p is None else int(p) for p in prefetch]))
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -125,11 +128,11 @@ def run_bench(
         for residency, shuffle, bs, pf in grid:
             seen: dict = {}
             make = loader_factory(archive, dev, shuffle, bs, pf, seen=seen, residency=residency, **loader_kwargs)
-            label = f"{shuffle}@{bs} prefetch {pf}" + (f" {residency}" if len(residencies) > 1 else "")
+            label = f"{shuffle}@{bs} prefetch {'default' if pf is None else pf}" + (f" {residency}" if len(residencies) > 1 else "")
             t = measure(make, dev, seconds, warmup, on_batch=Ticker(bar, label, seconds) if bar is not None else None)
             used = seen.get("residency") or residency
             b = bounds.setdefault(residency, bound_of(used))
-            rec = dict(shuffle=shuffle, batch_size=bs, prefetch=pf, device=dev, residency=residency,
+            rec = dict(shuffle=shuffle, batch_size=bs, prefetch=seen.get("prefetch", pf), device=dev, residency=residency,
                        residency_used=seen.get("residency"), **t.to_dict())
             rec["bytes_per_s"] = t.cells_per_s * bpc
             rec["bound"] = b["name"]

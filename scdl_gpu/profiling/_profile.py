@@ -18,7 +18,7 @@ def run_profile(
     device: str = "auto",
     shuffle: str = "block",
     batch_size: int = 4096,
-    prefetch: int = 2,
+    prefetch: int | None = None,
     seconds: float = 5.0,
     warmup: int = 3,
     progress: bool = False,
@@ -38,7 +38,8 @@ def run_profile(
     dev = resolve_device(device)
     shape = archive_shape(archive)
     clock = StageClock.for_device(dev)
-    loader = open_loader(archive, dev, shuffle, int(batch_size), int(prefetch), **loader_kwargs)
+    loader = open_loader(archive, dev, shuffle, int(batch_size), prefetch, **loader_kwargs)
+    prefetch = loader.prefetch  # the loader's default when None
     bar = None
     if progress:
         from tqdm.auto import tqdm
