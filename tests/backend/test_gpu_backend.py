@@ -167,3 +167,19 @@ def test_gather_kernel_matches_its_reference(tv, tc):
         np.testing.assert_array_equal(gv.get(), rv)
         np.testing.assert_array_equal(gc.get(), rc)
         assert int(err.get()[0]) == rerr
+
+
+def test_subnormals_are_the_one_documented_difference(tmp_path):
+    """CuPy compiles with flush-to-zero: a float32 subnormal comes out of a GPU cast as 0 (or
+    unchanged); every normal value is bit for bit the CPU's (README, "Batches on the GPU")."""
+    import scipy.sparse as sp
+
+    vals = np.array([1e-40, -3e-39, 1.5, 2.0**-126, 7e-45, 3.0e38], np.float32)
+    m = sp.csr_matrix((vals, np.arange(6), [0, 3, 6]), shape=(2, 6))
+    path = write_archive(tmp_path / "a", m, data_dtype="float32")
+    cpu = get_backend(path, device="cpu").batch([0, 1]).values.numpy()
+    for residency in ("device", "stream"):
+        gpu = get_backend(path, device="cuda", residency=residency).batch([0, 1]).values.cpu().numpy()
+        sub = np.abs(cpu) < np.finfo(np.float32).tiny
+        np.testing.assert_array_equal(gpu[~sub], cpu[~sub])
+        assert np.all((gpu[sub] == 0) | (gpu[sub] == cpu[sub]))

@@ -186,3 +186,48 @@ def test_loader_residency_on_the_cpu_is_checked(tmp_path):
     assert SingleCellLoader(path, batch_size=8, device="cpu", residency="stream").partition == "global"
     with pytest.raises(ValueError, match="needs a GPU backend"):
         SingleCellLoader(path, batch_size=8, device="cpu", residency="pinned")
+
+
+def test_kvikio_is_configured_once_per_backend_not_per_batch(world, tmp_path, monkeypatch):
+    """Issue: the thread pool was rebuilt twice per batch (``defaults.set`` around every read)."""
+    import sys
+    import types
+
+    from scdl_gpu.backend import _gpu
+
+    calls = []
+    kvikio = types.ModuleType("kvikio")
+    kvikio.defaults = types.SimpleNamespace(set=lambda settings: calls.append(dict(settings)))
+
+    class CuFile:
+        def __init__(self, path, mode):
+            self.f = open(path, "rb")
+
+        def pread(self, buf, nbytes, file_offset=0):
+            self.f.seek(file_offset)
+            buf[...] = np.frombuffer(self.f.read(nbytes), dtype=buf.dtype)
+            return types.SimpleNamespace(get=lambda: nbytes)
+
+        def close(self):
+            self.f.close()
+
+    kvikio.CuFile = CuFile
+    monkeypatch.setitem(sys.modules, "kvikio", kvikio)
+    monkeypatch.setitem(sys.modules, "kvikio.defaults", kvikio.defaults)
+    monkeypatch.setattr(_gpu, "kvikio_available", lambda: True)
+    path = _archive(tmp_path)
+    gpu = get_backend(path, device="cuda", residency="stream", reader="kvikio", kvikio_min_span=0)
+    cpu = get_backend(path, device="cpu")
+    import scipy.sparse as sp
+
+    def dense(b):  # kvikio copies rows as stored (unsorted here): compare contents
+        return sp.csr_matrix((b.values.numpy(), b.col.numpy(), b.crow.numpy()), shape=b.shape).toarray()
+
+    for rows in (np.arange(0, 20), np.arange(5, 40), np.array([3])):
+        g = gpu.batch(rows)
+        assert not g.sorted  # the loader sorts it; the archive does not say its rows are sorted
+        np.testing.assert_array_equal(dense(g), dense(cpu.batch(rows)))
+    assert calls == [{"num_threads": min(16, __import__("os").cpu_count() or 1)}]  # once, at construction
+    syncs = [e for e in world.log if e[0] == "sync_stream"]
+    assert len(syncs) >= 3  # kvikio's writes wait for the kernels queued on the stream, every batch
+    gpu.close()
