@@ -301,7 +301,9 @@ class RowFeatureIndex(ABC):
         for b, features in enumerate(self._feature_arr):
             table = pa.table({col: _to_arrow_array(vals) for col, vals in features.items()})
             written.add(path := d / f"dataframe_{b:0{width}d}.parquet")
-            _replace_into(path, lambda tmp, t=table: pq.write_table(t, str(tmp)))
+            # Page CRCs: a reader that verifies them (validate does) cannot mistake a damaged table for a valid one.
+            # Upstream writes none (its bytes differ from ours here) and reads ours without looking at them.
+            _replace_into(path, lambda tmp, t=table: pq.write_table(t, str(tmp), write_page_checksum=True))
             if names[b] is not None:
                 table = pa.table({"name": pa.array(names[b], type=pa.string())})
                 written.add(path := d / f"names_{b:0{width}d}.arrow")
