@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from scdl_gpu import SingleCellMemMapDataset, collate_sparse_matrix_batch, convert_h5ad
+from scdl_gpu import ArchiveError, ArchiveNotFoundError, SingleCellMemMapDataset, collate_sparse_matrix_batch, convert_h5ad
 from scdl_gpu.archive import SCDLHeader
 from tests.conftest import make_adata, random_csr
 
@@ -231,3 +231,21 @@ def test_concat_to_output_path_keeps_inputs_unless_destroyed(tmp_path, write_h5a
     c.concat(SingleCellMemMapDataset(tmp_path / "d1"), output_path=str(tmp_path / "moved"), destroy_on_copy=True)
     assert c.number_of_rows() == 14
     assert not (tmp_path / "d0").exists() and not (tmp_path / "d1").exists()
+
+
+@pytest.mark.parametrize("axis", ["var", "obs"])
+def test_deleted_names_sidecar_raises_instead_of_reading_as_none(ds, axis):
+    """The index records that names were stored: a missing sidecar is damage, not "no names"."""
+    path = ds.data_path
+    (path / f"{axis}_features" / "names_0.arrow").unlink()
+    fresh = SingleCellMemMapDataset(path)
+    assert fresh.get_row(3)[0][0].size == ds.get_row(3)[0][0].size  # rows do not need names
+    with pytest.raises(ArchiveNotFoundError, match=f"{axis}_features/names_0.arrow is missing"):
+        fresh.var_names() if axis == "var" else fresh.obs_names()
+
+
+def test_damaged_names_sidecar_raises_archive_error(ds):
+    f = ds.data_path / "var_features" / "names_0.arrow"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(ArchiveError, match="names_0.arrow"):
+        SingleCellMemMapDataset(ds.data_path).var_names()

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from ..errors import ArchiveError, ArchiveNotFoundError
 from ._constants import SCDL_PACKAGE_VERSION
+from ._parse import npy_header, parsing, read_json, read_npy
 
 __all__: Sequence[str] = ("RowFeatureIndex", "ObservedFeatureIndex", "VariableFeatureIndex", "are_dicts_equal")
 
@@ -27,6 +28,9 @@ CSUM_FILE = "cumulative_sum_index.npy"
 LABELS_JSON = "labels.json"
 LABELS_NPY = "labels.npy"
 VERSION_FILE = "version.npy"
+#: Which blocks have a names sidecar, and the ``cumulative_sum_index`` they were saved with: a
+#: missing sidecar is then an error, not silently absent names (upstream never writes or reads it).
+NAMES_RECORD = "names.json"
 _BLOCK_RE = re.compile(r"^dataframe_(\d+)\.parquet$")
 _NAMES_RE = re.compile(r"^names_(\d+)\.arrow$")
 PathLike = Union[str, os.PathLike]
@@ -71,10 +75,7 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
 def _read_npy(path: Path, mmap: bool = False) -> np.ndarray:
     if not path.is_file():
         raise ArchiveNotFoundError(f"Feature index file {path} does not exist.")
-    try:
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise ArchiveError(f"Cannot read {path}: {e}") from e
+    return read_npy(path, mmap)
 
 
 def _read_csum(d: Path, mmap: bool = False) -> np.ndarray:
@@ -119,22 +120,16 @@ def _read_labels(d: Path, n_blocks: int) -> list[Optional[str]]:
     """Block labels from ``labels.json`` (HEAD) or ``labels.npy`` (0.1.3 wheel); never unpickles."""
     path = d / LABELS_JSON
     if path.is_file():
-        try:
-            labels = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, OSError) as e:
-            raise ArchiveError(f"Cannot read {path}: {e}") from e
+        labels = read_json(path)
         if not isinstance(labels, list) or not all(lab is None or isinstance(lab, str) for lab in labels):
             raise ArchiveError(f"{path} must hold a JSON list of strings or nulls.")
     elif (path := d / LABELS_NPY).is_file():
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            if not isinstance(e, ValueError) or "allow_pickle" not in str(e):
-                raise ArchiveError(f"Cannot read {path}: {e}") from e
+        if npy_header(path)[2].hasobject:
             # 0.1.3-wheel CLI archives pickle Path labels; unpickling could run arbitrary code.
             msg = f"{path} holds pickled objects and is not loaded; block labels are set to None."
             warnings.warn(msg, UserWarning, stacklevel=4)
             return [None] * n_blocks
+        arr = read_npy(path)
         if arr.size == 0:  # upstream saves [] as an empty float64 array
             labels = []
         elif arr.ndim == 1 and arr.dtype.kind in "US":
@@ -150,14 +145,54 @@ def _read_labels(d: Path, n_blocks: int) -> list[Optional[str]]:
 
 def _sidecar_rows(path: Path) -> int:
     """Row count of a names sidecar, from its memory-mapped batch metadata only."""
-    try:
-        with pa.memory_map(str(path)) as src:
-            reader = pa.ipc.open_file(src)
-            if not pa.types.is_string(reader.schema.field("name").type):
-                raise ArchiveError(f"Names sidecar {path} column 'name' is not a string column.")
-            return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
-    except (pa.ArrowException, OSError, KeyError) as e:
-        raise ArchiveError(f"Cannot read names sidecar {path}: {e!r}") from e
+    with parsing(path, "names sidecar"), pa.memory_map(str(path)) as src:
+        reader = pa.ipc.open_file(src)
+        _check_names_schema(path, reader.schema)
+        return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+
+
+def _check_names_schema(path: Path, schema: pa.Schema) -> None:
+    if schema.names != ["name"] or not pa.types.is_string(schema.field("name").type):
+        raise ArchiveError(f"Names sidecar {path}: expected one string column 'name', got {schema}")
+
+
+def _read_sidecar(path: Path, expected: int) -> np.ndarray:
+    """A names sidecar's ``expected`` names as an object array, every buffer checked first: the IPC
+    reader trusts offsets, and a damaged offset read unchecked is a read out of bounds."""
+    with parsing(path, "names sidecar"), pa.memory_map(str(path)) as src:
+        table = pa.ipc.open_file(src).read_all()
+        _check_names_schema(path, table.schema)
+        table.validate(full=True)
+        if table.num_rows != expected:
+            raise ArchiveError(f"Names sidecar {path} holds {table.num_rows} names, expected {expected}")
+        return table.column("name").to_numpy(zero_copy_only=False).astype(object)
+
+
+def _read_block(path: Path) -> pa.Table:
+    """A parquet feature block, page checksums verified where the writer stored them and every
+    buffer validated before it is converted."""
+    with parsing(path, "feature block"):
+        table = pq.read_table(str(path), page_checksum_verification=True)
+        table.validate(full=True)
+        return table
+
+
+def _read_names_record(d: Path, csum: np.ndarray) -> Optional[set[int]]:
+    """Blocks :data:`NAMES_RECORD` says have names, or None when it is absent or stale (the index
+    was re-saved by a tool that does not know it: another ``cumulative_sum_index``)."""
+    path = d / NAMES_RECORD
+    if not path.is_file():
+        return None
+    record = read_json(path)
+    blocks = record.get("blocks") if isinstance(record, dict) else None
+    saved_with = record.get(CSUM_FILE) if isinstance(record, dict) else None
+    if not (isinstance(blocks, list) and isinstance(saved_with, list)) or not all(
+        isinstance(b, int) and not isinstance(b, bool) and 0 <= b < len(saved_with) - 1 for b in blocks
+    ):
+        raise ArchiveError(
+            f"{path}: expected {{\"blocks\": [block numbers], \"{CSUM_FILE}\": [...]}}, got {str(record)[:200]}"
+        )
+    return set(blocks) if saved_with == csum.tolist() else None
 
 
 class RowFeatureIndex(ABC):
@@ -239,9 +274,9 @@ class RowFeatureIndex(ABC):
         """Row/gene names of ``block`` (object array of str), or None if not stored."""
         entry = self._names[block]
         if isinstance(entry, Path):  # read the sidecar on first use, then cache
-            with pa.memory_map(str(entry)) as src:
-                col = pa.ipc.open_file(src).read_all().column("name")
-            entry = self._names[block] = col.to_numpy(zero_copy_only=False).astype(object)
+            if not entry.is_file():  # checked here, not at load: the rows stay readable without names
+                raise ArchiveNotFoundError(f"{entry} is missing: the index stored names for block {block}")
+            entry = self._names[block] = _read_sidecar(entry, self._names_len(block)[0])
         return entry
 
     def _validate_features_get_entries_count(self, features: dict[str, Any]) -> int:
@@ -319,11 +354,20 @@ class RowFeatureIndex(ABC):
         _save_npy(d / LABELS_NPY, np.array(["" if lab is None else lab for lab in self._labels], dtype=str))
         _save_npy(d / VERSION_FILE, np.array(SCDL_PACKAGE_VERSION))
         _save_npy(d / CSUM_FILE, self._cumulative_sum_index.astype(np.int64))
+        record = json.dumps({"blocks": [b for b in range(len(self)) if names[b] is not None],
+                             CSUM_FILE: self._cumulative_sum_index.astype(np.int64).tolist()})
+        _replace_into(d / NAMES_RECORD, lambda tmp: tmp.write_text(record, encoding="utf-8"))
 
     @classmethod
     def peek_num_rows(cls, datapath: PathLike) -> int:
         """Row count of a saved index, reading only ``cumulative_sum_index.npy``."""
         return int(max(_read_csum(Path(datapath), mmap=True)[-1], 0))
+
+    @classmethod
+    def peek_blocks_and_rows(cls, datapath: PathLike) -> tuple[int, int]:
+        """``(blocks, rows)`` of a saved index, reading only ``cumulative_sum_index.npy``."""
+        csum = _read_csum(Path(datapath), mmap=True)
+        return len(csum) - 1, int(max(csum[-1], 0))
 
     @staticmethod
     def _load_common(datapath: PathLike, instance: "RowFeatureIndex") -> "RowFeatureIndex":
@@ -335,11 +379,11 @@ class RowFeatureIndex(ABC):
         blocks = _select_blocks(d, n_blocks)
         instance._cumulative_sum_index = csum
         for path in blocks:
-            try:
-                table = pq.read_table(str(path))
-            except (pa.ArrowException, OSError) as e:
-                raise ArchiveError(f"Cannot read {path}: {e}") from e
-            features = {c: table[c].to_numpy(zero_copy_only=False) for c in table.column_names}
+            table = _read_block(path)
+            with parsing(path, "feature block"):
+                if len(set(table.column_names)) != table.num_columns:
+                    raise ArchiveError(f"{path}: expected distinct column names, got {table.column_names}")
+                features = {c: table[c].to_numpy(zero_copy_only=False) for c in table.column_names}
             instance._feature_arr.append(features)
             instance._num_entries_per_row.append(instance._entries(features))
             instance._check_loaded_block(len(instance) - 1, path, table.num_rows)
@@ -347,7 +391,12 @@ class RowFeatureIndex(ABC):
         version = _read_npy(d / VERSION_FILE)
         instance._version = str(version.item()) if version.size == 1 else SCDL_PACKAGE_VERSION
         instance._names = [None] * n_blocks
-        for k, _, path in _numbered_files(d, _NAMES_RE):
+        sidecars = _numbered_files(d, _NAMES_RE)
+        recorded = _read_names_record(d, csum)
+        if recorded is not None:
+            instance._attach_recorded_names(d, recorded, sidecars)
+            return instance
+        for k, _, path in sidecars:
             # Names are our extra; a tool that re-saves the index without knowing them (upstream)
             # can leave stale sidecars behind. The archive stays readable, without names.
             expected, what = instance._names_len(k) if k < n_blocks else (None, "block")
@@ -362,6 +411,17 @@ class RowFeatureIndex(ABC):
                 break
             instance._names[k] = path  # loaded lazily: names of millions of cells are rarely needed
         return instance
+
+    def _attach_recorded_names(self, d: Path, recorded: set[int], sidecars: list[tuple[int, int, Path]]) -> None:
+        """The sidecars of the blocks the names record lists, read (and checked: present, one name
+        per row or variable) on first use, so that names can never silently read as absent."""
+        found = {k: path for k, _, path in sidecars}
+        width = len(str(len(self)))
+        for k in recorded:
+            self._names[k] = found.get(k, d / f"names_{k:0{width}d}.arrow")
+        if set(found) - recorded:
+            stray = sorted(found[k].name for k in set(found) - recorded)
+            warnings.warn(f"Ignoring names sidecars {stray} in {d}: {NAMES_RECORD} does not list them", UserWarning, stacklevel=4)
 
     def _check_loaded_block(self, block: int, path: Path, n_rows: int) -> None:
         """Per-class consistency check of a block just read from ``path``."""

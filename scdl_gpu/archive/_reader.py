@@ -1,7 +1,8 @@
 """Open an archive: decide its dtypes, check every file against the others, map the arrays.
 
 Checks are cheap (file sizes and the two ends of ``row_ptr``), so opening a 100M-row archive
-stays instant; :func:`validate_archive`-style full scans belong to the CLI.
+stays instant; :func:`validate_archive`-style full scans belong to the CLI. Every file is parsed
+under :func:`~scdl_gpu.archive._parse.parsing`: a damaged one raises ``ArchiveError`` naming it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ._constants import DEFAULT_DTYPES, FLOAT_ORDER, INT_ORDER, LAYOUT_FILE, Fil
 from ._feature_index import ObservedFeatureIndex, RowFeatureIndex, VariableFeatureIndex
 from ._header import SCDLHeader
 from ._memmap import map_raw, raw_length
+from ._parse import parsing, read_json
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,8 @@ def read_dtypes(path: Path) -> tuple[dict[str, str], SCDLHeader | None]:
         log.info("%s has no header.sch; using the pre-header default dtypes", path)
         return dtypes, None
     try:
-        header = SCDLHeader.load(str(hpath))
+        with parsing(hpath, "header"):
+            header = SCDLHeader.load(str(hpath))
     except HeaderSerializationError as e:
         raise ArchiveError(f"{hpath} is corrupted: {e}") from e
     for member in _CSR_FILES:
@@ -91,20 +94,21 @@ def open_arrays(path: str | Path, writable: bool = False, load_neighbors: bool =
     meta_path = path / FileNames.METADATA.value
     if not meta_path.is_file():
         raise ArchiveNotFoundError(f"Error: the metadata file {meta_path} does not exist.")
-    try:
-        metadata = json.loads(meta_path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ArchiveError(f"{meta_path} is not valid JSON: {e}") from e
+    metadata = read_json(meta_path)
+    if not isinstance(metadata, dict):
+        raise ArchiveError(f"{meta_path}: expected a JSON object, got {type(metadata).__name__}")
     dtypes, header = read_dtypes(path)
     notes: list[str] = []
 
-    n_rowptr = raw_length(path / FileNames.ROWPTR.value, dtypes[FileNames.ROWPTR.value])
+    rp_path = path / FileNames.ROWPTR.value
+    n_rowptr = raw_length(rp_path, dtypes[FileNames.ROWPTR.value])
     if n_rowptr < 1:
-        raise ArchiveError(f"{path / FileNames.ROWPTR.value} is empty; it needs at least one entry (0)")
-    row_ptr = map_raw(path / FileNames.ROWPTR.value, dtypes[FileNames.ROWPTR.value], n_rowptr, writable)
+        raise ArchiveError(f"{rp_path} is empty; it needs at least one entry (0)")
+    with parsing(rp_path):
+        row_ptr = map_raw(rp_path, dtypes[FileNames.ROWPTR.value], n_rowptr, writable)
     nnz = int(row_ptr[-1])
     if int(row_ptr[0]) != 0:
-        raise ArchiveError(f"{path / FileNames.ROWPTR.value} starts at {int(row_ptr[0])}, expected 0")
+        raise ArchiveError(f"{rp_path} starts at {int(row_ptr[0])}, expected 0")
     arrays = {}
     for member in (FileNames.DATA, FileNames.COLPTR):
         fpath = path / member.value
@@ -119,14 +123,17 @@ def open_arrays(path: str | Path, writable: bool = False, load_neighbors: bool =
                 f"{fpath} holds {n} {dt} values but {FileNames.ROWPTR.value} ends at {nnz} "
                 f"({'truncated' if n < nnz else 'extra data'}; or the header's dtypes are wrong)"
             )
-        arrays[member] = map_raw(fpath, dt, n, writable)
+        with parsing(fpath):
+            arrays[member] = map_raw(fpath, dt, n, writable)
 
     n_rows = n_rowptr - 1
     for member in (FileNames.VAR_FEATURES, FileNames.OBS_FEATURES, FileNames.FEATURES):
         fdir = path / member.value
         if fdir.is_dir() and (fdir / "cumulative_sum_index.npy").exists():
-            rows = RowFeatureIndex.peek_num_rows(str(fdir))
-            if rows and rows != n_rows:
+            # An index with blocks must cover every row (a 0-row index with blocks too: each row's
+            # gene count comes from it); one without blocks is upstream's empty obs index.
+            blocks, rows = RowFeatureIndex.peek_blocks_and_rows(str(fdir))
+            if blocks and rows != n_rows:
                 raise ArchiveError(
                     f"The number of rows in the feature index {fdir} ({rows}) does not correspond to "
                     f"the number of rows in the row_index ({n_rows})"
@@ -159,14 +166,21 @@ def open_arrays(path: str | Path, writable: bool = False, load_neighbors: bool =
 
 def _open_neighbors(path: Path, n_rows: int, writable: bool):
     names = (FileNames.NEIGHBOR_INDICES_PTR, FileNames.NEIGHBOR_INDICES, FileNames.NEIGHBOR_VALUES)
-    if not all((path / m.value).is_file() for m in names):
+    missing = [m.value for m in names if not (path / m.value).is_file()]
+    if len(missing) == len(names):
         return None
+    if missing:  # a graph with a file gone is damage, not an archive without a graph
+        raise ArchiveNotFoundError(f"{path / missing[0]} is missing; the archive holds the other neighbor arrays")
     ptr_path = path / FileNames.NEIGHBOR_INDICES_PTR.value
     n_ptr = raw_length(ptr_path, DEFAULT_DTYPES[ptr_path.name])
     if n_ptr != n_rows + 1:
         raise ArchiveError(f"{ptr_path} has {n_ptr} entries; the archive has {n_rows} rows (expected {n_rows + 1})")
-    indptr = map_raw(ptr_path, DEFAULT_DTYPES[ptr_path.name], n_ptr, writable)
+    with parsing(ptr_path):
+        indptr = map_raw(ptr_path, DEFAULT_DTYPES[ptr_path.name], n_ptr, writable)
     nnz = int(indptr[-1])
+    # Every cell's span is read as it is: checked once here (cheaper than the index scan below).
+    if int(indptr[0]) != 0 or bool(np.any(indptr[1:] < indptr[:-1])):
+        raise ArchiveError(f"{ptr_path} must start at 0 and never decrease; the archive is damaged")
     out = [indptr]
     for m in names[1:]:
         fpath = path / m.value
@@ -177,7 +191,8 @@ def _open_neighbors(path: Path, n_rows: int, writable: bool):
         n = raw_length(fpath, dt)
         if n != nnz:
             raise ArchiveError(f"{fpath} holds {n} entries but {ptr_path.name} ends at {nnz}")
-        out.append(map_raw(fpath, dt, n, writable))
+        with parsing(fpath):
+            out.append(map_raw(fpath, dt, n, writable))
     if nnz and int(out[1].max()) >= n_rows:
         raise ArchiveError(f"{path / FileNames.NEIGHBOR_INDICES.value} points past the last of {n_rows} rows")
     return tuple(out)
@@ -190,14 +205,19 @@ def load_feature_index(path: str | Path, which: FileNames):
     d = path / which.value
     if which is FileNames.VAR_FEATURES and not d.is_dir():
         d = path / FileNames.FEATURES.value
-    return cls.load(str(d)) if d.is_dir() else cls()
+    if not d.is_dir():
+        return cls()
+    with parsing(d, "feature index"):  # each file has its own guard; this one catches the rest
+        return cls.load(str(d))
 
 
 def rows_sorted(path: str | Path, n_rows: int, nnz: int) -> bool:
     """True when the archive's writer recorded that every row's columns are strictly increasing,
     and the arrays are still the ones it wrote (same rows and values); False when unknown."""
     try:
-        facts = json.loads((Path(path) / LAYOUT_FILE).read_text())
-    except (OSError, ValueError):
+        facts = json.loads((Path(path) / LAYOUT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):  # a hint only: unreadable means unknown
         return False
-    return bool(facts.get("rows_sorted")) and facts.get("n_rows") == n_rows and facts.get("nnz") == nnz
+    if not isinstance(facts, dict):
+        return False
+    return facts.get("rows_sorted") is True and facts.get("n_rows") == n_rows and facts.get("nnz") == nnz

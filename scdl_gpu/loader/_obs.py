@@ -10,6 +10,7 @@ import torch
 
 from ..archive._constants import FileNames
 from ..archive._reader import load_feature_index
+from ..errors import ArchiveError
 
 
 class ObsColumns:
@@ -22,7 +23,7 @@ class ObsColumns:
     def __init__(self, path: str | Path, columns: list[str], n_rows: int) -> None:
         index = load_feature_index(path, FileNames.OBS_FEATURES)
         if columns and index.number_of_rows() != n_rows:
-            raise ValueError(f"{path}: the obs index covers {index.number_of_rows()} rows, the archive {n_rows}")
+            raise ArchiveError(f"{path}: the obs index covers {index.number_of_rows()} rows, expected the archive's {n_rows}")
         self.values: dict[str, np.ndarray] = {}
         self.categories: dict[str, list] = {}
         for col in columns:

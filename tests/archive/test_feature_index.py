@@ -394,10 +394,13 @@ def test_save_layout(tmp_path, obs3):
         "dataframe_2.parquet",
         "labels.json",
         "labels.npy",
+        "names.json",
         "names_0.arrow",
         "names_1.arrow",
         "version.npy",
     ]
+    # which blocks have names, with the cumulative_sum_index they belong to
+    assert json.loads((d / "names.json").read_text()) == {"blocks": [0, 1], "cumulative_sum_index.npy": [-1, 4, 7, 9]}
     csum = np.load(d / "cumulative_sum_index.npy", allow_pickle=False)
     assert csum.dtype == np.int64 and csum.tolist() == [-1, 4, 7, 9]
     version = np.load(d / "version.npy", allow_pickle=False)
@@ -425,12 +428,14 @@ def test_save_none_and_empty_labels(tmp_path):
     empty = np.load(tmp_path / "e" / "labels.npy", allow_pickle=False)
     assert empty.dtype == np.dtype("<U1") and empty.shape == (0,)
     assert json.loads((tmp_path / "e" / "labels.json").read_text()) == []
-    assert sorted(os.listdir(tmp_path / "e")) == ["cumulative_sum_index.npy", "labels.json", "labels.npy", "version.npy"]
+    assert sorted(os.listdir(tmp_path / "e")) == [
+        "cumulative_sum_index.npy", "labels.json", "labels.npy", "names.json", "version.npy"]
     loaded = VariableFeatureIndex.load(tmp_path / "e")
     assert len(loaded) == 0 and loaded.number_of_rows() == 0
 
 
-def test_parquet_matches_upstream_bytes(tmp_path):
+def test_parquet_matches_upstream(tmp_path):
+    """Same table as upstream's file; the bytes differ only by our page checksums."""
     feats = {
         "s": np.array(["a", "b", None], dtype=object),
         "i": np.array([1, 2, 3]),
@@ -442,9 +447,13 @@ def test_parquet_matches_upstream_bytes(tmp_path):
     up.append_features(2, feats, "l")
     ours.save(tmp_path / "ours")
     up.save(str(tmp_path / "up"))
-    for name in ("dataframe_0.parquet", "cumulative_sum_index.npy"):
-        assert (tmp_path / "ours" / name).read_bytes() == (tmp_path / "up" / name).read_bytes(), name
-    t = pq.read_table(tmp_path / "ours" / "dataframe_0.parquet")
+    name = "cumulative_sum_index.npy"
+    assert (tmp_path / "ours" / name).read_bytes() == (tmp_path / "up" / name).read_bytes(), name
+    t = pq.read_table(tmp_path / "ours" / "dataframe_0.parquet", page_checksum_verification=True)
+    assert t.equals(pq.read_table(tmp_path / "up" / "dataframe_0.parquet"))
+    plain = tmp_path / "plain.parquet"  # what upstream writes: the same bytes without checksums
+    pq.write_table(t, plain)
+    assert plain.read_bytes() == (tmp_path / "up" / "dataframe_0.parquet").read_bytes()
     assert [str(x) for x in t.schema.types] == ["string", "int64", "double", "bool"]
     assert t.column("f").null_count == 1  # from_pandas=True: NaN -> null
 
@@ -731,7 +740,6 @@ def _corrupt(d: Path, how: str) -> None:
         pytest.param("labels-count", ArchiveError, "labels.json holds 1 labels for 2 blocks", id="labels-count"),
         pytest.param("labels-json-type", ArchiveError, "labels.json must hold a JSON list", id="labels-json-type"),
         pytest.param("labels-npy-numeric", ArchiveError, "labels.npy must hold a 1-D string array", id="labels-npy-numeric"),
-        pytest.param("names-garbage", ArchiveError, "Cannot read names sidecar .*names_0.arrow", id="names-garbage"),
         pytest.param("obs-rows", ArchiveError, "dataframe_0.parquet holds 1 rows but cumulative_sum_index.npy gives it 2", id="obs-rows"),
         pytest.param("no-csum", ArchiveNotFoundError, "cumulative_sum_index.npy does not exist", id="no-csum"),
         pytest.param("no-version", ArchiveNotFoundError, "version.npy does not exist", id="no-version"),
@@ -746,8 +754,10 @@ def test_load_errors(tmp_path, how, exc, match):
 
 @pytest.mark.parametrize("how", ["names-length", "names-orphan"])
 def test_stale_names_sidecars_are_dropped_with_a_warning(tmp_path, how):
-    """A tool that re-saves the index without knowing our sidecars must not make it unreadable."""
+    """A tool that re-saves the index without knowing our sidecars must not make it unreadable
+    (an index saved before names.json existed: no record to hold the sidecars to)."""
     make_obs(2).save(tmp_path)
+    (tmp_path / "names.json").unlink()
     _corrupt(tmp_path, how)
     with pytest.warns(UserWarning, match="Ignoring names sidecar"):
         idx = ObservedFeatureIndex.load(tmp_path)
@@ -757,10 +767,148 @@ def test_stale_names_sidecars_are_dropped_with_a_warning(tmp_path, how):
 
 def test_var_names_sidecar_checked_against_n_vars(tmp_path):
     make_var(2).save(tmp_path)  # block 0 has 2 genes, block 1 has 3
+    (tmp_path / "names.json").unlink()
     (tmp_path / "names_0.arrow").write_bytes((tmp_path / "names_1.arrow").read_bytes())
     with pytest.warns(UserWarning, match="expected 2 names, one per variable"):
         idx = VariableFeatureIndex.load(tmp_path)
     assert idx.names(0) is None and idx.names(1) is None
+
+
+# ------------------------------------------------------------------- names record
+@pytest.mark.parametrize("kind", ["var", "obs"])
+def test_recorded_names_sidecar_missing_is_an_error(tmp_path, kind):
+    """A deleted sidecar of a block the record lists: not silently "no names" (the rest reads)."""
+    (make_var(2) if kind == "var" else make_obs(2)).save(tmp_path)
+    (tmp_path / "names_1.arrow").unlink()
+    idx = (VariableFeatureIndex if kind == "var" else ObservedFeatureIndex).load(tmp_path)
+    assert idx.names(0) is not None and idx.lookup(1)[1] == "file_1.h5ad"
+    with pytest.raises(ArchiveNotFoundError, match=r"names_1.arrow is missing: the index stored names for block 1"):
+        idx.names(1)
+
+
+def test_recorded_names_sidecar_of_wrong_length_is_an_error(tmp_path):
+    make_var(2).save(tmp_path)  # block 0 has 2 genes, block 1 has 3
+    (tmp_path / "names_0.arrow").write_bytes((tmp_path / "names_1.arrow").read_bytes())
+    idx = VariableFeatureIndex.load(tmp_path)
+    with pytest.raises(ArchiveError, match=r"names_0.arrow holds 3 names, expected 2"):
+        idx.names(0)
+
+
+def test_unlisted_sidecar_is_ignored_with_a_warning(tmp_path):
+    make_obs(2).save(tmp_path)
+    (tmp_path / "names_7.arrow").write_bytes((tmp_path / "names_1.arrow").read_bytes())
+    with pytest.warns(UserWarning, match=r"Ignoring names sidecars \['names_7.arrow'\]"):
+        idx = ObservedFeatureIndex.load(tmp_path)
+    assert idx.names_for_rows(0, 3).tolist() == ["cell0_0", "cell1_0", "cell1_1"]
+
+
+def test_record_of_blocks_without_names(tmp_path):
+    make_obs(2, with_names=False).save(tmp_path)
+    assert json.loads((tmp_path / "names.json").read_text())["blocks"] == []
+    idx = ObservedFeatureIndex.load(tmp_path)
+    assert idx.names(0) is None and idx.names(1) is None
+
+
+def test_stale_record_is_ignored(tmp_path):
+    """A tool that re-saves the index without knowing names.json rewrites cumulative_sum_index.npy
+    and leaves the record behind: it no longer describes the blocks, so the sidecars found are
+    checked against the blocks as before the record existed (a missing one means no names)."""
+    make_var(2).save(tmp_path)
+    np.save(tmp_path / "cumulative_sum_index.npy", np.array([-1, 2, 3], dtype=np.int64))  # was [-1, 1, 3]
+    (tmp_path / "names_1.arrow").unlink()
+    idx = VariableFeatureIndex.load(tmp_path)
+    assert idx.names(0).tolist() == gene_names(2, "G0_").tolist() and idx.names(1) is None
+
+
+def test_garbage_sidecar_fails_when_names_are_read(tmp_path):
+    """Rows and features stay readable; the names of that block raise, naming the file."""
+    make_obs(2).save(tmp_path)
+    _corrupt(tmp_path, "names-garbage")
+    idx = ObservedFeatureIndex.load(tmp_path)
+    assert idx.lookup(0)[0] == [0]
+    with pytest.raises(ArchiveError, match="Cannot read names sidecar .*names_0.arrow"):
+        idx.names(0)
+
+
+@pytest.mark.parametrize(
+    "text", ['[0, 1]', '{"blocks": [5], "cumulative_sum_index.npy": [-1, 1, 3]}', '{"blocks": [0]}', "{not json"]
+)
+def test_damaged_record_is_an_error(tmp_path, text):
+    make_obs(2).save(tmp_path)
+    (tmp_path / "names.json").write_text(text)
+    with pytest.raises(ArchiveError, match="names.json"):
+        ObservedFeatureIndex.load(tmp_path)
+
+
+# ------------------------------------------------------------ damaged files, only our errors
+@pytest.mark.parametrize(
+    "name, mutate, match",
+    [
+        # an unbalanced brace: numpy's header parser raises tokenize.TokenError
+        pytest.param("cumulative_sum_index.npy", lambda b: b.replace(b"}", b" ", 1), "cumulative_sum_index.npy",
+                     id="csum-header-tokenize"),
+        pytest.param("version.npy", lambda b: b[:12] + b"\xff\xfe" + b[14:], "version.npy", id="version-header-bytes"),
+        pytest.param("cumulative_sum_index.npy", lambda b: b + b"\0" * 8, r"cumulative_sum_index.npy: the .npy header declares",
+                     id="csum-trailing-bytes"),
+        pytest.param("cumulative_sum_index.npy", lambda b: b[:-3], r"cumulative_sum_index.npy: the .npy header declares",
+                     id="csum-truncated"),
+        pytest.param("labels.npy", lambda b: b"\x93NUMPY\x09\x00" + b[8:], "labels.npy", id="labels-npy-version"),
+    ],
+)
+def test_damaged_npy_files_raise_archive_error(tmp_path, name, mutate, match):
+    make_obs(2).save(tmp_path)
+    if name == "labels.npy":
+        (tmp_path / "labels.json").unlink()
+    f = tmp_path / name
+    f.write_bytes(mutate(f.read_bytes()))
+    with pytest.raises(ArchiveError, match=match):
+        ObservedFeatureIndex.load(tmp_path)
+
+
+def test_absurd_npy_shape_is_refused_before_allocating(tmp_path):
+    """A shape that would need terabytes: refused from the file size, nothing read."""
+    import io
+
+    make_obs(2).save(tmp_path)
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<i8", "fortran_order": False, "shape": (10**12,)})
+    (tmp_path / "cumulative_sum_index.npy").write_bytes(buf.getvalue() + np.array([-1, 1, 3], "<i8").tobytes())
+    with pytest.raises(ArchiveError, match=r"declares a \(1000000000000,\) int64 array .*expected the 24 bytes"):
+        ObservedFeatureIndex.load(tmp_path)
+
+
+def test_labels_json_not_utf8(tmp_path):
+    make_obs(2).save(tmp_path)
+    (tmp_path / "labels.json").write_bytes(b'["\xff\xfe", null]')
+    with pytest.raises(ArchiveError, match="labels.json is not valid JSON"):
+        ObservedFeatureIndex.load(tmp_path)
+
+
+def test_sidecar_with_offsets_past_its_data_is_refused(tmp_path):
+    """The IPC reader does not check string offsets; read unchecked they run past the buffer."""
+    make_obs(2).save(tmp_path)
+    f = tmp_path / "names_1.arrow"  # "cell1_0", "cell1_1": offsets 0, 7, 14
+    data = f.read_bytes()
+    offsets = np.array([0, 7, 14], "<i4").tobytes()
+    assert data.count(offsets) == 1
+    f.write_bytes(data.replace(offsets, np.array([0, 7, 30], "<i4").tobytes()))
+    idx = ObservedFeatureIndex.load(tmp_path)  # the batch metadata is intact
+    with pytest.raises(ArchiveError, match="Cannot read names sidecar .*names_1.arrow"):
+        idx.names(1)
+
+
+def test_parquet_page_checksums_are_verified(tmp_path):
+    """A flipped byte in a checksummed data page is an error, not a silently different value."""
+    make_obs(1).save(tmp_path)
+    f = tmp_path / "dataframe_0.parquet"
+    table = pq.read_table(f)
+    table = table.append_column("tag", pa.array(["uniqueVALUEzz"], pa.string()))
+    pq.write_table(table, f, write_page_checksum=True, use_dictionary=False, compression="none", write_statistics=False)
+    data = f.read_bytes()
+    assert data.count(b"uniqueVALUEzz") == 1
+    f.write_bytes(data.replace(b"uniqueVALUEzz", b"uniqueVALUEzy"))
+    with pytest.raises(ArchiveError, match="dataframe_0.parquet"):
+        ObservedFeatureIndex.load(tmp_path)
 
 
 def test_missing_directory(tmp_path):

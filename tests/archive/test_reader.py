@@ -185,3 +185,69 @@ def test_sorted_rows_note_follows_the_arrays(tmp_path):
     cast_archive_data(sorted_a, "uint16")  # values only: the note still holds
     assert rows_sorted(sorted_a, 320, 20991)
     assert json.loads((sorted_a / "scdl_gpu.json").read_text()) == {"n_rows": 320, "nnz": 20991, "rows_sorted": True}
+
+
+# -- everything open reads raises ArchiveError naming the file ----------------------------------------
+def test_metadata_must_be_a_json_object(archive):
+    (archive / "metadata.json").write_text("[40]")
+    with pytest.raises(ArchiveError, match=r"metadata.json: expected a JSON object, got list"):
+        open_arrays(archive)
+
+
+def test_metadata_that_is_not_utf8(archive):
+    (archive / "metadata.json").write_bytes(b'{"num_rows": 40, "x": "\xff"}')
+    with pytest.raises(ArchiveError, match="metadata.json is not valid JSON"):
+        open_arrays(archive)
+
+
+def test_var_index_with_blocks_must_cover_every_row(archive):
+    """A var block covering no rows would leave every row without a gene count (an IndexError later)."""
+    np.save(archive / "var_features" / "cumulative_sum_index.npy", np.array([-1, 0], dtype=np.int64))
+    with pytest.raises(ArchiveError, match=r"feature index .*var_features \(0\) does not correspond .* \(40\)"):
+        SingleCellMemMapDataset(archive)
+
+
+def test_damaged_feature_index_fails_at_first_use_with_archive_error(archive):
+    f = archive / "obs_features" / "dataframe_0.parquet"
+    f.write_bytes(f.read_bytes()[:-9])  # the footer's length and magic
+    ds = SingleCellMemMapDataset(archive)  # the obs index is read on first use
+    with pytest.raises(ArchiveError, match=r"Cannot read feature block .*obs_features/dataframe_0.parquet"):
+        ds.obs_features()
+
+
+def test_unreadable_layout_note_means_unknown(archive):
+    from scdl_gpu.archive._reader import rows_sorted
+
+    n = open_arrays(archive).nnz
+    assert rows_sorted(archive, 40, n) is True
+    for text in ("[true]", '{"rows_sorted": "yes", "n_rows": 40, "nnz": %d}' % n, "\x00\xff"):
+        (archive / "scdl_gpu.json").write_text(text, encoding="latin-1")
+        assert rows_sorted(archive, 40, n) is False
+
+
+def _neighbor_archive(path):
+    from scdl_gpu.archive import ArchiveWriter
+
+    with ArchiveWriter(path, n_vars=5) as w:
+        w.append_rows(np.array([0, 1, 2, 2, 3]), np.array([0, 1, 4], np.uint8), np.ones(3, np.float32))
+        w.add_var_block(4, {"gene": np.array(list("abcde"))}, None)
+        w.append_neighbor_rows(np.array([0, 2, 3, 3, 4]), np.array([1, 2, 0, 3]), np.ones(4))
+        return w.commit()
+
+
+def test_decreasing_neighbor_pointers_are_refused_at_open(tmp_path):
+    path = _neighbor_archive(tmp_path / "nb")
+    assert open_arrays(path, load_neighbors=True).neighbors is not None
+    ptr = np.fromfile(path / "neighbor_indptr.npy", np.uint64)
+    ptr[2] = 1  # cell 1 would span [2, 1)
+    ptr.tofile(path / "neighbor_indptr.npy")
+    with pytest.raises(ArchiveError, match=r"neighbor_indptr.npy must start at 0 and never decrease"):
+        open_arrays(path, load_neighbors=True)
+
+
+def test_neighbor_graph_with_a_file_gone_is_damage(tmp_path):
+    path = _neighbor_archive(tmp_path / "nb")
+    (path / "neighbor_values.npy").unlink()
+    with pytest.raises(ArchiveNotFoundError, match=r"neighbor_values.npy is missing"):
+        SingleCellMemMapDataset(path, load_neighbors=True)
+    assert SingleCellMemMapDataset(path).number_of_rows() == 4  # not asked for: not read
