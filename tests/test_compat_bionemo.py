@@ -20,6 +20,7 @@ from pathlib import Path
 import anndata as ad
 import h5py
 import numpy as np
+import pyarrow.parquet as pq
 import pandas as pd
 import pytest
 import scipy.sparse as sp
@@ -311,13 +312,21 @@ def test_header_and_files_match_bionemo(tmp_path, path, use_x):
     # for raw.X, the var table: upstream stores adata.var, we adata.raw.var.
     theirs_files = {str(f.relative_to(t)) for f in t.rglob("*") if f.is_file()}
     ours_files = {str(f.relative_to(o)) for f in o.rglob("*") if f.is_file()}
-    extra = {f"{d}/{x}" for d in ("var_features", "obs_features") for x in ("labels.json", "names_0.arrow")}
-    extra.add("scdl_gpu.json")  # our writer's note (rows sorted?), which upstream never reads
-    assert ours_files - theirs_files == extra  # names_*.arrow: var/obs names, which upstream drops
+    # names_*.arrow: var/obs names, which upstream drops; names.json: which blocks have them;
+    # scdl_gpu.json: our writer's note (rows sorted?); the checksum manifest. Upstream reads none.
+    extra = {f"{d}/{x}" for d in ("var_features", "obs_features") for x in ("labels.json", "names_0.arrow", "names.json")}
+    extra |= {"scdl_gpu.json", "scdl_gpu_checksums.json"}
+    assert ours_files - theirs_files == extra
     differ = {f for f in theirs_files if (o / f).read_bytes() != (t / f).read_bytes()}
     a = _read(src)
     raw_var_differs = not use_x and not a.var.equals(a.raw.var)
-    assert differ == {"header.sch"} | ({"var_features/dataframe_0.parquet"} if raw_var_differs else set())
+    # Parquet tables carry page checksums (upstream's do not): same table, other bytes.
+    tables = {f for f in theirs_files if f.endswith(".parquet")}
+    assert differ - tables == {"header.sch"}
+    for f in tables:
+        ours_t, theirs_t = pq.read_table(o / f), pq.read_table(t / f)
+        same = ours_t.equals(theirs_t)
+        assert same != (raw_var_differs and f == "var_features/dataframe_0.parquet"), f
 
 
 def test_raw_conversion_var_table_disagreement(tmp_path):

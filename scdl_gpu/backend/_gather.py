@@ -234,7 +234,9 @@ def warm_up(data_dtype, col_dtype, row_ptr_dtype, outputs) -> float:
     starts, in_ptr = plan(row_ptr, np.array([0, 1], np.int64), 1)
     for vd, idt in dict.fromkeys(outputs):
         out_v, out_c = np.empty(1, vd), np.empty(1, idt)
-        for run in (_gather_serial, _gather_parallel):  # `via_double` and `sort` are values, not types
+        # not the parallel one in a forked child: its first launch there aborts the process
+        runs = (_gather_serial,) if _forked[0] else (_gather_serial, _gather_parallel)
+        for run in runs:  # `via_double` and `sort` are values, not types
             run(data, cols, starts, in_ptr, np.int64(1), out_v, out_c, False, False)
     dt = time.perf_counter() - t0
     if dt > 0.5:

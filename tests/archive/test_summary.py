@@ -73,7 +73,7 @@ def test_summary_matches_dataset_and_disk(real_archives, name):
     assert any(line.startswith("size:") and human_bytes(s["total_bytes"]) in line and f"in {len(s['files'])} files" in line for line in lines)
     data_line = next(line for line in lines if line.strip().startswith("data.npy"))
     assert data_line.split()[1:] == human_bytes(s["files"]["data.npy"]).split()
-    assert any(line.strip().startswith("var_features/") and "(6 files)" in line for line in lines)
+    assert any(line.strip().startswith("var_features/") and "(7 files)" in line for line in lines)
     # Keys are aligned: every "key: value" line has its value in the same column.
     keyed = [line for line in lines if not line.startswith(" ")]
     assert len({len(line) - len(line.split(":", 1)[1].lstrip()) for line in keyed}) == 1
