@@ -43,15 +43,22 @@ class SingleCellCollection:
 
     # -- loading ------------------------------------------------------------------------------
     def _member_paths(self, h5ad_paths: list[Path]) -> list[Path]:
-        """``<data_path>/<stem>``, suffixed ``_2``, ``_3`` … when a stem is already taken."""
+        """``<data_path>/<stem>``, suffixed ``_2``, ``_3`` … when a stem is already taken.
+
+        A member is always a new, visible entry of the collection directory: a stem such as
+        ``.`` (from ``..h5ad``) or ``..`` would name the collection or its parent, and hidden
+        names are the archive writer's temporary siblings, so leading dots become ``_``.
+        """
         taken = set(self.fname_to_mmap)
         out = []
         for p in h5ad_paths:
-            base = Path(self.data_path) / Path(p).stem
+            base = Path(self.data_path) / _member_name(Path(p).stem)
             candidate, k = base, 1
-            while candidate in taken or candidate.exists():
+            while candidate in taken or os.path.lexists(candidate):  # a dangling link is taken too
                 k += 1
                 candidate = base.with_name(f"{base.name}_{k}")
+            if candidate.parent != Path(self.data_path) or candidate.name in ("", ".", ".."):
+                raise ValueError(f"{p}: cannot make a member directory for it inside {self.data_path}")
             taken.add(candidate)
             out.append(candidate)
         return out
@@ -200,3 +207,14 @@ class SingleCellCollection:
 
     def __repr__(self) -> str:
         return f"SingleCellCollection({str(self.data_path)!r}, members={len(self.fname_to_mmap)})"
+
+
+def _member_name(stem: str) -> str:
+    """A file stem as a safe single path component inside the collection directory."""
+    name = stem.replace(os.sep, "_").replace("\0", "_")
+    if os.altsep:
+        name = name.replace(os.altsep, "_")
+    stripped = name.lstrip(".")
+    name = "_" * (len(name) - len(stripped)) + stripped
+    return name or "member"
+

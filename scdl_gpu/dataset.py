@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ._neighbors import NeighborMixin
+from .archive._atomic import mapped_file_matches, rebuilt
 from .archive._bounds import check_columns, check_span
 from .archive._cast import cast_archive_data
 from .archive._concat import DEFAULT_CHUNK, concat_archives
@@ -26,6 +27,7 @@ from .archive._memmap import map_raw, write_raw
 from .archive._reader import load_feature_index, open_arrays
 from .archive._writer import write_json
 from .convert import convert_h5ad
+from .errors import ArchiveError
 
 
 class SingleCellMemMapDataset(NeighborMixin, torch.utils.data.Dataset):
@@ -259,26 +261,34 @@ class SingleCellMemMapDataset(NeighborMixin, torch.utils.data.Dataset):
 
     # -- writing ------------------------------------------------------------------------------
     def save(self, output_path: str | None = None) -> bool:
-        """Write header (always rebuilt), metadata (true row count), features; flush arrays."""
+        """Write header (always rebuilt), metadata (true row count), features; flush arrays.
+
+        The archive is rebuilt beside itself (hard links to the arrays) and exchanged in whole,
+        so a reader never sees a header of this save with metadata or features of the last.
+        """
         if output_path is not None:
             raise NotImplementedError("Saving to separate path is not yet implemented.")
         path = Path(self.data_path)
         for arr in (self.data, self.row_index, self.col_index):
             if isinstance(arr, np.memmap) and arr.mode != "r":
                 arr.flush()
-        var, obs = self.var_features(), self.obs_features()
-        var.save(str(path / FileNames.VAR_FEATURES.value))
-        obs.save(str(path / FileNames.OBS_FEATURES.value))
-        self._write_header()
-        self.metadata = {**self.metadata, "num_rows": self.number_of_rows()}
-        write_json(path / FileNames.METADATA.value, self.metadata)
-        if not (path / FileNames.VERSION.value).exists():
-            write_json(path / FileNames.VERSION.value, SCDL_PACKAGE_VERSION)
+        var, obs = self.var_features(), self.obs_features()  # loaded from the archive before it is replaced
+        header = self._build_header(var, obs)
+        metadata = {**self.metadata, "num_rows": self.number_of_rows()}
+        rewritten = (FileNames.VAR_FEATURES, FileNames.OBS_FEATURES, FileNames.HEADER, FileNames.METADATA)
+        with rebuilt(path, omit=[m.value for m in rewritten], check=self._check_mapped_arrays) as tmp:
+            var.save(str(tmp / FileNames.VAR_FEATURES.value))
+            obs.save(str(tmp / FileNames.OBS_FEATURES.value))
+            header.save(str(tmp / FileNames.HEADER.value))
+            write_json(tmp / FileNames.METADATA.value, metadata)
+            if not (tmp / FileNames.VERSION.value).exists():
+                write_json(tmp / FileNames.VERSION.value, SCDL_PACKAGE_VERSION)
+        self.header, self.metadata = header, metadata
+        self._remap_writable()
         return True
 
-    def _write_header(self) -> None:
-        var, obs = self.var_features(), self.obs_features()
-        header = build_archive_header(
+    def _build_header(self, var, obs):
+        return build_archive_header(
             dtypes={k: self.dtypes[k] for k in (FileNames.DATA.value, FileNames.ROWPTR.value, FileNames.COLPTR.value)},
             lengths={
                 FileNames.DATA.value: int(self.data.size),
@@ -290,18 +300,33 @@ class SingleCellMemMapDataset(NeighborMixin, torch.utils.data.Dataset):
                 feature_index_info(FileNames.OBS_FEATURES.value, obs.number_of_rows(), len(obs)),
             ],
         )
-        header.save(self.header_path)
-        self.header = header
+
+    def _check_mapped_arrays(self, source: Path) -> None:
+        """The arrays about to be saved under this header must be the files this dataset maps:
+        another process may have replaced the archive (a cast, say) since it was opened."""
+        for arr, member in ((self.data, FileNames.DATA), (self.row_index, FileNames.ROWPTR), (self.col_index, FileNames.COLPTR)):
+            if not mapped_file_matches(arr, source / member.value):
+                raise ArchiveError(
+                    f"{Path(self.data_path) / member.value} was replaced on disk since this dataset opened it; "
+                    "reopen the archive before saving it"
+                )
+
+    def _remap_writable(self) -> None:
+        """Writable maps follow the saved files (the same inodes, unless links had to be copies)."""
+        path = Path(self.data_path)
+        for attr, member in (("data", FileNames.DATA), ("row_index", FileNames.ROWPTR), ("col_index", FileNames.COLPTR)):
+            arr = getattr(self, attr)
+            if isinstance(arr, np.memmap) and arr.mode != "r" and arr.size:
+                setattr(self, attr, map_raw(path / member.value, self.dtypes[member.value], arr.size, writable=True))
 
     def cast_data_to_dtype(self, dtype: str) -> None:
-        """Rewrite ``data.npy`` as ``dtype`` (atomically), update the header and remap.
+        """Rewrite ``data.npy`` as ``dtype`` (atomically: the archive is replaced whole), and remap.
 
         Values the new dtype cannot hold (negative or too large for an unsigned type) raise
         ``ValueError`` and leave the archive untouched; lossy float casts warn.
         """
         if self._writable_dirty():
             self.save()
-        self.data = np.empty(0)  # drop the old mapping before the file under it is replaced
         try:
             cast_archive_data(self.data_path, dtype, self.data_dtype_tolerance)
         finally:

@@ -194,3 +194,32 @@ def test_real_files_flatten(tmp_path):
     coll.flatten(tmp_path / "flat")
     ds = SingleCellMemMapDataset(tmp_path / "flat")
     _rows_equal(ds, sorted(d.glob("*.h5ad")))
+
+
+@pytest.mark.parametrize("name", ["..h5ad", "...h5ad", ".h5ad", ".hidden.h5ad"])
+def test_member_names_never_leave_the_collection(tmp_path, name):
+    """``..h5ad`` has the stem ``.``, which named the collection itself (and, suffixed, a sibling of it)."""
+    d = tmp_path / "in"
+    src = _h5ad(d, "x", 4, ["a", "b"], 0).rename(d / name)
+    coll_dir = tmp_path / "coll"
+    coll = SingleCellCollection(coll_dir)
+    coll.load_h5ad(src, use_X_not_raw=True)
+    coll.load_h5ad(src, use_X_not_raw=True)  # the same stem again: a suffixed name, still inside
+    members = list(coll.fname_to_mmap)
+    assert len(set(members)) == 2
+    for m in members:
+        assert m.parent == coll_dir and not m.name.startswith(".") and (m / "metadata.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["coll", "in"]  # nothing written beside it
+    coll.flatten(tmp_path / "flat")
+    _rows_equal(SingleCellMemMapDataset(tmp_path / "flat"), [src, src])
+
+
+def test_member_names_from_a_directory_of_odd_names(tmp_path):
+    d = tmp_path / "in"
+    paths = [_h5ad(d, f"f{k}", 3, ["a"], k).rename(d / n) for k, n in enumerate(["..h5ad", "...h5ad", "ok.h5ad"])]
+    coll = SingleCellCollection(tmp_path / "coll")
+    coll.load_h5ad_multi(d, use_X_not_raw=True)
+    assert sorted(m.name for m in coll.fname_to_mmap) == ["_", "__", "ok"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["coll", "in"]
+    coll.flatten(tmp_path / "flat")
+    _rows_equal(SingleCellMemMapDataset(tmp_path / "flat"), sorted(paths))

@@ -1,15 +1,21 @@
-"""Change the stored value dtype of an archive in place, without ever leaving garbage readable."""
+"""Change the stored value dtype of an archive, replacing it whole and atomically.
+
+The cast archive is built beside the old one (hard links to every file that does not change,
+a new ``data.npy`` and ``header.sch``) and exchanged with it in one rename, so the path never
+holds a header of one dtype over values of the other, and readers of the old archive keep it.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from ._atomic import rebuilt
 from ._concat import DEFAULT_CHUNK
 from ._constants import FileNames
 from ._dtypes import cast_checked, check_data_dtype
 from ._header import build_archive_header, feature_index_info
-from ._memmap import fsync_dir, write_raw
+from ._memmap import write_raw
 from ._reader import load_feature_index, open_arrays
 
 
@@ -26,36 +32,30 @@ def write_header(path: Path, dtypes: dict[str, str], lengths: dict[str, int], ta
 def cast_archive_data(path: str | os.PathLike, dtype: str, tolerance: float = 1e-08, chunk: int = DEFAULT_CHUNK) -> str:
     """Rewrite ``data.npy`` of the archive at ``path`` as ``dtype``; returns the old dtype.
 
-    The new values and header are written beside the old ones and renamed over them only once
-    both are complete. Values ``dtype`` cannot hold raise ``ValueError`` and leave the archive
-    untouched; lossy casts warn (``tolerance``, as at conversion).
+    Values ``dtype`` cannot hold raise ``ValueError`` and leave the archive untouched; lossy
+    casts warn (``tolerance``, as at conversion). The archive is replaced as a whole (see the
+    module docstring); what a killed cast left beside it is removed first.
     """
     path = Path(path)
     new = check_data_dtype(dtype)
-    arrays = open_arrays(path)
-    old = arrays.dtypes[FileNames.DATA.value]
-    data_file = path / FileNames.DATA.value
-    header_file = path / FileNames.HEADER.value
-    tmp_data = data_file.with_name(data_file.name + ".partial")
-    tmp_header = header_file.with_name(header_file.name + ".partial")
-    try:
-        with open(tmp_data, "wb") as out:
+    current = open_arrays(path)  # errors name the archive, not the sibling below
+    if current.header is not None and current.dtypes[FileNames.DATA.value] == new:
+        return new
+    del current
+    with rebuilt(path) as tmp:
+        # Read from the sibling's links: the same generation as everything linked beside them.
+        arrays = open_arrays(tmp)
+        old = arrays.dtypes[FileNames.DATA.value]
+        staged = tmp / f".{FileNames.DATA.value}.cast.tmp"
+        with open(staged, "wb") as out:
             for s in range(0, arrays.nnz, chunk):
-                write_raw(out, cast_checked(arrays.data[s : s + chunk], new, tolerance, str(data_file)))
+                write_raw(out, cast_checked(arrays.data[s : s + chunk], new, tolerance, str(path / FileNames.DATA.value)))
             out.flush()
             os.fsync(out.fileno())
+        os.replace(staged, tmp / FileNames.DATA.value)  # replaces the link; the old file is untouched
         dtypes = {**arrays.dtypes, FileNames.DATA.value: new}
         lengths = {FileNames.DATA.value: arrays.nnz, FileNames.ROWPTR.value: arrays.n_rows + 1, FileNames.COLPTR.value: arrays.nnz}
-        write_header(path, dtypes, lengths, target=tmp_header)
-    except BaseException:
-        tmp_data.unlink(missing_ok=True)
-        tmp_header.unlink(missing_ok=True)
-        raise
-    del arrays  # release the mapping of the old data before its file is replaced
-    # Two renames, back to back: the only window in which data and header disagree. A reader
-    # in that window sees a size mismatch (different itemsize) or, for equal itemsizes, the
-    # old header; the row pointers and columns are untouched either way.
-    os.replace(tmp_data, data_file)
-    os.replace(tmp_header, header_file)
-    fsync_dir(path)
+        del arrays
+        (tmp / FileNames.HEADER.value).unlink(missing_ok=True)  # a link: never write through it
+        write_header(tmp, dtypes, lengths)
     return old

@@ -10,11 +10,11 @@ import json
 import logging
 import os
 import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
 
+from ._atomic import exchange, new_partial_dir
 from ._checksums import write_manifest
 from ._constants import DEFAULT_DTYPES, LAYOUT_FILE, SCDL_PACKAGE_VERSION, FileNames
 from ._dtypes import check_data_dtype, col_dtype_for, smallest_uint_dtype
@@ -70,8 +70,8 @@ class ArchiveWriter:
         self.n_vars = int(n_vars)
         self.overwrite = overwrite
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.parent / f".{self.path.name}.partial-{uuid.uuid4().hex[:8]}"
-        self.tmp.mkdir()
+        # Named after this process, and what killed runs left beside path is removed first.
+        self.tmp = new_partial_dir(self.path)
         self.rows = RowFiles(self.tmp, self.data_dtype, self.col_dtype)
         self.var_index = VariableFeatureIndex()
         self.obs_index = ObservedFeatureIndex()
@@ -164,17 +164,8 @@ class ArchiveWriter:
         write_json(tmp / FileNames.VERSION.value, SCDL_PACKAGE_VERSION)
         write_manifest(tmp)  # last: it records every file above
         fsync_dir(tmp)
-        if self.path.exists():
-            if not self.overwrite:
-                raise FileExistsError(f"Output archive already exists: {self.path}")
-            # Swap: the old archive stays intact until the new one is complete.
-            old = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(self.path, old)
-            os.replace(tmp, self.path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, self.path)
-        fsync_dir(self.path.parent)
+        # One atomic exchange: the path holds the whole old or the whole new archive throughout.
+        exchange(tmp, self.path, replace=self.overwrite)
         log.info("wrote %s: %d rows, %d values", self.path, self.n_rows, self.nnz)
         return self.path
 

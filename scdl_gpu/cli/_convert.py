@@ -48,7 +48,14 @@ def register(sub) -> None:
         help="store each row's entries in input order, as bionemo-scdl does (byte parity with its conversion); "
         "by default rows are stored by increasing column, so loading needs no per-batch sort",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing archive at the output path")
+    p.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="store NaN and infinity in a float archive (by default they are an error naming the input and row)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing archive at the output path (atomically, once complete)"
+    )
     p.add_argument("--report", default=None, metavar="FILE", help="also write the per-input report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(handler=convert)
@@ -74,6 +81,7 @@ def convert(args) -> int:
         gene_key=args.gene_key,
         genome=args.genome,
         keep_column_order=args.keep_column_order,
+        allow_nonfinite=args.allow_nonfinite,
         overwrite=args.overwrite,
         progress=not args.quiet,
     )

@@ -1,14 +1,16 @@
 """``scdl-gpu``: one entry point, one module per group of subcommands.
 
 Exit status: 0 on success, 1 when the command ran but failed (bad input, invalid archive),
-2 for a usage error (argparse's convention). Errors are one plain line on stderr; ``--debug``
-shows the traceback.
+2 for a usage error (argparse's convention), 130 after SIGINT and 143 after SIGTERM (a
+conversion stops at its next row block and removes its partial output first). Errors are one
+plain line on stderr; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import warnings
 from collections.abc import Sequence
@@ -41,9 +43,10 @@ def run(handler, args, debug: bool) -> int:
         warnings.showwarning = lambda message, *a, **k: print(f"warning: {message}", file=sys.stderr)
     try:
         return int(handler(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # ConversionInterrupted says which signal; a bare one is Ctrl-C
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
     except (CommandError, ValueError, OSError, RuntimeError) as e:  # ConversionError/ArchiveError are ValueErrors
         if debug:
             raise

@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--load-block-row-size", type=int, default=1_000_000, help="The number of rows to load into memory at a time for paginated loading of the AnnData files.")
     p.add_argument("--use-X-not-raw", action="store_true", default=False, help="Use .X instead of raw.X from the anndata file [False].")
     p.add_argument("--overwrite", action="store_true", default=False, help="Replace an existing archive at --save-path.")
+    p.add_argument(
+        "--allow-nonfinite", action="store_true", default=False, help="Store NaN and infinity values (refused by default)."
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -54,6 +57,7 @@ def convert(args) -> int:
         load_block_row_size=args.load_block_row_size,
         use_X_not_raw=args.use_X_not_raw,
         keep_column_order=True,  # upstream's conversion keeps input order: same bytes as its collection
+        allow_nonfinite=args.allow_nonfinite,
         overwrite=args.overwrite,
         progress=sys.stderr.isatty(),
     )

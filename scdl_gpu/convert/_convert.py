@@ -11,6 +11,7 @@ import numpy as np
 from ..archive._dtypes import check_data_dtype
 from ..archive._writer import ArchiveWriter
 from ..errors import ConversionError
+from ._cancel import check_cancelled, interruptible
 from ._copy import ValueCast, copy_matrix
 from ._h5ad import H5adSource, features_of
 from ._matrix import ScatterReader
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 MAX_BLOCK_VALUES = 1 << 24
 
 
+@interruptible
 def convert_h5ad(
     h5ad_path: str | os.PathLike,
     archive_path: str | os.PathLike,
@@ -39,6 +41,7 @@ def convert_h5ad(
     max_block_values: int = MAX_BLOCK_VALUES,
     progress: bool = False,
     keep_column_order: bool = False,
+    allow_nonfinite: bool = False,
 ) -> Path:
     """Convert an AnnData file into an SCDL archive at ``archive_path``.
 
@@ -65,6 +68,13 @@ def convert_h5ad(
         columns keep their order), so loading needs no per-batch sort. ``True``: input order,
         byte for byte as upstream converts; :class:`~scdl_gpu.SingleCellMemMapDataset` and
         :class:`~scdl_gpu.SingleCellCollection` (upstream's API) convert that way.
+    allow_nonfinite
+        Store NaN and infinity in a float archive. By default they are an error naming the
+        input and the first row holding one.
+
+    SIGINT and SIGTERM (when called from the main thread) stop the conversion at the next row
+    block: the partial output is removed and ``ConversionInterrupted`` (a ``KeyboardInterrupt``)
+    is raised.
 
     Returns
     -------
@@ -90,7 +100,7 @@ def convert_h5ad(
                 copy_neighbors(source, neighbor_key, w, max_block_values)
             bar = _progress(progress, n_rows, src.name)
             try:
-                cast = ValueCast(data_dtype, data_dtype_tolerance)
+                cast = ValueCast(data_dtype, data_dtype_tolerance, allow_nonfinite=allow_nonfinite)
                 unsorted = copy_matrix(
                     source.matrix, w.rows, cast, max_block_values, max_rows,
                     on_rows=bar.update if bar else None, sort_rows=not keep_column_order,
@@ -136,5 +146,6 @@ def copy_neighbors(source: Source, key: str, sink, max_values: int, row_offset: 
     else:
         blocks = graph.blocks(max_values, 1 << 62)
     for indptr, indices, values in blocks:
+        check_cancelled()
         sink.append_neighbor_rows(indptr, np.asarray(indices, np.uint64) + np.uint64(row_offset), values)
     return True

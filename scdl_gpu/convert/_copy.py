@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..archive._dtypes import cast_checked, check_data_dtype
+from ..errors import ConversionError
+from ._cancel import check_cancelled
 from ._matrix import MatrixReader, ScatterReader, check_column_indices
 from ._rows import order_allocated_rows, order_rows
 
@@ -82,11 +84,16 @@ class ValueStats:
 
 @dataclass
 class ValueCast:
-    """Casts blocks of values to the stored dtype; with ``auto``, keeps them and records stats."""
+    """Casts blocks of values to the stored dtype; with ``auto``, keeps them and records stats.
+
+    NaN and infinity are refused (naming the input and row) unless ``allow_nonfinite``: a
+    training run that meets them later has no way back to the cell they came from.
+    """
 
     dtype: str | None
     tolerance: float = 1e-08
     stats: ValueStats = field(default_factory=ValueStats)
+    allow_nonfinite: bool = False
 
     def __post_init__(self) -> None:
         self.auto = self.dtype == AUTO
@@ -99,6 +106,24 @@ class ValueCast:
             return self.dtype
         source = np.dtype(source)
         return "uint8" if source.kind == "b" else source.name
+
+    def check_finite(self, values: np.ndarray, rows_of, where: str, target: str) -> None:
+        """Refuse NaN/inf in ``values``; ``rows_of(k)`` gives the input row of entry ``k``."""
+        if (self.allow_nonfinite and np.dtype(target).kind == "f") or values.dtype.kind not in "fc" or not values.size:
+            return
+        finite = np.isfinite(values)
+        if finite.all():
+            return
+        k = int(np.argmin(finite))
+        hint = (
+            f"data_dtype {np.dtype(target).name} cannot store it"
+            if np.dtype(target).kind != "f"
+            else "non-finite values are refused; pass allow_nonfinite=True (--allow-nonfinite) to store them"
+        )
+        raise ConversionError(
+            f"{where}: row {rows_of(k)} holds {values[k].item()}, a non-finite value "
+            f"({int(values.size - np.count_nonzero(finite))} in this block); {hint}"
+        )
 
     def __call__(self, values: np.ndarray, target: str, where: str) -> np.ndarray:
         if self.auto:
@@ -134,11 +159,13 @@ def copy_matrix(
     n_vars = matrix.shape[1]
     row = unsorted = 0
     for indptr, indices, data in matrix.blocks(max_values, max_rows):
+        check_cancelled()  # between blocks: a signal stops the conversion within one block
         n = len(indptr) - 1
         where = f"{matrix.where} rows {row} to {row + n}"
         check_column_indices(indices, n_vars, where)
         if columns is not None:
             indptr, indices, data = _remap_block(indptr, indices, data, columns, cast.stats)
+        cast.check_finite(data, lambda k, ip=indptr, r0=row: _row_of(ip, k, r0), matrix.where, sink.data_dtype)
         indices, data = indices.astype(sink.col_dtype, copy=False), cast(data, sink.data_dtype, where)
         unsorted += order_rows(indptr, indices, data, sort_rows)  # in place: the block's own buffers
         sink.append_rows(indptr, indices, data)
@@ -146,6 +173,12 @@ def copy_matrix(
         if on_rows is not None:
             on_rows(n)
     return unsorted
+
+
+def _row_of(indptr: np.ndarray, k: int, first_row: int) -> int:
+    """The row (counted in the whole input) of entry ``k`` of a block whose rows start at ``first_row``."""
+    ptr = np.asarray(indptr, dtype=np.int64) - int(indptr[0])
+    return first_row + int(np.searchsorted(ptr, k, side="right")) - 1
 
 
 def _remap_block(indptr, indices, data, columns: ColumnMap, stats: ValueStats):
@@ -174,6 +207,7 @@ def _scatter(matrix: ScatterReader, sink, cast: ValueCast, max_values: int, colu
     cursor = indptr[:-1].astype(np.int64)
     n_vars = matrix.shape[1]
     for rows, cols, vals in matrix.entries(max_values):
+        check_cancelled()
         check_column_indices(cols, n_vars, f"{matrix.where} entries")
         if columns is not None:
             cols = columns.new_of_old[cols]
@@ -181,6 +215,7 @@ def _scatter(matrix: ScatterReader, sink, cast: ValueCast, max_values: int, colu
                 k = cols >= 0
                 cast.stats.dropped += int(len(k) - np.count_nonzero(k))
                 rows, cols, vals = rows[k], cols[k], vals[k]
+        cast.check_finite(vals, lambda k, r=rows: int(r[k]), matrix.where, sink.data_dtype)
         order = np.argsort(rows, kind="stable")  # by row, keeping the given order inside a row
         rows_s = rows[order]
         per_row = np.bincount(rows_s, minlength=len(cursor))

@@ -57,11 +57,18 @@ def read_dataframe(f: h5py.File, key: str, path: Path) -> pd.DataFrame:
 
     # anndata's notices about old encodings (and moving old graphs) are not the user's problem
     with filtered_warnings("ignore", OldFormatWarning, FutureWarning):
-        if isinstance(elem, h5py.Group) and _attr_str(elem, "encoding-type") == "dataframe":
-            from anndata.io import read_elem
+        try:
+            if isinstance(elem, h5py.Group) and _attr_str(elem, "encoding-type") == "dataframe":
+                from anndata.io import read_elem
 
-            return read_elem(elem)
-        adata = ad.read_h5ad(path, backed="r")
+                return read_elem(elem)
+            adata = ad.read_h5ad(path, backed="r")
+        except UnicodeDecodeError as e:
+            column = _undecodable_column(elem)
+            what = f"column {column!r}" if column is not None else "a column"
+            raise ConversionError(
+                f"{path}: {key} {what} holds text that is not valid UTF-8 ({e.reason} at byte {e.start} of a value)"
+            ) from e
     try:
         if key in ("obs",):
             return adata.obs.copy()
@@ -72,6 +79,32 @@ def read_dataframe(f: h5py.File, key: str, path: Path) -> pd.DataFrame:
         return adata.raw.var.copy()
     finally:
         adata.file.close()
+
+
+def _undecodable_column(elem: h5py.Group | h5py.Dataset) -> str | None:
+    """The first column of a table whose strings do not decode as UTF-8 (the index included)."""
+    from anndata.io import read_elem
+
+    if isinstance(elem, h5py.Group):
+        index = _attr_str(elem, "_index")
+        order = elem.attrs.get("column-order", [])
+        for name in [index, *[c.decode() if isinstance(c, bytes) else str(c) for c in order]]:
+            if name in elem:
+                try:
+                    read_elem(elem[name])
+                except UnicodeDecodeError:
+                    return f"{name} (the index)" if name == index else name
+                except Exception:  # another problem of that column: not the one being located
+                    continue
+        return None
+    for name in elem.dtype.names or ():  # pre-0.7 layout: one compound dataset
+        for v in elem[name]:
+            try:
+                if isinstance(v, bytes):
+                    v.decode("utf-8")
+            except UnicodeDecodeError:
+                return name
+    return None
 
 
 def features_of(df: pd.DataFrame, index_name: str) -> dict[str, np.ndarray]:

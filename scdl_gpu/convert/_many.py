@@ -12,6 +12,8 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing as mp
 import os
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Iterable, Sequence
@@ -26,6 +28,7 @@ from ..archive._dtypes import check_data_dtype, col_dtype_for
 from ..archive._rowfiles import RowFiles, Segment
 from ..archive._writer import ArchiveWriter
 from ..errors import ConversionError
+from ._cancel import cancel_scope, check_cancelled, interruptible
 from ._convert import MAX_BLOCK_VALUES, copy_neighbors
 from ._copy import AUTO, ColumnMap, ValueCast, ValueStats, copy_matrix
 from ._h5ad import features_of
@@ -121,6 +124,7 @@ class _Task:
     want_var: bool
     var_name: str
     obs_name: str
+    allow_nonfinite: bool = False
 
 
 @dataclass
@@ -140,11 +144,16 @@ class _Result:
 # -- worker side -------------------------------------------------------------------------------
 _rows_done = None  # a shared counter the parent polls for the progress bar
 _in_child = False  # True in worker processes: their warnings are sent back to the parent
+_cancel = None  # in worker processes: the parent's cancel event (threads get theirs per task)
 
 
-def _init_worker(counter, child: bool = False) -> None:
-    global _rows_done, _in_child
-    _rows_done, _in_child = counter, child
+def _init_worker(counter, child: bool = False, cancel=None) -> None:
+    global _rows_done, _in_child, _cancel
+    _rows_done, _in_child, _cancel = counter, child, cancel
+    if child:
+        # A terminal's Ctrl-C reaches the whole process group: workers stop through the cancel
+        # event the parent sets, at a block boundary, instead of dying mid-write.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _tick(n: int) -> None:
@@ -164,21 +173,23 @@ class _NeighborSegment:
         self.files.append_rows(indptr, np.asarray(indices, np.uint64), np.asarray(values, np.float32))
 
 
-def _convert_one(task: _Task) -> _Result:
-    if not _in_child:  # threads share the parent's warning machinery (catch_warnings is not thread-safe)
-        return _convert(task)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = _convert(task)
-    result.warnings = [(str(w.message), w.category) for w in caught]
-    return result
+def _convert_one(task: _Task, cancel=None) -> _Result:
+    with cancel_scope(cancel if cancel is not None else _cancel):
+        check_cancelled()  # a task that starts after a cancel does nothing
+        if not _in_child:  # threads share the parent's warning machinery (catch_warnings is not thread-safe)
+            return _convert(task)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = _convert(task)
+        result.warnings = [(str(w.message), w.category) for w in caught]
+        return result
 
 
 def _convert(task: _Task) -> _Result:
     with open_source(task.path, use_X_not_raw=task.use_X_not_raw, genome=task.genome) as src:
         obs = src.obs()
         var = src.var() if task.want_var else None
-        cast = ValueCast(task.data_dtype, task.tolerance)
+        cast = ValueCast(task.data_dtype, task.tolerance, allow_nonfinite=task.allow_nonfinite)
         rows = RowFiles(task.segment, cast.staging_dtype(src.matrix.dtype), task.col_dtype)
         sink = None
         try:
@@ -205,6 +216,7 @@ def _convert(task: _Task) -> _Result:
 
 
 # -- parent side -------------------------------------------------------------------------------
+@interruptible
 def convert_many(
     inputs: str | os.PathLike | Iterable[str | os.PathLike],
     archive_path: str | os.PathLike,
@@ -226,6 +238,7 @@ def convert_many(
     max_block_values: int = MAX_BLOCK_VALUES,
     progress: bool = False,
     keep_column_order: bool = False,
+    allow_nonfinite: bool = False,
 ) -> ConversionReport:
     """Convert ``.h5ad`` files, 10x HDF5 files and Matrix Market directories into one archive.
 
@@ -255,12 +268,17 @@ def convert_many(
         entries repeating a column keep their input order), which aligned inputs and many
         CELLxGENE files need, so that loading needs no per-batch sort. Sorting works on one
         row block at a time, inside the same memory bound.
+    allow_nonfinite
+        Store NaN and infinity in a float archive. By default they are an error naming the
+        input and the first row holding one.
     paginated_load_cutoff, load_block_row_size
         Upstream's switches: inputs larger than the cutoff (MiB) are read in blocks of at most
         that many rows (blocks are always bounded by ``max_block_values`` too).
 
     The archive appears at ``archive_path`` only once complete; an existing one is refused
-    unless ``overwrite``.
+    unless ``overwrite``, and replaced in one atomic exchange otherwise. SIGINT and SIGTERM
+    (when called from the main thread) stop every worker at its next row block: the partial
+    output is removed and ``ConversionInterrupted`` (a ``KeyboardInterrupt``) is raised.
     """
     t0 = time.perf_counter()
     if isinstance(inputs, (str, os.PathLike)):
@@ -326,6 +344,7 @@ def convert_many(
                 want_var=vocab is None,
                 var_name=var_feature_index_name,
                 obs_name=obs_feature_index_name,
+                allow_nonfinite=allow_nonfinite,
             )
             for k, (p, a) in enumerate(zip(probes, alignments))
         ]
@@ -389,13 +408,15 @@ def _max_rows(path: Path, cutoff_mib: float, block_rows: int) -> int:
 def _run(tasks: list[_Task], workers: int, use_processes: bool, total_rows: int, progress: bool, ready) -> None:
     """Run the tasks, calling ``ready(result)`` in task order as soon as each prefix is complete.
 
-    Any failure cancels the tasks not yet started and raises once the running ones have stopped.
+    Any failure (an interrupt too) cancels the tasks not yet started and sets the cancel event,
+    which running tasks check between row blocks; it raises once they have stopped.
     """
     ctx = mp.get_context("spawn") if use_processes else None
     counter = (ctx or mp).Value("q", 0)
+    cancel = ctx.Event() if use_processes else threading.Event()
     workers = min(workers, len(tasks))
     if use_processes:
-        pool = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(counter, True))
+        pool = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(counter, True, cancel))
     else:
         _init_worker(counter)
         pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="scdl-convert")
@@ -404,7 +425,7 @@ def _run(tasks: list[_Task], workers: int, use_processes: bool, total_rows: int,
     next_k = 0
     try:
         with pool:
-            futures = {pool.submit(_convert_one, t): t for t in tasks}
+            futures = {pool.submit(_convert_one, t, None if use_processes else cancel): t for t in tasks}
             pending = set(futures)
             try:
                 while pending:
@@ -423,6 +444,7 @@ def _run(tasks: list[_Task], workers: int, use_processes: bool, total_rows: int,
                         ready(results.pop(next_k))
                         next_k += 1
             except BaseException:
+                cancel.set()
                 for fut in pending:
                     fut.cancel()
                 raise

@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 
 from ..errors import ConversionError
+from ._cancel import check_cancelled
 
 CSRBlock = tuple[np.ndarray, np.ndarray, np.ndarray]  # (indptr, indices, data), indptr absolute
 
@@ -107,6 +108,12 @@ class CSRReader(MatrixReader):
             if k not in group:
                 raise ConversionError(f"{where}: sparse matrix group has no '{k}' dataset")
         self.data, self.indices, self.indptr = group["data"], group["indices"], group["indptr"]
+        for key, ds in (("indices", self.indices), ("indptr", self.indptr)):
+            if ds.dtype.kind not in "iu":
+                # Reading them as integers would truncate silently; anndata refuses such files too.
+                raise ConversionError(
+                    f"{where}/{key}: the sparse matrix stores its {key} as {ds.dtype}; integer {key} are required"
+                )
         shape = group.attrs.get("shape", group.attrs.get("h5sparse_shape"))
         if shape is None:
             raise ConversionError(f"{where}: sparse matrix group has no 'shape' attribute")
@@ -159,6 +166,7 @@ class CSCReader(ScatterReader, CSRReader):
     def row_counts(self, max_values: int, keep: np.ndarray | None = None) -> np.ndarray:
         counts = np.zeros(self.shape[0], np.int64)
         for c0, c1, ip in self.spans(self.shape[1], max_values, 1 << 30):
+            check_cancelled()
             rows = self.indices[int(ip[0]) : int(ip[-1])]
             if keep is not None:
                 rows = rows[np.repeat(keep[c0:c1], np.diff(ip))]

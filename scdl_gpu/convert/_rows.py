@@ -15,6 +15,7 @@ import numpy as np
 
 from ..archive._concat import row_chunks
 from ..archive._rowfiles import rows_are_sorted, unsorted_rows
+from ._cancel import check_cancelled
 
 #: Values sorted at once. Small sorts stay in cache: on a Tahoe-like block (17M values, 1,450 a
 #: row, 62,710 genes, columns shuffled as by gene alignment) 64K-value pieces sort in 130 ms,
@@ -78,6 +79,7 @@ def order_allocated_rows(
     """
     unsorted, all_sorted = 0, True
     for s, e in row_chunks(indptr, max_values):
+        check_cancelled()
         ptr = np.asarray(indptr[s : e + 1], dtype=np.int64)
         lo, hi = int(ptr[0]), int(ptr[-1])
         n_bad = order_rows(ptr, indices[lo:hi], data[lo:hi], sort)

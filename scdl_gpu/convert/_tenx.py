@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConversionError
+from ._cancel import check_cancelled
 from ._matrix import CSRReader, ScatterReader
 from ._source import Source
 from ._warnings import filtered_warnings
@@ -248,6 +249,7 @@ class MtxReader(ScatterReader):
         counts = np.zeros(self.shape[0], np.int64)
         cols = ("cell",) if keep is None else ("gene", "cell")
         for first, arrays in self._chunks(max_values, cols):
+            check_cancelled()
             cells = self._zero_based(arrays["cell"], self.shape[0], "cell", first)
             if keep is not None:
                 cells = cells[keep[self._zero_based(arrays["gene"], self.shape[1], "gene", first)]]
