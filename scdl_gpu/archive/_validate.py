@@ -1,65 +1,190 @@
-"""Full integrity check of an archive: every file against the others, every array scanned.
+"""Full integrity check of an archive: every file against its recorded checksum and against the others.
 
 :func:`open_arrays` checks only what is cheap (file sizes, the two ends of ``row_ptr``) and stops
-at the first problem. :func:`validate_archive` reads every array in bounded chunks and reports
-every problem it finds as one plain-English line, without raising for a damaged archive.
+at the first problem. :func:`validate_archive` verifies the checksum manifest (``_checksums``),
+reads every file the loader reads (arrays in bounded chunks, feature tables and names sidecars
+batch by batch) and reports every problem it finds as one plain-English line, without raising
+for a damaged archive.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ..errors import ArchiveError
-from ._constants import DEFAULT_DTYPES, FileNames
+from ._atomic import _alive, _host, _owner
+from ._checksums import MANIFEST_FILE, has_manifest, is_temporary_name, verify_manifest, write_manifest
+from ._constants import DEFAULT_DTYPES, LAYOUT_FILE, FileNames
+from ._feature_index import _BLOCK_RE, _NAMES_RE
 from ._header import SCDLHeader
-from ._memmap import raw_length
+from ._memmap import map_raw, raw_length
 from ._reader import load_feature_index, read_dtypes
 
-__all__ = ["validate_archive"]
+__all__ = ["ValidationReport", "validate_archive", "validation_report", "write_checksums"]
 
 _CSR = (FileNames.DATA, FileNames.ROWPTR, FileNames.COLPTR)
 _NEIGHBORS = (FileNames.NEIGHBOR_INDICES_PTR, FileNames.NEIGHBOR_INDICES, FileNames.NEIGHBOR_VALUES)
 # Loader warnings about layouts that are legitimate (not damage) and so are not problems.
 _BENIGN_WARNINGS = ("holds pickled objects",)  # 0.1.3-wheel labels.npy: readable, just not unpickled
+# Hidden siblings ``.<archive>.<kind>-<host>-<pid>-<token>`` that writers create beside the archive
+# they replace (``_atomic``; older versions: ``.<archive>.<kind>-<token>``).
+_SIBLING_KINDS = ("partial-", "old-", "journal-")
+_DEFAULT_CHUNK = 1 << 24
 
 
-def validate_archive(path: str | Path, *, chunk: int = 1 << 24) -> list[str]:
+@dataclass
+class ValidationReport:
+    """What :func:`validation_report` found: ``problems`` make an archive invalid, ``notes`` do not."""
+
+    path: Path
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    #: every file of the archive, and only those, matched the checksums recorded when it was written
+    checksums_verified: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def validate_archive(path: str | Path, *, quick: bool = False, chunk: int = _DEFAULT_CHUNK) -> list[str]:
     """Check an archive completely; return one plain-English line per problem ([] = valid).
+
+    The problems of :func:`validation_report` (which also returns notes, such as an archive
+    carrying no checksums).
+    """
+    return validation_report(path, quick=quick, chunk=chunk).problems
+
+
+def validation_report(path: str | Path, *, quick: bool = False, chunk: int = _DEFAULT_CHUNK) -> ValidationReport:
+    """Check an archive completely: one plain-English line per problem, and notes that are not problems.
 
     Never raises for a damaged archive: each check that fails is reported and the checks that
     do not depend on it still run. Arrays are read ``chunk`` items at a time (memory stays
     bounded by a few chunks whatever the archive size); feature indices are loaded whole, as
     opening the dataset does.
 
-    Checks: ``metadata.json`` (readable, ``num_rows`` equal to the rows of ``row_ptr.npy``),
-    ``version.json`` (present, a JSON string), ``header.sch`` (decodable, array lengths equal to
-    the files; a header-less legacy archive is fine and uses the default dtypes), array files
-    (a whole number of items, ``data.npy`` and ``col_ptr.npy`` equally long), ``row_ptr.npy``
-    (starts at 0, never decreases, ends at the number of values), column indices (below the gene
-    count of the var block each row belongs to), data values (no NaN or infinity), feature indices
-    (load; rows equal the archive's rows; an absent or empty obs index is fine) and the neighbor
-    arrays when present (complete, consistent CSR, indices below the number of rows).
+    Checks: the checksum manifest (every file present, unchanged in size and, unless ``quick``,
+    in content; no file added), run beside the structural checks; leftovers of interrupted
+    writes (hidden ``.<name>.partial-*``/``.<name>.old-*`` siblings, ``*.partial`` and hidden
+    ``*.tmp`` files inside); ``metadata.json`` (readable, ``num_rows`` equal to the rows of
+    ``row_ptr.npy``), ``version.json`` (present, a JSON string), ``header.sch`` (decodable, array
+    lengths equal to the files; a header-less legacy archive is fine and uses the default
+    dtypes), array files (a whole number of items, ``data.npy`` and ``col_ptr.npy`` equally
+    long), ``row_ptr.npy`` (starts at 0, never decreases, ends at the number of values), column
+    indices (below the gene count of the var block each row belongs to; strictly increasing in
+    each row when ``scdl_gpu.json`` records so), data values (no NaN or infinity), feature
+    indices (every parquet table and names sidecar read in full and its Arrow data validated;
+    rows equal the archive's rows; an absent or empty obs index is fine) and the neighbor arrays
+    when present (complete, consistent CSR, indices below the number of rows).
+
+    An archive without a manifest (bionemo-scdl's, or one written before checksums existed) is
+    checked for structure only, which a ``notes`` line says.
     """
     if int(chunk) < 1:
         raise ValueError(f"chunk must be positive, got {chunk}")
     path = Path(path)
+    report = ValidationReport(path)
     if not path.is_dir():
         what = "is not a directory" if path.exists() else "does not exist"
-        return [f"No SCDL archive at {path}: the path {what}."]
+        report.problems.append(f"No SCDL archive at {path}: the path {what}.")
+        _leftovers(path, report)  # a replacement killed between its two renames leaves no archive
+        return report
     v = _Validator(path, int(chunk))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        v.run()
+    _leftovers(path, report)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # Checksums on their own thread: crc32c and the structural scans' NumPy calls release the GIL.
+        verifying = pool.submit(_verify, path, not quick) if has_manifest(path) else None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            v.run()
+        checksum_problems = verifying.result() if verifying is not None else []
+    report.problems += checksum_problems
     for w in caught:
         msg = str(w.message)
         if not any(s in msg for s in _BENIGN_WARNINGS):
             v.problem(msg)
-    return v.problems
+    report.problems += v.problems
+    report.notes += v.notes
+    if verifying is None:
+        report.notes.append(
+            f"{path} carries no checksums ({MANIFEST_FILE}; archives written by bionemo-scdl or an older "
+            f"scdl_gpu have none): its structure was checked, but damage that keeps it well-formed cannot be "
+            f"detected. `scdl-gpu validate --write-checksums` records them for an archive you trust."
+        )
+    elif quick:
+        report.notes.append(f"Quick check: file names and sizes were compared with {MANIFEST_FILE}, contents were not.")
+    else:
+        report.checksums_verified = not checksum_problems
+    return report
+
+
+def write_checksums(path: str | Path, *, chunk: int = _DEFAULT_CHUNK) -> Path:
+    """Record a checksum manifest for the archive at ``path`` once a full validation finds no problem.
+
+    Returns the manifest's path. Raises ``ArchiveError`` listing the problems otherwise (an
+    existing manifest is verified too: one that no longer matches is not silently replaced;
+    delete it first if the archive was changed on purpose by a tool that does not update it).
+    """
+    report = validation_report(path, chunk=chunk)
+    if report.problems:
+        lines = "\n".join(f"  {p}" for p in report.problems)
+        raise ArchiveError(f"Not recording checksums for {path}: validation found {len(report.problems)} problem(s):\n{lines}")
+    return write_manifest(path)
+
+
+def _verify(path: Path, contents: bool) -> list[str]:
+    try:
+        return verify_manifest(path, contents=contents)
+    except Exception as e:  # never let a damaged archive escape as an exception
+        return [f"{path / MANIFEST_FILE}: checksums cannot be verified: {type(e).__name__}: {e}"]
+
+
+def _leftovers(path: Path, report: ValidationReport) -> None:
+    """Files and directories that interrupted writes left beside or inside the archive: problems;
+    the hidden sibling of a write still running on this machine: a note."""
+    prefix = f".{path.name}."
+    try:
+        siblings = sorted(p for p in path.parent.iterdir() if p.name.startswith(prefix) and p.name[len(prefix) :].startswith(_SIBLING_KINDS))
+    except OSError:
+        siblings = []
+    inside = []
+    for root, dirnames, filenames in os.walk(path):
+        for name in sorted(dirnames + filenames):
+            if is_temporary_name(name) or (name.startswith(".") and any(f".{k}" in name for k in _SIBLING_KINDS)):
+                inside.append(Path(root) / name)
+        dirnames[:] = [d for d in dirnames if Path(root, d) not in inside]
+    me = _host()
+    for p in siblings + inside:
+        owner = _owner(path, p.name) if p.parent == path.parent else None
+        if owner is not None and owner[1] == me and _alive(owner[2]):
+            report.notes.append(f"{p} belongs to a write of {path} still running (process {owner[2]}).")
+            continue
+        report.problems.append(
+            f"{p} is left over from an interrupted write ({_size_text(p)}); it is no part of the archive and can be "
+            f"deleted once no scdl_gpu process is writing {path}."
+        )
+
+
+def _size_text(p: Path) -> str:
+    try:
+        if p.is_dir():
+            size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file() and not f.is_symlink())
+        else:
+            size = p.stat().st_size
+    except OSError:
+        return "size unknown"
+    return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size:,} bytes"
 
 
 class _Validator:
@@ -67,6 +192,7 @@ class _Validator:
         self.path = path
         self.chunk = chunk
         self.problems: list[str] = []
+        self.notes: list[str] = []
         self.n_rows: int | None = None  # from row_ptr.npy
         self.nnz: int | None = None  # from data.npy (or col_ptr.npy)
         self.row_ptr_ok = False
@@ -105,6 +231,7 @@ class _Validator:
         self._guard(FileNames.OBS_FEATURES.value, self._index, FileNames.OBS_FEATURES)
         if var is not None and len(var) and self.lengths.get(FileNames.COLPTR):
             self._guard(FileNames.COLPTR.value, self.check_columns, var)
+        self._guard(LAYOUT_FILE, self.check_layout)
         self._guard("neighbor arrays", self.check_neighbors)
         if isinstance(metadata, dict):
             num_rows = metadata.get("num_rows")
@@ -239,6 +366,8 @@ class _Validator:
             d = self.path / FileNames.FEATURES.value
         if not d.is_dir():
             return None  # no var index: columns are not checked; no obs index: fine
+        if not self.check_feature_files(d):
+            return None  # not loaded: the index reader would trip over the file just reported
         index = None
         try:
             index = load_feature_index(self.path, which)
@@ -256,11 +385,94 @@ class _Validator:
         self._header_index_length(d.name, rows)
         return index
 
+    def check_feature_files(self, d: Path) -> bool:
+        """Read every parquet table and names sidecar of ``d`` in full; False if one is damaged.
+
+        Parquet page checksums are verified where the writer stored them, and every batch's Arrow
+        data is validated (offsets in bounds, valid UTF-8) before anything converts it: damaged
+        offsets in a sidecar crash pyarrow's conversions rather than raise.
+        """
+        ok = True
+        for f in sorted(d.iterdir()):
+            if not f.is_file():
+                continue
+            try:
+                if _BLOCK_RE.match(f.name):
+                    for batch in pq.ParquetFile(str(f), page_checksum_verification=True).iter_batches():
+                        batch.validate(full=True)
+                elif _NAMES_RE.match(f.name):
+                    with pa.memory_map(str(f)) as src:
+                        reader = pa.ipc.open_file(src)
+                        field = reader.schema.field("name") if "name" in reader.schema.names else None
+                        if field is None or not pa.types.is_string(field.type):
+                            raise ArchiveError(f"names sidecar {f} has no string column 'name'.")
+                        for i in range(reader.num_record_batches):
+                            reader.get_batch(i).validate(full=True)
+            except ArchiveError as e:
+                self.problem(str(e))
+                ok = False
+            except Exception as e:  # pyarrow's errors, and anything else a damaged file provokes
+                self.problem(f"{f} is damaged: {type(e).__name__}: {' '.join(str(e).split())}")
+                ok = False
+        return ok
+
     def _header_index_length(self, name: str, rows: int) -> None:
         info = self.header.get_feature_index(name) if self.header is not None else None
         if info is not None and info.length != rows:
             hpath = self.path / FileNames.HEADER.value
             self.problem(f"{hpath} says feature index {name} covers {info.length} rows but {name}/ covers {rows}.")
+
+    # -- scdl_gpu.json -----------------------------------------------------------------------------------
+    def check_layout(self) -> None:
+        """Our writer's notes: well-formed; where they claim sorted rows, the rows are sorted."""
+        fpath = self.path / LAYOUT_FILE
+        if not fpath.is_file():
+            return  # optional: archives written by other tools have none
+        facts = _read_json(fpath, self)
+        if facts is _BROKEN:
+            return
+        keys = ("n_rows", "nnz")
+        if not (
+            isinstance(facts, dict)
+            and all(isinstance(facts.get(k), int) and not isinstance(facts.get(k), bool) for k in keys)
+            and isinstance(facts.get("rows_sorted"), bool)
+        ):
+            self.problem(f"{fpath} holds {facts!r}; expected an object with integer n_rows and nnz and boolean rows_sorted.")
+            return
+        if self.n_rows is None or self.nnz is None:
+            return
+        if (facts["n_rows"], facts["nnz"]) != (self.n_rows, self.nnz):
+            # Readers ignore stale notes; another tool (bionemo-scdl) changed the arrays in place.
+            self.notes.append(
+                f"{fpath} describes {facts['n_rows']} rows and {facts['nnz']} values but the arrays hold "
+                f"{self.n_rows} and {self.nnz}: its notes are out of date and unused."
+            )
+        elif facts["rows_sorted"] and self.row_ptr_ok and self.lengths.get(FileNames.COLPTR) == self.nnz:
+            self.check_sorted_rows(fpath)
+
+    def check_sorted_rows(self, layout: Path) -> None:
+        """Every row's column indices strictly increase (loaders trusting ``rows_sorted`` skip the sort)."""
+        fpath = self.path / FileNames.COLPTR.value
+        rp = map_raw(self.path / FileNames.ROWPTR.value, self.dtypes[FileNames.ROWPTR.value], self.n_rows + 1)
+        n_bad, first, prev = 0, None, None
+        for pos, a in _chunks(fpath, self.dtypes[FileNames.COLPTR.value], 0, self.nnz, self.chunk):
+            # bad[k]: a[k] does not exceed the value before it (across chunks too) ...
+            bad = np.empty(len(a), dtype=bool)
+            bad[0] = prev is not None and a[0] <= prev
+            np.less_equal(a[1:], a[:-1], out=bad[1:])
+            # ... unless a[k] starts a row
+            lo, hi = np.searchsorted(rp, [pos, pos + len(a)], side="left")
+            bad[(rp[lo:hi].astype(np.int64) - pos)] = False
+            prev = a[-1]
+            if bad.any():
+                n_bad += int(bad.sum())
+                first = pos + int(np.argmax(bad)) if first is None else first
+        if n_bad:
+            row = int(np.searchsorted(rp, first, side="right")) - 1
+            self.problem(
+                f"{fpath} holds {n_bad} column index(es) not above the one before it in the same row (first in "
+                f"row {row}, at value position {first}), but {layout} records that every row strictly increases."
+            )
 
     # -- neighbors -----------------------------------------------------------------------------------
     def check_neighbors(self) -> None:

@@ -13,8 +13,22 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=info)
 
-    p = sub.add_parser("validate", help="full integrity check; exit status 1 when anything is wrong")
+    p = sub.add_parser(
+        "validate",
+        help="full integrity check; exit status 1 when anything is wrong",
+        description="Verify every file against the checksums recorded when the archive was written, and "
+        "check the structure of every file. Problems go to stderr (exit status 1); notes, which do not "
+        "make an archive invalid, go to stderr as 'note:' lines (exit status 0).",
+    )
     p.add_argument("archive")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="structure only: compare file sizes with the checksum manifest, not contents")
+    mode.add_argument(
+        "--write-checksums",
+        action="store_true",
+        help="after a full validation finds no problem, record checksums of every file (for an archive you trust "
+        "that has none, such as one written by bionemo-scdl)",
+    )
     p.set_defaults(handler=validate)
 
     p = sub.add_parser("cast", help="change the stored value type in place (safely: all or nothing)")
@@ -35,14 +49,24 @@ def info(args) -> int:
 
 
 def validate(args) -> int:
-    from ..archive import validate_archive
+    from ..archive._checksums import write_manifest
+    from ..archive._validate import validation_report
 
-    problems = validate_archive(args.archive)
+    report = validation_report(args.archive, quick=args.quick)
+    problems = report.problems
+    for line in report.notes:
+        print(f"note: {line}", file=sys.stderr)
     if problems:
         for p in problems:
             print(f"problem: {p}", file=sys.stderr)
         print(f"{args.archive}: INVALID ({len(problems)} problem{'s' if len(problems) > 1 else ''})", file=sys.stderr)
+        if args.write_checksums:
+            print(f"{args.archive}: checksums not recorded: the archive is not valid", file=sys.stderr)
         return 1
+    if args.write_checksums:
+        manifest = write_manifest(args.archive)
+        print(f"{args.archive}: OK; checksums recorded in {manifest}")
+        return 0
     print(f"{args.archive}: OK")
     return 0
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,8 +19,12 @@ from scdl_gpu.archive import (
     open_arrays,
     validate_archive,
 )
-from scdl_gpu.archive._reader import load_feature_index
+from scdl_gpu.archive._atomic import _host
+from scdl_gpu.archive._checksums import MANIFEST_FILE, write_manifest
 from scdl_gpu.archive._constants import FileNames
+from scdl_gpu.archive._reader import load_feature_index
+from scdl_gpu.archive._validate import validation_report, write_checksums
+from scdl_gpu.errors import ArchiveError
 from scdl_gpu.convert import convert_h5ad
 from tests.conftest import BUNDLED, make_adata, random_csr
 
@@ -47,8 +54,17 @@ def pristine(tmp_path_factory):
 
 @pytest.fixture
 def archive(pristine, tmp_path):
-    """A fresh copy of the synthetic archive to damage."""
-    return shutil.copytree(pristine, tmp_path / "arch")
+    """A fresh copy of the synthetic archive to damage, without its checksums (as upstream writes
+    archives): what the structural checks find on their own."""
+    out = shutil.copytree(pristine, tmp_path / "arch")
+    (out / MANIFEST_FILE).unlink()
+    return out
+
+
+@pytest.fixture
+def checked(pristine, tmp_path):
+    """A fresh copy of the synthetic archive with the checksums its writer recorded."""
+    return shutil.copytree(pristine, tmp_path / "checked")
 
 
 def _rw(archive, name, dtype):
@@ -94,6 +110,7 @@ def test_upstream_one_byte_placeholders_for_empty_arrays(tmp_path, write_h5ad):
     assert _dtype(out, FileNames.COLPTR.value) == "uint8"
     for name in (FileNames.DATA.value, FileNames.COLPTR.value):
         (out / name).write_bytes(b"\0")
+    (out / MANIFEST_FILE).unlink()  # an upstream archive: no checksums
     assert validate_archive(out) == []
     arrays = open_arrays(out)
     assert arrays.nnz == 0 and len(arrays.col_ptr) == 0
@@ -130,7 +147,8 @@ def test_missing_obs_index_is_fine(archive):
 def test_missing_var_index_skips_the_column_check(archive):
     shutil.rmtree(archive / "var_features")
     col, save = _rw(archive, "col_ptr.npy", np.uint16)
-    col[0] = 5000
+    rp = np.fromfile(archive / "row_ptr.npy", dtype=_dtype(archive, "row_ptr.npy"))
+    col[int(rp[1]) - 1] = 5000  # the last of row 0: its columns still increase
     save()
     assert validate_archive(archive) == []
 
@@ -315,6 +333,7 @@ def two_blocks(tmp_path, write_h5ad):
     two.append_features(20, {c: f[:20] for c, f in zip(columns, features)}, "b")
     shutil.rmtree(out / "var_features")
     two.save(out / "var_features")
+    write_manifest(out)
     return out
 
 
@@ -404,3 +423,229 @@ def test_neighbor_values_and_incomplete_arrays(with_neighbors):
 def test_bad_chunk_argument(archive):
     with pytest.raises(ValueError, match="chunk"):
         validate_archive(archive, chunk=0)
+
+
+# -- checksums ------------------------------------------------------------------------------------
+def _flip(path, pos=None, bit=0x01):
+    b = bytearray(path.read_bytes())
+    pos = len(b) // 2 if pos is None else pos
+    b[pos] ^= bit
+    path.write_bytes(bytes(b))
+
+
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "data.npy",
+        "col_ptr.npy",
+        "row_ptr.npy",
+        "header.sch",
+        "metadata.json",
+        "scdl_gpu.json",
+        "var_features/dataframe_0.parquet",
+        "obs_features/dataframe_0.parquet",
+        "var_features/names_0.arrow",
+        "obs_features/names_0.arrow",
+        "var_features/labels.json",
+        "obs_features/labels.npy",
+        "var_features/cumulative_sum_index.npy",
+    ],
+)
+def test_flipped_byte_is_named(checked, rel):
+    report = validation_report(checked)
+    assert report.problems == [] and report.notes == [] and report.checksums_verified
+    _flip(checked / rel)
+    _one(validation_report(checked).problems, str(checked / rel), "does not match its recorded crc32c checksum")
+
+
+def test_quick_skips_contents_but_compares_names_and_sizes(checked):
+    _flip(checked / "data.npy", pos=0)  # lowest mantissa byte of value 0: still a finite float
+    report = validation_report(checked, quick=True)
+    assert report.problems == [] and not report.checksums_verified
+    assert len(report.notes) == 1 and "Quick check" in report.notes[0]
+    _one(validate_archive(checked), "data.npy", "checksum")
+    # A deleted names sidecar leaves a well-formed archive whose var_names() is None: only the list shows it.
+    (checked / "var_features" / "names_0.arrow").unlink()
+    (checked / "extra.bin").write_bytes(b"x")
+    problems = validate_archive(checked, quick=True)
+    assert len(problems) == 2, problems
+    _one(problems, "names_0.arrow is missing")
+    _one(problems, "extra.bin is not listed")
+
+
+def test_archive_without_checksums_validates_with_a_note(archive):
+    report = validation_report(archive)
+    assert report.problems == [] and not report.checksums_verified
+    assert len(report.notes) == 1 and "carries no checksums" in report.notes[0] and "--write-checksums" in report.notes[0]
+    _flip(archive / "data.npy", pos=0)
+    assert validate_archive(archive) == []  # what checksums are for
+
+
+def test_upstream_archive_validates_then_gets_checksums(tmp_path, write_h5ad):
+    from bionemo.scdl.io.single_cell_memmap_dataset import SingleCellMemMapDataset as Theirs
+
+    theirs = tmp_path / "theirs"
+    Theirs(str(theirs), h5ad_path=str(write_h5ad(make_adata(random_csr(20, 30)))), use_X_not_raw=True)
+    report = validation_report(theirs)
+    assert report.problems == [] and "carries no checksums" in report.notes[0]
+    assert write_checksums(theirs) == theirs / MANIFEST_FILE
+    report = validation_report(theirs)
+    assert report.problems == [] and report.notes == [] and report.checksums_verified
+
+
+def test_write_checksums_refuses_a_damaged_archive(archive, checked):
+    col = archive / "col_ptr.npy"
+    col.write_bytes(col.read_bytes()[:-1])
+    with pytest.raises(ArchiveError, match="col_ptr.npy"):
+        write_checksums(archive)
+    assert not (archive / MANIFEST_FILE).exists()
+    _flip(checked / "data.npy", pos=0)  # a manifest that no longer matches is not silently replaced
+    before = (checked / MANIFEST_FILE).read_bytes()
+    with pytest.raises(ArchiveError, match="data.npy"):
+        write_checksums(checked)
+    assert (checked / MANIFEST_FILE).read_bytes() == before
+
+
+# -- files the loader reads lazily ------------------------------------------------------------------
+def _column_chunk_end(path, column):
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    names = [meta.column(i).path_in_schema for i in range(meta.num_columns)]
+    cc = meta.column(names.index(column))
+    return (cc.dictionary_page_offset or cc.data_page_offset) + cc.total_compressed_size
+
+
+def test_parquet_page_checksums_catch_a_changed_value(archive):
+    """Without a manifest the tables' own page CRCs still catch a flipped value byte."""
+    import pyarrow.parquet as pq
+
+    path = archive / "obs_features" / "dataframe_0.parquet"
+    good = path.read_bytes()
+    before = pq.read_table(path)
+    end = _column_chunk_end(path, "score")
+    for pos in range(end - 1, end - 64, -1):  # the first flip near the chunk's end that still decodes
+        _flip(path, pos=pos)
+        try:
+            if not pq.read_table(path).equals(before):
+                break  # a reader that does not verify sees other values
+        except Exception:
+            pass
+        path.write_bytes(good)
+    else:
+        pytest.fail("no flip in the last 64 bytes of the column decodes to other values")
+    _one(validate_archive(archive), str(path), "damaged", "CRC")
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.9])
+def test_truncated_names_sidecar(archive, cut):
+    path = archive / "var_features" / "names_0.arrow"
+    path.write_bytes(path.read_bytes()[: int(path.stat().st_size * cut)])
+    _one(validate_archive(archive), str(path))
+
+
+def test_names_sidecar_without_a_name_column(archive):
+    import pyarrow as pa
+    import pyarrow.feather as feather
+
+    path = archive / "obs_features" / "names_0.arrow"
+    feather.write_feather(pa.table({"other": pa.array([1] * N_ROWS)}), str(path), compression="uncompressed")
+    _one(validate_archive(archive), str(path), "no string column 'name'")
+
+
+@pytest.mark.slow
+def test_flipped_sidecar_bytes_never_crash_validate(archive, tmp_path):
+    """Seeded single-byte flips of a names sidecar, each validated in one child process: a crash
+    inside pyarrow (what damaged string offsets provoked) fails the test with the position."""
+    path = archive / "var_features" / "names_0.arrow"
+    size = path.stat().st_size
+    rng = np.random.default_rng(12)
+    # every byte of the metadata at both ends, and a sample of the buffers between
+    positions = sorted(set(range(min(size, 400))) | set(range(max(0, size - 600), size)) | set(rng.integers(0, size, 150).tolist()))
+    script = f"""
+import shutil, sys
+from pathlib import Path
+from scdl_gpu.archive._validate import validate_archive
+src, work = Path({str(archive)!r}), Path({str(tmp_path / "work")!r})
+good = (src / "var_features" / "names_0.arrow").read_bytes()
+shutil.copytree(src, work)
+target = work / "var_features" / "names_0.arrow"
+for pos in {positions!r}:
+    b = bytearray(good); b[pos] ^= 0xFF; target.write_bytes(bytes(b))
+    print(pos, flush=True)
+    problems = validate_archive(work)
+    assert all(isinstance(p, str) for p in problems)
+print("done", flush=True)
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    last = r.stdout.split()[-1:] if r.stdout else []
+    assert r.returncode == 0 and last == ["done"], f"stopped after position {last}: rc {r.returncode}\n{r.stderr[-2000:]}"
+
+
+# -- scdl_gpu.json ----------------------------------------------------------------------------------
+def test_rows_sorted_claim_is_checked(archive):
+    assert json.loads((archive / "scdl_gpu.json").read_text())["rows_sorted"] is True
+    rp = np.fromfile(archive / "row_ptr.npy", dtype=_dtype(archive, "row_ptr.npy"))
+    col, save = _rw(archive, "col_ptr.npy", np.uint16)
+    row = next(r for r in range(N_ROWS) if rp[r + 1] - rp[r] >= 3 and r > 0)
+    s = int(rp[row])
+    col[s + 1], col[s + 2] = col[s + 2], col[s + 1]  # still in range: only the claim can tell
+    save()
+    msg = _one(validate_archive(archive, chunk=5), "scdl_gpu.json records that every row strictly increases")
+    assert f"first in row {row}, at value position {s + 2}" in msg
+    layout = json.loads((archive / "scdl_gpu.json").read_text())
+    (archive / "scdl_gpu.json").write_text(json.dumps({**layout, "rows_sorted": False}))
+    assert validate_archive(archive) == []  # an unsorted row is fine when nothing claims otherwise
+
+
+def test_rows_sorted_check_across_chunks_and_row_starts(archive):
+    # Each row's first column may be below the previous row's last: never a problem, whatever the chunking.
+    for chunk in (1, 2, 3, 64):
+        assert validate_archive(archive, chunk=chunk) == []
+
+
+def test_stale_and_malformed_layout_notes(archive):
+    path = archive / "scdl_gpu.json"
+    layout = json.loads(path.read_text())
+    path.write_text(json.dumps({**layout, "nnz": layout["nnz"] + 1}))
+    report = validation_report(archive)
+    assert report.problems == [] and any("out of date" in n for n in report.notes)
+    path.write_text("[1, 2]")
+    _one(validate_archive(archive), str(path), "expected an object")
+
+
+# -- leftovers ------------------------------------------------------------------------------------------
+def test_leftovers_of_interrupted_writes_are_reported(checked):
+    parent = checked.parent
+    partial = parent / f".{checked.name}.partial-1a2b3c4d"
+    (partial / "var_features").mkdir(parents=True)
+    (partial / "data.npy").write_bytes(b"\0" * 200_000)
+    old = parent / f".{checked.name}.old-deadbeef"
+    old.mkdir()
+    (checked / "data.npy.partial").write_bytes(b"x")
+    (checked / "var_features" / ".labels.json.4242.tmp").write_bytes(b"x")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    journal = parent / f".{checked.name}.journal-{_host()}-{int(dead.stdout)}-0badf00d"
+    journal.write_text("{}")
+    # not leftovers: a write in progress (this process), another archive's, NFS's stand-in for an open deleted file
+    running = parent / f".{checked.name}.partial-{_host()}-{os.getpid()}-00c0ffee"
+    running.mkdir()
+    (parent / ".other.partial-1a2b3c4d").mkdir()
+    (checked / ".nfs0000000000001234").write_bytes(b"x")
+    report = validation_report(checked)
+    problems = report.problems
+    assert len(problems) == 5, problems
+    assert "0.2 MB" in _one(problems, str(partial), "left over from an interrupted write")
+    for p in (old, journal, checked / "data.npy.partial", checked / "var_features" / ".labels.json.4242.tmp"):
+        _one(problems, str(p), "left over")
+    assert report.notes == [f"{running} belongs to a write of {checked} still running (process {os.getpid()})."]
+
+
+def test_leftovers_beside_a_missing_archive_are_reported(checked):
+    """A replacement killed between its two renames: no archive at the path, the old one hidden beside it."""
+    old = checked.parent / f".{checked.name}.old-0123abcd"
+    checked.rename(old)
+    problems = validate_archive(checked)
+    assert len(problems) == 2, problems
+    _one(problems, "does not exist")
+    _one(problems, str(old), "left over")

@@ -160,3 +160,62 @@ def test_console_scripts_are_installed():
     assert r.stdout.startswith("scdl-gpu ")
     r = subprocess.run([sys.executable, "-m", "scdl_gpu.cli", "validate", "/nonexistent"], capture_output=True, text=True)
     assert r.returncode == 1 and "problem:" in r.stderr
+
+
+def test_validate_checksums_notes_quick_and_write_checksums(tmp_path, inputs, capsys):
+    out = tmp_path / "out"
+    assert main(["convert", str(inputs / "synthetic.h5ad"), "-o", str(out), "--use-X-not-raw", "-q"]) == 0
+    capsys.readouterr()
+    manifest = out / "scdl_gpu_checksums.json"
+    assert manifest.is_file()
+
+    # no checksums (as upstream writes archives): valid, with a note on stderr, exit status 0
+    saved = manifest.read_bytes()
+    manifest.unlink()
+    assert main(["validate", str(out)]) == 0
+    res = capsys.readouterr()
+    assert res.out.strip() == f"{out}: OK" and "note: " in res.err and "carries no checksums" in res.err
+    assert main(["validate", "--write-checksums", str(out)]) == 0
+    res = capsys.readouterr()
+    assert f"checksums recorded in {manifest}" in res.out and manifest.read_bytes() == saved
+    assert main(["validate", str(out)]) == 0
+    res = capsys.readouterr()
+    assert res.out.strip() == f"{out}: OK" and res.err == ""
+
+    # a changed value: named by the full check, not by --quick; and not blessed by --write-checksums
+    data = out / "data.npy"
+    b = bytearray(data.read_bytes())
+    b[0] ^= 1
+    data.write_bytes(bytes(b))
+    assert main(["validate", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"problem: {data} does not match its recorded crc32c checksum" in err and "INVALID (1 problem)" in err
+    assert main(["validate", "--quick", str(out)]) == 0
+    res = capsys.readouterr()
+    assert res.out.strip() == f"{out}: OK" and "note: Quick check" in res.err
+    assert main(["validate", "--write-checksums", str(out)]) == 1
+    assert "checksums not recorded" in capsys.readouterr().err and manifest.read_bytes() == saved
+    with pytest.raises(SystemExit) as e:
+        main(["validate", "--quick", "--write-checksums", str(out)])
+    assert e.value.code == 2
+
+
+def test_validate_reports_leftovers(tmp_path, inputs, capsys):
+    out = tmp_path / "out"
+    assert main(["convert", str(inputs / "synthetic.h5ad"), "-o", str(out), "--use-X-not-raw", "-q"]) == 0
+    (tmp_path / ".out.partial-0123abcd").mkdir()
+    (out / "data.npy.partial").write_bytes(b"x")
+    capsys.readouterr()
+    assert main(["validate", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("left over from an interrupted write") == 2 and "INVALID (2 problems)" in err
+
+
+def test_the_cli_starts_without_torch():
+    """`scdl-gpu` imports torch only for the commands that load batches (startup and prompt Ctrl-C)."""
+    import subprocess
+    import sys
+
+    code = "import sys, scdl_gpu.cli, scdl_gpu.backend; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
