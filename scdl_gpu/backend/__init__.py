@@ -9,10 +9,24 @@ from __future__ import annotations
 
 import os
 
-from ._base import Backend
-from ._batch import Batch, BatchOptions
+from typing import TYPE_CHECKING
+
 from ._detect import gpu_available, kvikio_available, resolve_device
 from ._residency import RESIDENCIES
+
+if TYPE_CHECKING:
+    from ._base import Backend
+    from ._batch import Batch, BatchOptions
+
+_LAZY = {"Backend": "._base", "Batch": "._batch", "BatchOptions": "._batch"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:  # lazily: they import torch, which the CLI and the orders do not need
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get_backend(archive: str | os.PathLike, device: str = "auto", options: BatchOptions | None = None,
