@@ -56,6 +56,7 @@ class SingleCellMemMapDataset(NeighborMixin, torch.utils.data.Dataset):
         data_dtype: str | None = None,
         data_dtype_tolerance: float = 1e-08,
         use_X_not_raw: bool = False,
+        allow_nonfinite: bool = False,
     ) -> None:
         if data_dtype is not None:
             check_data_dtype(data_dtype)
@@ -92,6 +93,7 @@ class SingleCellMemMapDataset(NeighborMixin, torch.utils.data.Dataset):
                 load_neighbors=load_neighbors,
                 neighbor_key=neighbor_key,
                 keep_column_order=True,  # upstream's API: the same bytes as upstream's conversion
+                allow_nonfinite=allow_nonfinite,  # upstream stores NaN silently; we refuse unless asked
             )
             self.load(data_path)
         elif isinstance(num_rows, int) and isinstance(num_elements, int):

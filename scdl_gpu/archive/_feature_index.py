@@ -44,7 +44,7 @@ def are_dicts_equal(dict1: dict[str, np.ndarray], dict2: dict[str, np.ndarray]) 
 
 
 def _to_arrow_array(values: Any) -> pa.Array:
-    # Same conversion as upstream so our parquet files are byte-identical to theirs.
+    # Same conversion as upstream, so our tables equal theirs (the files differ only by page checksums).
     for arrow_type in (None, pa.string()):
         try:
             return pa.array(values, type=arrow_type, from_pandas=True)
