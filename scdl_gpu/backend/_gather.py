@@ -231,6 +231,8 @@ def warm_up(data_dtype, col_dtype, row_ptr_dtype, outputs) -> float:
     t0 = time.perf_counter()
     row_ptr = np.array([0, 1, 1], row_ptr_dtype)
     data, cols = np.ones(1, data_dtype), np.zeros(1, col_dtype)
+    for a in (row_ptr, data, cols):  # as the archive's maps are: numba compiles read-only arrays apart
+        a.setflags(write=False)
     starts, in_ptr = plan(row_ptr, np.array([0, 1], np.int64), 1)
     for vd, idt in dict.fromkeys(outputs):
         out_v, out_c = np.empty(1, vd), np.empty(1, idt)

@@ -243,3 +243,18 @@ def test_batches_from_several_threads_are_each_correct(archive):
     for t in threads:
         t.join()
     assert errors == []
+
+
+@pytest.mark.parametrize("opts", [BatchOptions(), BatchOptions(target_sum=1e4, index_dtype="int64")], ids=["plain", "transform"])
+def test_batches_compile_nothing_after_construction(archive, opts):
+    """The backend compiles (or loads) every gather it will call when constructed, read-only maps
+    included: no compile lands in an epoch's first batch."""
+    from scdl_gpu.backend import _gather
+
+    path, _ = archive
+    backend = get_backend(path, device="cpu", options=opts)
+    fns = (_gather._plan, _gather._gather_serial, _gather._gather_parallel)
+    before = [len(f.signatures) for f in fns]
+    backend.batch(np.arange(N_ROWS))
+    backend.batch([3])
+    assert [len(f.signatures) for f in fns] == before
