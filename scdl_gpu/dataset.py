@@ -153,8 +153,12 @@ class SingleCellMemMapDataset(NeighborMixin, torch.utils.data.Dataset):
         return self._obs_feature_index
 
     def var_names(self, row: int = 0) -> np.ndarray | None:
-        """Gene ids (AnnData ``var_names``) of the gene table used by ``row``; None if not stored."""
+        """Gene ids (AnnData ``var_names``) of the gene table used by ``row``; None if not stored.
+
+        An archive of 0 cells can still hold its gene table: ``row=0`` then reads its first block."""
         index = self.var_features()
+        if self.number_of_rows() == 0 and operator.index(row) == 0:
+            return index.names(0) if len(index) else None
         return index.names(index._get_dataset_id(self._check_row(row)))
 
     def obs_names(self, start: int = 0, stop: int | None = None) -> np.ndarray:

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from scdl_gpu import ArchiveError, ArchiveNotFoundError, SingleCellMemMapDataset, collate_sparse_matrix_batch, convert_h5ad
@@ -249,3 +250,13 @@ def test_damaged_names_sidecar_raises_archive_error(ds):
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     with pytest.raises(ArchiveError, match="names_0.arrow"):
         SingleCellMemMapDataset(ds.data_path).var_names()
+
+
+def test_gene_names_of_a_zero_row_archive(tmp_path, write_h5ad):
+    m = sp.csr_matrix((0, 4), dtype=np.float32)
+    a = make_adata(m)
+    ds = SingleCellMemMapDataset(convert_h5ad(write_h5ad(a), tmp_path / "a", use_X_not_raw=True))
+    assert ds.number_of_rows() == 0
+    np.testing.assert_array_equal(ds.var_names(), a.var_names.astype(str))
+    with pytest.raises(IndexError):
+        ds.var_names(1)
