@@ -19,26 +19,30 @@ from ._feature_index import ObservedFeatureIndex, RowFeatureIndex, VariableFeatu
 from ._header import ArrayInfo, FeatureIndexInfo, SCDLHeader
 from ._reader import ArchiveArrays, open_arrays
 from ._summary import archive_summary, format_summary
-from ._validate import validate_archive
+from ._checksums import verify_manifest, write_manifest
+from ._generation import allow_external_links
+from ._validate import ValidationReport, validate_archive, validation_report, write_checksums
 from ._writer import ArchiveWriter
 
 __all__ = [
-    "FLOAT_ORDER",
-    "INT_ORDER",
-    "SCDL_PACKAGE_VERSION",
     "ArchiveArrays",
     "ArchiveWriter",
     "ArrayDType",
     "ArrayInfo",
     "Backend",
+    "FLOAT_ORDER",
     "FeatureIndexInfo",
     "FileNames",
+    "INT_ORDER",
     "Mode",
     "NeighborSamplingStrategy",
     "ObservedFeatureIndex",
     "RowFeatureIndex",
     "SCDLHeader",
+    "SCDL_PACKAGE_VERSION",
+    "ValidationReport",
     "VariableFeatureIndex",
+    "allow_external_links",
     "archive_summary",
     "are_dicts_equal",
     "concat_archives",
@@ -47,4 +51,8 @@ __all__ = [
     "open_arrays",
     "smallest_uint_dtype",
     "validate_archive",
+    "validation_report",
+    "verify_manifest",
+    "write_checksums",
+    "write_manifest",
 ]

@@ -21,7 +21,7 @@ from ._feature_index import ObservedFeatureIndex, RowFeatureIndex, VariableFeatu
 from ._header import SCDLHeader
 from ._memmap import map_raw, raw_length
 from ._parse import parsing, read_json
-from ._pinned import pinned_open
+from ._generation import pinned_open
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def read_dtypes(path: Path) -> tuple[dict[str, str], SCDLHeader | None]:
     return dtypes, header
 
 
-@pinned_open  # one directory generation, no symlinks out of the archive (see _pinned.py)
+@pinned_open  # one directory generation, no symlinks out of the archive (see _generation.py)
 def open_arrays(path: str | Path, writable: bool = False, load_neighbors: bool = False) -> ArchiveArrays:
     """Check an archive directory and memory-map its arrays (read-only unless ``writable``).
 

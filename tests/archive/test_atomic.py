@@ -20,7 +20,7 @@ import pytest
 from scdl_gpu.archive import _atomic
 from scdl_gpu.archive._atomic import clean_leftovers, exchange, sibling_name
 from scdl_gpu.archive._cast import cast_archive_data
-from scdl_gpu.archive._pinned import allow_external_links
+from scdl_gpu.archive._generation import allow_external_links
 from scdl_gpu.archive._reader import open_arrays
 from scdl_gpu.convert import convert_h5ad
 from scdl_gpu.errors import ArchiveError

@@ -62,7 +62,7 @@ def check_member_links(path: str | os.PathLike) -> None:
                 if os.path.commonpath([root, target]) != root:
                     raise ArchiveError(
                         f"{e.path} is a symbolic link to {target}, outside the archive {path}; refusing to "
-                        f"follow it (set {ALLOW_LINKS_ENV}=1 or use scdl_gpu.archive._pinned.allow_external_links() "
+                        f"follow it (set {ALLOW_LINKS_ENV}=1 or use scdl_gpu.archive._generation.allow_external_links() "
                         "to allow links out of archives)"
                     )
             elif e.is_dir(follow_symlinks=False):
