@@ -22,12 +22,21 @@ from .archive._concat import DEFAULT_CHUNK, concat_archives
 from .archive._constants import DEFAULT_DTYPES, SCDL_PACKAGE_VERSION, FileNames, Mode, NeighborSamplingStrategy
 from .archive._dtypes import cast_checked, check_data_dtype
 from .archive._feature_index import ObservedFeatureIndex, VariableFeatureIndex
+from .archive._generation import pinned_open
 from .archive._header import build_archive_header, feature_index_info
 from .archive._memmap import map_raw, write_raw
 from .archive._reader import load_feature_index, open_arrays
 from .archive._writer import write_json
 from .convert import convert_h5ad
 from .errors import ArchiveError
+
+
+@pinned_open
+def _open_generation(path, load_neighbors: bool):
+    """The arrays and the gene tables of one directory generation. Every row read needs the gene
+    tables; loading them later by path could meet the next generation, or the old one being
+    deleted, after an in-place replace (cast, save, ``--overwrite``) by another process."""
+    return open_arrays(path, load_neighbors=load_neighbors), load_feature_index(path, FileNames.VAR_FEATURES)
 
 
 class SingleCellMemMapDataset(NeighborMixin, torch.utils.data.Dataset):
@@ -104,13 +113,12 @@ class SingleCellMemMapDataset(NeighborMixin, torch.utils.data.Dataset):
     # -- opening and creating -----------------------------------------------------------------
     def load(self, stored_path: str | os.PathLike) -> None:
         """Open an existing archive read-only (checks every file against the header and row_ptr)."""
-        arrays = open_arrays(stored_path, load_neighbors=self.load_neighbors)
+        arrays, self._var_feature_index = _open_generation(stored_path, self.load_neighbors)
         self.data_path = stored_path
         self.data, self.row_index, self.col_index = arrays.data, arrays.row_ptr, arrays.col_ptr
         self.dtypes = {**DEFAULT_DTYPES, **arrays.dtypes}
         self.header = arrays.header
         self.metadata = arrays.metadata
-        self._var_feature_index = None
         self._obs_feature_index = None
         self._version = SCDL_PACKAGE_VERSION
         self._attach_neighbors(arrays.neighbors)
