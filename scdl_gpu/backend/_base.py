@@ -90,7 +90,9 @@ class Backend(ABC):
         data_dt = np.uint16 if self.data.dtype == np.float16 else self.data.dtype
         outputs = [(data_dt, self.col_ptr.dtype)]
         if self.options.value_dtype != "float16":
-            outputs.append((self.options.value_dtype, self.options.index_dtype_for(self.width, len(self.data))))
+            # a batch's index dtype follows the batch's nnz, not the archive's: int32 unless the width
+            # (or the options) need int64; a batch beyond 2**31 values compiles its own, once
+            outputs.append((self.options.value_dtype, self.options.index_dtype_for(self.width, 0)))
         _gather.warm_up(data_dt, self.col_ptr.dtype, self.row_ptr.dtype, outputs)
 
     @abstractmethod

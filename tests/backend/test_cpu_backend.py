@@ -258,3 +258,18 @@ def test_batches_compile_nothing_after_construction(archive, opts):
     backend.batch(np.arange(N_ROWS))
     backend.batch([3])
     assert [len(f.signatures) for f in fns] == before
+
+
+def test_warm_up_follows_the_batch_index_dtype_not_the_archives(archive, monkeypatch):
+    """An archive with more values than int32 holds still gets int32 batches of fewer: the warm-up
+    must compile those (it compiled int64 from the archive's total, leaving int32 to the first batch)."""
+    from scdl_gpu.backend import _batch, _gather
+
+    path, m = archive
+    limit = (300 + m.nnz) // 2  # width 300 < limit < the archive's values; one row is far below it
+    assert 300 < limit < m.nnz
+    monkeypatch.setattr(_batch, "INT32_MAX", limit)
+    backend = get_backend(path, device="cpu")
+    before = [len(f.signatures) for f in (_gather._gather_serial, _gather._gather_parallel)]
+    assert backend.batch([N_ROWS // 2]).col.dtype == torch.int32
+    assert [len(f.signatures) for f in (_gather._gather_serial, _gather._gather_parallel)] == before
