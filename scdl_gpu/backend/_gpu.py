@@ -30,7 +30,7 @@ from ._assemble import assemble, to_batch
 from ._base import Backend, available_host_memory
 from ._batch import Batch, BatchOptions
 from ._detect import kvikio_available, resolve_device
-from ._plan import RowPlan
+from ._plan import RowPlan, as_row_ids
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ class GPUBackend(Backend):
         if self.reader == "kvikio":
             _configure_kvikio(kvikio_threads, kvikio_task_size)
         self._f16 = self.data.dtype == np.float16
+        self._v_dt = np.dtype(np.uint16) if self._f16 else self.data.dtype  # float16 moves as its bits
         stage_dtype = "float32" if self._f16 else self.data.dtype.name  # kernels take no half
         self.kernels = CudaKernels(stage_dtype, self.col_ptr.dtype.name)
         with self.ctx.activate():
@@ -117,7 +118,7 @@ class GPUBackend(Backend):
         cp = self.cp
         plan = self.plan(rows)
         n = plan.nnz
-        v_dt = np.uint16 if self._f16 else self.data.dtype
+        v_dt = self._v_dt
         c_dt = self.col_ptr.dtype
         if self.residency == "pinned":
             from ._pinned import mapped_empty
@@ -149,16 +150,14 @@ class GPUBackend(Backend):
     def _stage_resident(self, rows):
         """Device/pinned: the batch's rows gathered from the resident arrays by one kernel launch."""
         cp = self.cp
-        rows = np.asarray(rows)
-        if rows.ndim != 1 or (rows.size and rows.dtype.kind not in "iu"):
-            raise ValueError(f"rows must be a 1-D array of integer row ids, got {rows.dtype} of shape {rows.shape}")
+        rows = as_row_ids(rows)
         starts, out_ptr = self.index.locate(rows)
         n_b = len(starts)
         dev = self._upload("ptrs", np.concatenate([out_ptr, starts]))  # one copy for both
         d_out_ptr, d_starts = dev[: n_b + 1], dev[n_b + 1 :]
         vals, cols = self.kernels.gather(self._res_data, self._res_cols, d_starts, d_out_ptr, int(out_ptr[-1]),
                                          self.archive_cols, self._err)
-        return RowPlan(np.asarray(rows, np.int64), out_ptr, starts), d_out_ptr, vals, cols
+        return RowPlan(rows, out_ptr, starts), d_out_ptr, vals, cols
 
     def _upload(self, name: str, host: np.ndarray):
         """``host`` copied to the device through this backend's pinned staging (not CuPy's pinned
@@ -188,7 +187,7 @@ class GPUBackend(Backend):
         # kvikio's threads write outside stream order: memory from the pool may still be read by
         # kernels queued on this stream, so let them finish first.
         self.ctx.synchronize()  # synchronize!
-        v_dt = np.uint16 if self._f16 else self.data.dtype
+        v_dt = self._v_dt
         out = (cp.empty(plan.nnz, v_dt), cp.empty(plan.nnz, self.col_ptr.dtype))
         futures = [
             f.pread(buf[o : o + n], n * buf.itemsize, file_offset=s * buf.itemsize)
@@ -210,7 +209,7 @@ class GPUBackend(Backend):
             cols = ctx.staging("cols", plan.nnz, self.col_ptr.dtype)
             self.gather_native(plan, (vals, cols))
         with self.stages("h2d"):
-            v_dt = np.uint16 if self._f16 else self.data.dtype
+            v_dt = self._v_dt
             out = (cp.empty(plan.nnz, v_dt), cp.empty(plan.nnz, self.col_ptr.dtype))
             out[0].set(vals.view(v_dt))
             out[1].set(cols)

@@ -62,13 +62,18 @@ def plan_rows(row_ptr: np.ndarray, rows, n_data: int | None = None, archive: Pat
     Raises ``IndexError`` for a row outside the archive and :class:`~scdl_gpu.errors.ArchiveError`
     (naming ``row_ptr.npy`` under ``archive``) for a span outside the value file.
     """
+    rows = as_row_ids(rows)
+    if n_data is None:
+        n_data = int(row_ptr[-1])
+    starts, in_ptr = _gather.plan(row_ptr, rows, int(n_data), archive)
+    return RowPlan(rows, in_ptr, starts)
+
+
+def as_row_ids(rows) -> np.ndarray:
+    """A batch request as contiguous int64 row ids (one compiled signature for every caller)."""
     rows = np.asarray(rows)
     if rows.ndim != 1:
         raise ValueError(f"rows must be a 1-D array of row ids, got shape {rows.shape}")
     if rows.size and rows.dtype.kind not in "iu":
         raise TypeError(f"rows must be integers, got {rows.dtype}")
-    rows = np.ascontiguousarray(rows, dtype=np.int64)  # one compiled signature for every caller
-    if n_data is None:
-        n_data = int(row_ptr[-1])
-    starts, in_ptr = _gather.plan(row_ptr, rows, int(n_data), archive)
-    return RowPlan(rows, in_ptr, starts)
+    return np.ascontiguousarray(rows, dtype=np.int64)
