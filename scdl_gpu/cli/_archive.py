@@ -9,8 +9,11 @@ from ..archive._constants import FLOAT_ORDER, INT_ORDER
 
 def register(sub) -> None:
     p = sub.add_parser("info", help="rows, genes, values, dtypes, files and feature columns of an archive")
-    p.add_argument("archive")
+    p.add_argument("archive", nargs="?", help="the archive (not needed with --device)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--device", action="store_true",
+                   help="what this machine offers: CuPy, kvikio, torch's CUDA build, the driver, the GPUs, and what "
+                   "device='auto' picks")
     p.set_defaults(handler=info)
 
     p = sub.add_parser(
@@ -43,6 +46,17 @@ def info(args) -> int:
 
     from ..archive import archive_summary, format_summary
 
+    if args.device:
+        from ..backend._detect import device_report, format_device_report
+
+        report = device_report()
+        print(json.dumps(report, indent=2) if args.json else format_device_report(report))
+        if args.archive is None:
+            return 0
+    elif args.archive is None:
+        from ._main import CommandError
+
+        raise CommandError("info needs an archive (or --device)")
     summary = archive_summary(args.archive)
     print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
     return 0
