@@ -98,6 +98,8 @@ class ObsmTarget:
 
     def fill(self, row0: int, n: int) -> None:
         """Rows ``[row0, row0 + n)`` of NaN: an input that lacks this key."""
+        if np.dtype(self.dtype).kind != "f":
+            raise ValueError(f"{self.path.name}: NaN or infinity cannot be stored in its {np.dtype(self.dtype)} rows")
         step = max(1, _FILL_BYTES // max(1, self.width * np.dtype(self.dtype).itemsize))
         for r in range(row0, row0 + n, step):
             self.write(r, np.full((min(step, row0 + n - r), self.width), np.nan, dtype=self.dtype))
