@@ -23,7 +23,8 @@ import numpy as np
 from ..errors import ArchiveError
 from ._parse import npy_header, parsing
 
-__all__ = ["OBSM_DIR", "ObsmTarget", "check_key", "create_obsm", "merge_obsm", "obsm_keys", "obsm_problems", "open_obsm"]
+__all__ = ["OBSM_DIR", "ObsmTarget", "check_key", "create_obsm", "merge_obsm", "obsm_keys", "obsm_outline", "obsm_problems",
+           "open_obsm"]
 
 OBSM_DIR = "obsm"
 # Keys become file names: refused (never encoded) unless plainly safe on every filesystem.
@@ -149,6 +150,18 @@ def open_obsm(archive_dir: str | os.PathLike, key: str, n_rows: int) -> np.ndarr
         return np.empty(shape, dtype)
     with parsing(path, "obsm array"):
         return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+
+
+def obsm_outline(archive_dir: str | os.PathLike, n_rows: int) -> dict[str, tuple[str, int] | None]:
+    """``(dtype, width)`` of each stored key from its header alone; None for a damaged file."""
+    out = {}
+    for key in obsm_keys(archive_dir):
+        try:
+            shape, dtype, _ = _checked_header(obsm_path(archive_dir, key), n_rows)
+            out[key] = (dtype.name, int(shape[1]))
+        except ArchiveError:
+            out[key] = None
+    return out
 
 
 def obsm_problems(archive_dir: str | os.PathLike, n_rows: int | None) -> list[str]:

@@ -24,6 +24,8 @@ __all__ = ["ObsmReader", "check_keys", "copy_obsm", "h5ad_obsm", "h5ad_obsm_keys
 class ObsmReader:
     """One obsm array: ``shape`` (cells, width), ``dtype``, and dense row blocks."""
 
+    chunk_rows = 1  # rows per HDF5 chunk: blocks of whole chunks decode each chunk once
+
     def __init__(self, where: str, shape: tuple[int, int], dtype: np.dtype) -> None:
         self.where, self.shape = where, (int(shape[0]), int(shape[1]))
         self.dtype = check_dtype(dtype, where)
@@ -35,15 +37,18 @@ class ObsmReader:
         """``(first row, dense rows)`` of at most ``max_values`` values each (one row at least)."""
         n, width = self.shape
         step = max(1, max_values // max(1, width))
+        if step > self.chunk_rows:
+            step -= step % self.chunk_rows
         for r0 in range(0, n, step):
             check_cancelled()
             yield r0, self.rows(r0, min(n, r0 + step))
 
 
 class _DenseObsm(ObsmReader):
-    def __init__(self, ds, where: str, shape, dtype) -> None:
+    def __init__(self, ds, where: str, shape, dtype, chunks: tuple | None) -> None:
         super().__init__(where, shape, dtype)
         self.ds = ds
+        self.chunk_rows = chunks[0] if chunks else 1
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         return np.asarray(self.ds[start:stop]).reshape(stop - start, self.shape[1])
@@ -84,7 +89,7 @@ def h5ad_obsm(f: h5py.File, key: str, path) -> ObsmReader | None:
         field = elem.dtype[key]
         sub = field.subdtype
         base, width = (sub[0], int(np.prod(sub[1]))) if sub is not None else (field, 1)
-        return _DenseObsm(elem.fields(key), where, (elem.shape[0], width), base)
+        return _DenseObsm(elem.fields(key), where, (elem.shape[0], width), base, elem.chunks)
     if not isinstance(elem, h5py.Group) or key not in elem:
         return None
     item = elem[key]
@@ -93,7 +98,7 @@ def h5ad_obsm(f: h5py.File, key: str, path) -> ObsmReader | None:
         if item.ndim not in (1, 2):
             raise ConversionError(f"{where}: a {item.ndim}-dimensional array; expected (cells, width)")
         shape = (item.shape[0], item.shape[1] if item.ndim == 2 else 1)
-        return _DenseObsm(item, where, shape, item.dtype)
+        return _DenseObsm(item, where, shape, item.dtype, item.chunks)
     if enc == "csr_matrix":
         return _CSRObsm(item, where)
     if enc == "csc_matrix":

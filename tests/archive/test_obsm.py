@@ -172,3 +172,22 @@ def test_concat_refuses_different_widths(tmp_path):
     with pytest.raises(ValueError, match=rf"different widths.*{a.name} \(3\).*{b.name} \(4\)"):
         concat_archives([a, b], tmp_path / "ab.scdl")
     assert not (tmp_path / "ab.scdl").exists()
+
+
+def test_summary_lists_obsm(archive):
+    from scdl_gpu.archive import archive_summary, format_summary
+
+    path, _ = archive
+    s = archive_summary(path)
+    assert s["obsm"] == {"X_emb": ["float32", 5]}
+    assert "obsm:      X_emb (5 x float32)" in format_summary(s).splitlines()
+    _damage(path, "truncated")
+    assert archive_summary(path)["obsm"] == {"X_emb": None}
+
+
+def test_cast_keeps_obsm(archive, tmp_path):
+    path, emb = archive
+    ds = SingleCellMemMapDataset(shutil.copytree(path, tmp_path / "cast.scdl"))
+    ds.cast_data_to_dtype("uint8")
+    np.testing.assert_array_equal(ds.obsm("X_emb"), emb)
+    assert validate_archive(ds.data_path) == []

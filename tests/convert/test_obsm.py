@@ -175,3 +175,19 @@ def test_cli_obsm_key_repeatable(tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert bad.returncode != 0 and "no obsm key 'spatial'" in bad.stderr and "X_umap" in bad.stderr
+
+
+def test_chunked_compressed_obsm_read_in_whole_chunks(tmp_path, monkeypatch):
+    values = np.random.default_rng(10).normal(size=(100, 4))
+    src = _h5ad(tmp_path / "in.h5ad", 100, {})
+    with h5py.File(src, "r+") as f:
+        ds = f["obsm"].create_dataset("X_c", data=values, chunks=(8, 4), compression="gzip")
+        ds.attrs["encoding-type"], ds.attrs["encoding-version"] = "array", "0.2.0"
+    from scdl_gpu.convert import _obsm
+
+    starts = []
+    rows = _obsm._DenseObsm.rows
+    monkeypatch.setattr(_obsm._DenseObsm, "rows", lambda self, a, b: (starts.append((a, b)), rows(self, a, b))[1])
+    out = convert_h5ad(src, tmp_path / "o.scdl", use_X_not_raw=True, obsm_keys=["X_c"], max_block_values=4 * 20)
+    assert all(a % 8 == 0 for a, _ in starts) and len(starts) == 7  # 16 rows (2 chunks) a block
+    np.testing.assert_array_equal(SingleCellMemMapDataset(out).obsm("X_c"), values)
