@@ -28,7 +28,10 @@ class ObsmReader:
 
     def __init__(self, where: str, shape: tuple[int, int], dtype: np.dtype) -> None:
         self.where, self.shape = where, (int(shape[0]), int(shape[1]))
-        self.dtype = check_dtype(dtype, where)
+        try:
+            self.dtype = check_dtype(dtype, where)
+        except ValueError as e:  # strings, records: not an array of numbers
+            raise ConversionError(str(e)) from None
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         raise NotImplementedError

@@ -191,3 +191,12 @@ def test_chunked_compressed_obsm_read_in_whole_chunks(tmp_path, monkeypatch):
     out = convert_h5ad(src, tmp_path / "o.scdl", use_X_not_raw=True, obsm_keys=["X_c"], max_block_values=4 * 20)
     assert all(a % 8 == 0 for a, _ in starts) and len(starts) == 7  # 16 rows (2 chunks) a block
     np.testing.assert_array_equal(SingleCellMemMapDataset(out).obsm("X_c"), values)
+
+
+def test_string_obsm_refused(tmp_path):
+    src = _h5ad(tmp_path / "in.h5ad", 6, {})
+    with h5py.File(src, "r+") as f:
+        ds = f["obsm"].create_dataset("labels", data=np.array([[b"a", b"b"]] * 6))
+        ds.attrs["encoding-type"], ds.attrs["encoding-version"] = "array", "0.2.0"
+    with pytest.raises(ConversionError, match=r"obsm/labels: dtype \|S1 cannot be stored"):
+        convert_h5ad(src, tmp_path / "o.scdl", use_X_not_raw=True, obsm_keys=["labels"])
