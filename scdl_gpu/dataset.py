@@ -25,6 +25,8 @@ from .archive._feature_index import ObservedFeatureIndex, VariableFeatureIndex
 from .archive._generation import pinned_open
 from .archive._header import build_archive_header, feature_index_info
 from .archive._memmap import map_raw, write_raw
+from .archive._obsm import obsm_keys as _obsm_keys
+from .archive._obsm import open_obsm
 from .archive._reader import load_feature_index, open_arrays
 from .archive._writer import write_json
 from .convert import convert_h5ad
@@ -172,6 +174,18 @@ class SingleCellMemMapDataset(NeighborMixin, torch.utils.data.Dataset):
     def obs_names(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Cell barcodes (AnnData ``obs_names``) of rows ``[start, stop)``."""
         return self.obs_features().names_for_rows(start, self.number_of_rows() if stop is None else stop)
+
+    def obsm_keys(self) -> list[str]:
+        """Keys of the per-cell arrays kept at conversion (``obsm_keys=``), as AnnData's ``obsm_keys()``."""
+        return _obsm_keys(self.data_path)
+
+    def obsm(self, key: str) -> np.ndarray:
+        """The ``(rows, width)`` array ``obsm[key]`` kept at conversion, memory-mapped read-only.
+
+        Its header is checked against the archive's rows and its file size (``ArchiveError``
+        naming the file); an unknown key raises ``KeyError`` listing the stored ones.
+        """
+        return open_obsm(self.data_path, key, self.number_of_rows())
 
     # -- rows ---------------------------------------------------------------------------------
     def _check_row(self, index) -> int:

@@ -191,6 +191,17 @@ def test_our_archive_opens_in_bionemo(tmp_path, path, use_x):
     assert theirs.var_features().lookup(0)[1] == str(path)
 
 
+def test_archive_with_obsm_opens_in_bionemo(tmp_path):
+    """obsm/<key>.npy beside the archive is invisible to upstream: same rows, tables and sizes."""
+    with _warns_downcast(_source_csr(EXAMPLE)):
+        archive = convert_h5ad(EXAMPLE, tmp_path / "ours", use_X_not_raw=True, keep_column_order=True,
+                               obsm_keys=["X_pca", "X_umap"])
+    assert sorted(p.name for p in (archive / "obsm").iterdir()) == ["X_pca.npy", "X_umap.npy"]
+    ours, theirs = Ours(archive), _theirs_copy(archive, tmp_path)
+    assert_same_dataset(theirs, ours)
+    np.testing.assert_array_equal(ours.obsm("X_umap"), _read(EXAMPLE).obsm["X_umap"])
+
+
 # -- 2. bionemo-scdl archives in ours -------------------------------------------------------------
 @pytest.mark.parametrize("path,use_x", CASES)
 def test_bionemo_archive_opens_in_ours(tmp_path, path, use_x):

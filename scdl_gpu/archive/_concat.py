@@ -11,6 +11,7 @@ import numpy as np
 from ._constants import FileNames
 from ._dtypes import determine_dtype, smallest_uint_dtype
 from ._feature_index import ObservedFeatureIndex, VariableFeatureIndex
+from ._obsm import merge_obsm, obsm_keys, open_obsm
 from ._reader import load_feature_index, open_arrays
 from ._writer import ArchiveWriter
 
@@ -40,8 +41,9 @@ def concat_archives(
 
     Values are widened to the common dtype, feature indices concatenated (identical var tables
     merge into one block, as upstream does), and neighbor graphs concatenated with their indices
-    offset, when every member has one. ``out`` may be one of ``paths`` with ``overwrite=True``:
-    the new archive replaces it only once complete.
+    offset, when every member has one. obsm arrays are concatenated too, NaN rows standing in
+    for a member without the key (see :func:`~scdl_gpu.archive._obsm.merge_obsm`). ``out`` may
+    be one of ``paths`` with ``overwrite=True``: the new archive replaces it only once complete.
     """
     paths = [Path(p) for p in paths]
     if not paths:
@@ -52,6 +54,9 @@ def concat_archives(
     if any(with_neighbors) and not all(with_neighbors):
         missing = [str(m.path) for m in members if m.neighbors is None]
         warnings.warn(f"Neighbor arrays dropped: these archives have none: {missing}", UserWarning, stacklevel=2)
+    obsm = [{k: open_obsm(m.path, k, m.n_rows) for k in obsm_keys(m.path)} for m in members]
+    keys = sorted(set().union(*obsm))
+    specs = merge_obsm([(str(m.path), {k: (a.dtype, a.shape[1]) for k, a in o.items()}) for m, o in zip(members, obsm)], keys)
     var_index, obs_index = VariableFeatureIndex(), ObservedFeatureIndex()
     for m in members:
         var_index.concat(load_feature_index(m.path, FileNames.VAR_FEATURES))
@@ -59,8 +64,11 @@ def concat_archives(
     with ArchiveWriter(
         out, n_vars=0, data_dtype=dtypes[FileNames.DATA.value], col_dtype=dtypes[FileNames.COLPTR.value], overwrite=overwrite
     ) as w:
+        total = sum(m.n_rows for m in members)
+        targets = {k: w.add_obsm(k, dtype, total, width) for k, (dtype, width) in specs.items()}
         row_offset = 0
-        for m in members:
+        for m, arrays in zip(members, obsm):
+            _copy_obsm(arrays, targets, row_offset, m.n_rows, chunk)
             _copy_rows(m, w, chunk)
             if all(with_neighbors):
                 ip, idx, vals = m.neighbors
@@ -88,3 +96,14 @@ def _copy_rows(m, w: ArchiveWriter, chunk: int) -> None:
         ip = np.asarray(m.row_ptr[s : e + 1], dtype=np.int64)
         lo, hi = int(ip[0]), int(ip[-1])
         w.append_rows(ip, m.col_ptr[lo:hi].astype(w.col_dtype), m.data[lo:hi].astype(w.data_dtype))
+
+
+def _copy_obsm(arrays: dict, targets: dict, row_offset: int, n_rows: int, chunk: int) -> None:
+    """One member's rows of every obsm key, ``chunk`` values at a time (NaN for a key it lacks)."""
+    for k, target in targets.items():
+        if k not in arrays:
+            target.fill(row_offset, n_rows)
+            continue
+        step = max(1, chunk // max(1, target.width))
+        for r in range(0, n_rows, step):
+            target.write(row_offset + r, arrays[k][r : r + step])

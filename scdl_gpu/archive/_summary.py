@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from ._constants import DEFAULT_DTYPES, FileNames
 from ._feature_index import _read_csum, _select_blocks
 from ._memmap import raw_length
+from ._obsm import obsm_outline
 from ._reader import load_feature_index, open_arrays
 
 __all__ = ["archive_summary", "format_summary"]
@@ -31,7 +32,8 @@ def archive_summary(path: str | os.PathLike) -> dict:
     ``nnz`` (stored values, explicit zeros included), ``density``, ``dtypes`` (``data``,
     ``row_ptr``, ``col_ptr``), ``files`` (path relative to the archive, ``/``-separated -> bytes,
     every file at any depth), ``total_bytes``, ``var_blocks``, ``var_columns``, ``obs_blocks``,
-    ``obs_columns``, ``neighbors`` (bool), ``neighbor_nnz`` (edges, or None), ``header`` (whether
+    ``obs_columns``, ``neighbors`` (bool), ``neighbor_nnz`` (edges, or None), ``obsm`` (key ->
+    ``[dtype, width]`` of each obsm array, None for a damaged one), ``header`` (whether
     ``header.sch`` exists), ``version`` (the string in ``version.json``, or None).
 
     ``density`` is ``nnz`` over the number of cells of the (ragged) matrix: the sum over var blocks
@@ -75,6 +77,7 @@ def archive_summary(path: str | os.PathLike) -> dict:
         "obs_blocks": obs_blocks,
         "obs_columns": obs_columns,
         **_neighbor_outline(path),
+        "obsm": {k: None if v is None else list(v) for k, v in obsm_outline(path, n_rows).items()},
         "header": arrays.header is not None,
         "version": _version(path),
     }
@@ -135,6 +138,12 @@ def _names(cols: list[str], width: int = 60) -> str:
     return ", ".join(shown) + (f", ... (+{rest} more)" if rest else "")
 
 
+def _obsm_text(obsm: dict) -> str:
+    if not obsm:
+        return "none"
+    return ", ".join(f"{k} ({'damaged' if v is None else f'{v[1]} x {v[0]}'})" for k, v in obsm.items())
+
+
 def _blocks(n: int) -> str:
     return f"{n} block{'' if n == 1 else 's'}"
 
@@ -164,6 +173,7 @@ def format_summary(summary: dict) -> str:
         ("var", f"{_blocks(s['var_blocks'])}: {_names(s['var_columns'])}" if s["var_blocks"] else "none"),
         ("obs", f"{_blocks(s['obs_blocks'])}: {_names(s['obs_columns'])}" if s["obs_blocks"] else "none"),
         ("neighbors", f"yes, {s['neighbor_nnz']:,} edges" if s["neighbors"] else "no"),
+        ("obsm", _obsm_text(s.get("obsm") or {})),
         ("header", "yes" if s["header"] else "no (legacy layout, default dtypes)"),
         ("version", s["version"] if s["version"] is not None else "unknown"),
         ("size", f"{human_bytes(s['total_bytes'])} in {n_files} file{'' if n_files == 1 else 's'}"),

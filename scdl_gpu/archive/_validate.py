@@ -28,6 +28,7 @@ from ._constants import DEFAULT_DTYPES, LAYOUT_FILE, FileNames
 from ._feature_index import _BLOCK_RE, _NAMES_RE
 from ._header import SCDLHeader
 from ._memmap import map_raw, raw_length
+from ._obsm import obsm_problems
 from ._reader import load_feature_index, read_dtypes
 
 __all__ = ["ValidationReport", "validate_archive", "validation_report", "write_checksums"]
@@ -86,7 +87,8 @@ def validation_report(path: str | Path, *, quick: bool = False, chunk: int = _DE
     each row when ``scdl_gpu.json`` records so), data values (no NaN or infinity), feature
     indices (every parquet table and names sidecar read in full and its Arrow data validated;
     rows equal the archive's rows; an absent or empty obs index is fine) and the neighbor arrays
-    when present (complete, consistent CSR, indices below the number of rows).
+    when present (complete, consistent CSR, indices below the number of rows), and the obsm
+    arrays (``obsm/<key>.npy``: readable header, one row per archive row, size as declared).
 
     An archive without a manifest (bionemo-scdl's, or one written before checksums existed) is
     checked for structure only, which a ``notes`` line says.
@@ -233,6 +235,8 @@ class _Validator:
             self._guard(FileNames.COLPTR.value, self.check_columns, var)
         self._guard(LAYOUT_FILE, self.check_layout)
         self._guard("neighbor arrays", self.check_neighbors)
+        for msg in self._guard("obsm arrays", obsm_problems, p, self.n_rows) or []:
+            self.problem(msg)
         if isinstance(metadata, dict):
             num_rows = metadata.get("num_rows")
             meta = p / FileNames.METADATA.value

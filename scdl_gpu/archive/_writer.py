@@ -21,6 +21,7 @@ from ._dtypes import check_data_dtype, col_dtype_for, smallest_uint_dtype
 from ._feature_index import ObservedFeatureIndex, VariableFeatureIndex
 from ._header import build_archive_header, feature_index_info
 from ._memmap import fsync_dir, write_raw
+from ._obsm import OBSM_DIR, ObsmTarget, create_obsm
 from ._rowfiles import RowFiles, Segment
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class ArchiveWriter:
         self.var_index = VariableFeatureIndex()
         self.obs_index = ObservedFeatureIndex()
         self._neighbors: _NeighborWriter | None = None
+        self._obsm: dict[str, ObsmTarget] = {}
         self._closed = False
 
     # -- rows ---------------------------------------------------------------------------------
@@ -119,6 +121,15 @@ class ArchiveWriter:
             self._neighbors = _NeighborWriter(self.tmp)
         self._neighbors.append(indptr, indices, values)
 
+    # -- obsm ---------------------------------------------------------------------------------
+    def add_obsm(self, key: str, dtype, n_rows: int, width: int) -> ObsmTarget:
+        """Create ``obsm/<key>.npy`` for ``n_rows`` rows (the archive's, once written); fill it
+        through the returned target, by row ranges, from any thread or process."""
+        if key in self._obsm:
+            raise ValueError(f"obsm key {key!r} given twice")
+        self._obsm[key] = target = create_obsm(self.tmp, key, dtype, n_rows, width)
+        return target
+
     # -- features -----------------------------------------------------------------------------
     def add_var_block(self, n_rows: int, features: dict, label: str | None, names=None) -> None:
         self.var_index.append_features(n_rows, features, label, names=names)
@@ -137,6 +148,12 @@ class ArchiveWriter:
         self.rows.finish_row_ptr(row_dtype)
         if self._neighbors is not None:
             self._neighbors.close(self.n_rows)
+        for key, target in self._obsm.items():
+            if target.n_rows != self.n_rows:
+                raise ValueError(f"obsm array {key!r} has {target.n_rows} rows but {self.n_rows} rows were written")
+            target.sync()
+        if self._obsm:
+            fsync_dir(tmp / OBSM_DIR)
         for name, index in ((FileNames.VAR_FEATURES, self.var_index), (FileNames.OBS_FEATURES, self.obs_index)):
             rows = index.number_of_rows()
             if len(index) and rows != self.n_rows:

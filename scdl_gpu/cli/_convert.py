@@ -35,6 +35,15 @@ def register(sub) -> None:
     p.add_argument("--use-X-not-raw", action="store_true", help="convert X instead of raw.X (h5ad inputs)")
     p.add_argument("--neighbor-key", default=None, metavar="KEY", help="also store the obsp[KEY] cell graph")
     p.add_argument(
+        "--obsm-key",
+        dest="obsm_keys",
+        action="append",
+        default=None,
+        metavar="KEY",
+        help="also keep the obsm[KEY] array (an embedding, coordinates) as obsm/KEY.npy; repeat for more keys "
+        "(inputs without KEY get NaN rows)",
+    )
+    p.add_argument(
         "--gene-vocab",
         default=None,
         metavar="VOCAB",
@@ -82,6 +91,7 @@ def convert(args) -> int:
         genome=args.genome,
         keep_column_order=args.keep_column_order,
         allow_nonfinite=args.allow_nonfinite,
+        obsm_keys=args.obsm_keys,
         overwrite=args.overwrite,
         progress=not args.quiet,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from ._cancel import check_cancelled, interruptible
 from ._copy import ValueCast, copy_matrix
 from ._h5ad import H5adSource, features_of
 from ._matrix import ScatterReader
+from ._obsm import check_keys, copy_obsm, plan_obsm, probe_obsm
 from ._source import Source, table_names
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ def convert_h5ad(
     progress: bool = False,
     keep_column_order: bool = False,
     allow_nonfinite: bool = False,
+    obsm_keys: Sequence[str] | None = None,
 ) -> Path:
     """Convert an AnnData file into an SCDL archive at ``archive_path``.
 
@@ -71,6 +74,11 @@ def convert_h5ad(
     allow_nonfinite
         Store NaN and infinity in a float archive. By default they are an error naming the
         input and the first row holding one.
+    obsm_keys
+        Also keep these ``obsm`` arrays (embeddings, spatial coordinates) as ``obsm/<key>.npy``
+        beside the archive, in their dtype (a CSR one is stored dense), read in row blocks of at
+        most ``max_block_values`` values. A key the input lacks, or a DataFrame or CSC one, is an
+        error; keys must be usable as file names (letters, digits, ``_ . -``).
 
     SIGINT and SIGTERM (when called from the main thread) stop the conversion at the next row
     block: the partial output is removed and ``ConversionInterrupted`` (a ``KeyboardInterrupt``)
@@ -85,6 +93,7 @@ def convert_h5ad(
     if not src.is_file():
         raise FileNotFoundError(f"Error: could not find h5ad path {h5ad_path}")
     data_dtype = check_data_dtype(data_dtype)
+    obsm_keys = check_keys(obsm_keys)
     size_mb = src.stat().st_size / 1024**2
     max_rows = int(load_block_row_size) if size_mb >= paginated_load_cutoff else 1 << 62
     if max_rows < 1:
@@ -92,8 +101,9 @@ def convert_h5ad(
     with H5adSource(src, use_X_not_raw) as source:
         n_rows, n_vars = source.shape
         obs, var = source.obs(), source.var()
+        label = str(h5ad_path)
+        obsm = plan_obsm([(label, probe_obsm(source, obsm_keys), source.obsm_keys())], obsm_keys)
         with ArchiveWriter(archive_path, n_vars=n_vars, data_dtype=data_dtype, overwrite=overwrite) as w:
-            label = str(h5ad_path)
             w.add_var_block(n_rows, features_of(var, var_feature_index_name), label, names=table_names(var))
             w.add_obs_block(features_of(obs, obs_feature_index_name), label, names=table_names(obs))
             if load_neighbors:
@@ -108,6 +118,8 @@ def convert_h5ad(
             finally:
                 if bar is not None:
                     bar.close()
+            for key, (dtype, width) in obsm.items():
+                copy_obsm(source.obsm(key), n_rows, w.add_obsm(key, dtype, n_rows, width), 0, max_block_values)
             if unsorted:
                 done = "kept as given" if keep_column_order else "sorted"
                 log.info("%s: %d rows with unsorted columns, %s", src, unsorted, done)

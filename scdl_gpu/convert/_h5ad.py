@@ -14,6 +14,7 @@ import pandas as pd
 
 from ..errors import ConversionError
 from ._matrix import MatrixReader, _attr_str, open_matrix
+from ._obsm import ObsmReader, h5ad_obsm, h5ad_obsm_keys
 from ._source import Source
 from ._warnings import filtered_warnings
 
@@ -143,6 +144,12 @@ class H5adSource(Source):
     def neighbors(self, key: str) -> MatrixReader | None:
         elem = neighbor_element(self._file, key)
         return None if elem is None else open_matrix(elem, f"{self.path}:obsp/{key}")
+
+    def obsm_keys(self) -> list[str]:
+        return h5ad_obsm_keys(self._file)
+
+    def obsm(self, key: str) -> ObsmReader | None:
+        return h5ad_obsm(self._file, key, self.path)
 
     def close(self) -> None:
         self._file.close()

@@ -25,6 +25,7 @@ import pandas as pd
 
 from ..archive._concat import DEFAULT_CHUNK, row_chunks
 from ..archive._dtypes import check_data_dtype, col_dtype_for
+from ..archive._obsm import ObsmSpec, ObsmTarget
 from ..archive._rowfiles import RowFiles, Segment
 from ..archive._writer import ArchiveWriter
 from ..errors import ConversionError
@@ -33,6 +34,7 @@ from ._convert import MAX_BLOCK_VALUES, copy_neighbors
 from ._copy import AUTO, ColumnMap, ValueCast, ValueStats, copy_matrix
 from ._h5ad import features_of
 from ._inputs import discover_inputs, open_source
+from ._obsm import check_keys, copy_obsm, plan_obsm, probe_obsm
 from ._source import table_names
 from ._vocab import Alignment, align, build_vocabulary, gene_ids
 
@@ -104,6 +106,8 @@ class _Probe:
     dtype: str
     genes: np.ndarray | None  # ids matched against the vocabulary, when aligning
     has_neighbors: bool
+    obsm: dict[str, ObsmSpec] = field(default_factory=dict)  # the requested obsm keys it holds
+    obsm_keys: list[str] = field(default_factory=list)  # every obsm key it holds
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,8 @@ class _Task:
     var_name: str
     obs_name: str
     allow_nonfinite: bool = False
+    row_offset: int = 0  # the input's first archive row
+    obsm: tuple[tuple[str, ObsmTarget], ...] = ()  # obsm files it fills its rows of (NaN where it lacks the key)
 
 
 @dataclass
@@ -199,6 +205,8 @@ def _convert(task: _Task) -> _Result:
             if task.neighbor_key is not None:
                 sink = _NeighborSegment(task.segment / NEIGHBORS)
                 copy_neighbors(src, task.neighbor_key, sink, task.max_values)
+            for key, target in task.obsm:  # straight into the archive's file, at the input's rows
+                copy_obsm(src.obsm(key), src.shape[0], target, task.row_offset, task.max_values)
         finally:  # the archive is fsynced once, at commit
             segment = rows.close(fsync=False)
             neighbors = None if sink is None else sink.files.close(fsync=False)
@@ -239,6 +247,7 @@ def convert_many(
     progress: bool = False,
     keep_column_order: bool = False,
     allow_nonfinite: bool = False,
+    obsm_keys: Sequence[str] | None = None,
 ) -> ConversionReport:
     """Convert ``.h5ad`` files, 10x HDF5 files and Matrix Market directories into one archive.
 
@@ -271,6 +280,10 @@ def convert_many(
     allow_nonfinite
         Store NaN and infinity in a float archive. By default they are an error naming the
         input and the first row holding one.
+    obsm_keys
+        Also keep these ``obsm`` arrays as ``obsm/<key>.npy`` (see :func:`convert_h5ad`), rows in
+        input order. An input without a key gets NaN rows (a warning names it; integer arrays
+        become float64 then); a key no input holds, or widths that differ, is an error.
     paginated_load_cutoff, load_block_row_size
         Upstream's switches: inputs larger than the cutoff (MiB) are read in blocks of at most
         that many rows (blocks are always bounded by ``max_block_values`` too).
@@ -294,10 +307,18 @@ def convert_many(
         data_dtype = check_data_dtype(data_dtype)
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
+    obsm_keys = check_keys(obsm_keys)
     if Path(archive_path).exists() and not overwrite:
         raise FileExistsError(f"Output archive already exists: {archive_path} (pass overwrite to replace it)")
 
-    probes = [_probe(p, use_X_not_raw, genome, gene_key if gene_vocab is not None else False, neighbor_key) for p in paths]
+    probes = [
+        _probe(p, use_X_not_raw, genome, gene_key if gene_vocab is not None else False, neighbor_key, obsm_keys) for p in paths
+    ]
+    obsm = plan_obsm([(str(p.path), p.obsm, p.obsm_keys) for p in probes], obsm_keys)
+    for key in obsm:
+        lacking = [str(p.path) for p in probes if key not in p.obsm]
+        if lacking:
+            warnings.warn(f"obsm key {key!r} not found in {lacking}; their rows hold NaN.", UserWarning, stacklevel=2)
     alignments: list[Alignment | None] = [None] * len(probes)
     vocab = None
     if gene_vocab is not None:
@@ -326,6 +347,8 @@ def convert_many(
         col_dtype=col_dtype_for(n_vars),
         overwrite=overwrite,
     ) as w:
+        targets = tuple((key, w.add_obsm(key, dtype, total_rows, width)) for key, (dtype, width) in obsm.items())
+        offsets = np.cumsum([0] + [p.shape[0] for p in probes]).tolist()
         tasks = [
             _Task(
                 index=k,
@@ -345,6 +368,8 @@ def convert_many(
                 var_name=var_feature_index_name,
                 obs_name=obs_feature_index_name,
                 allow_nonfinite=allow_nonfinite,
+                row_offset=offsets[k],
+                obsm=targets,
             )
             for k, (p, a) in enumerate(zip(probes, alignments))
         ]
@@ -385,13 +410,14 @@ def convert_many(
     )
 
 
-def _probe(path: Path, use_X_not_raw: bool, genome, gene_key, neighbor_key) -> _Probe:
+def _probe(path: Path, use_X_not_raw: bool, genome, gene_key, neighbor_key, obsm_keys: Sequence[str] = ()) -> _Probe:
     """Open an input just far enough to check it and learn its shape (and gene ids to align)."""
     try:
         with open_source(path, use_X_not_raw=use_X_not_raw, genome=genome) as src:
             genes = None if gene_key is False else gene_ids(src.var(), gene_key, str(path))
             has_neighbors = neighbor_key is not None and src.neighbors(neighbor_key) is not None
-            return _Probe(path, src.kind, src.shape, np.dtype(src.matrix.dtype).name, genes, has_neighbors)
+            obsm = probe_obsm(src, obsm_keys)
+            return _Probe(path, src.kind, src.shape, np.dtype(src.matrix.dtype).name, genes, has_neighbors, obsm, src.obsm_keys())
     except (ConversionError, FileNotFoundError):
         raise
     except Exception as e:

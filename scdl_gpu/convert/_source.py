@@ -39,6 +39,14 @@ class Source:
         """The cell-cell graph stored under ``key``, or None when the input has none."""
         return None
 
+    def obsm_keys(self) -> list[str]:
+        """Keys of the per-cell arrays (AnnData ``.obsm``) the input holds."""
+        return []
+
+    def obsm(self, key: str):
+        """A row-range reader (:class:`~._obsm.ObsmReader`) of ``obsm[key]``, or None when absent."""
+        return None
+
     def close(self) -> None:
         pass
 

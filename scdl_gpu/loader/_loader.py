@@ -12,7 +12,7 @@ import torch
 from ..archive._reader import open_arrays
 from ..backend import Batch, BatchOptions, get_backend, resolve_device
 from ._csr import sort_rows, take_rows, to_scipy
-from ._obs import ObsColumns
+from ._obs import ObsColumns, ObsmArrays
 from ._order import (ORDERS, Shard, epoch_order, fetch_permutation, resident_shard, resident_share, rng_for,
                      rows_and_batches_per_rank, shard)
 from ._prefetch import prefetch as run_ahead
@@ -26,7 +26,8 @@ class SingleCellLoader:
     Each batch is a dict: ``X`` (a ``(B, n_genes)`` torch sparse CSR tensor with sorted columns,
     or dense with ``output="dense"``), ``rows`` (int64 archive row ids), ``obs`` (a dict of
     tensors: the ``obs_columns``, categorical ones as integer codes into ``loader.categories``),
-    and with ``neighbors=True`` also ``neighbor_rows`` and ``neighbor_X`` (one sampled neighbor
+    with ``obsm_keys`` also ``obsm`` (a dict of ``(B, width)`` tensors: the batch's rows of each
+    obsm array kept at conversion, in its stored dtype), and with ``neighbors=True`` also ``neighbor_rows`` and ``neighbor_X`` (one sampled neighbor
     per cell, the cell itself when it has none).
 
     Parameters
@@ -87,6 +88,7 @@ class SingleCellLoader:
         device: str = "auto",
         output: str = "csr",
         obs_columns: list[str] | None = None,
+        obsm_keys: list[str] | None = None,
         transform: Callable[[dict], dict] | None = None,
         prefetch: int | None = None,
         rank: int | None = None,
@@ -132,6 +134,7 @@ class SingleCellLoader:
         self.n_rows = self.backend.n_rows
         self.n_genes = self.backend.width
         self.obs = ObsColumns(self.path, list(obs_columns or []), self.n_rows)
+        self.obsm = ObsmArrays(self.path, list(obsm_keys), self.n_rows) if obsm_keys else None
         self.neighbors = None
         if neighbors:
             arrays = open_arrays(self.path, load_neighbors=True)
@@ -248,9 +251,13 @@ class SingleCellLoader:
         with self.stages("collate"):
             x = self._tensor(b)
             out = {"X": x, "rows": torch.from_numpy(np.asarray(b.rows, dtype=np.int64)), "obs": self.obs.take(b.rows)}
+            if self.obsm is not None:
+                out["obsm"] = self.obsm.take(b.rows)
             if x.device.type != "cpu":  # keep a batch on one device
                 out["rows"] = out["rows"].to(x.device, non_blocking=True)
-                out["obs"] = {k: v.to(x.device, non_blocking=True) for k, v in out["obs"].items()}
+                for part in ("obs", "obsm"):
+                    if part in out:
+                        out[part] = {k: v.to(x.device, non_blocking=True) for k, v in out[part].items()}
         if self.neighbors is not None:
             with self.stages("sample"):
                 nrows = self._sample_neighbors(b.rows, epoch, k)

@@ -1,4 +1,5 @@
-"""Per-cell columns carried with each batch: categorical columns encoded once to integer codes."""
+"""Per-cell data carried with each batch: obs columns (categorical ones encoded once to integer
+codes) and obsm arrays (read from their memory maps, batch rows only)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pandas as pd
 import torch
 
 from ..archive._constants import FileNames
+from ..archive._obsm import open_obsm
 from ..archive._reader import load_feature_index
 from ..errors import ArchiveError
 
@@ -44,3 +46,14 @@ class ObsColumns:
 
     def take(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
         return {col: torch.from_numpy(np.ascontiguousarray(self.values[col][rows])) for col in self.columns}
+
+
+class ObsmArrays:
+    """Selected obsm arrays of an archive, memory-mapped (checked on open: rows and file size)."""
+
+    def __init__(self, path: str | Path, keys: list[str], n_rows: int) -> None:
+        self.arrays = {key: open_obsm(path, key, n_rows) for key in keys}
+
+    def take(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        """``(len(rows), width)`` tensors of the batch's rows (copies: the maps stay read-only)."""
+        return {key: torch.from_numpy(np.ascontiguousarray(a[rows])) for key, a in self.arrays.items()}
