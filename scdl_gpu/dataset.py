@@ -241,10 +241,15 @@ class SingleCellMemMapDataset(NeighborMixin, torch.utils.data.Dataset):
         i = self._check_row(idx)
         values, columns = self._row_slices(i)
         row = torch.from_numpy(np.stack([values, columns]))
-        var = self.var_features()
-        if len(var):
-            row.scdl_num_cols = var.number_vars_at_row(i)  # lets the collate default to the gene count
+        width = self._num_cols(i)
+        if width is not None:
+            row.scdl_num_cols = width  # lets the collate default to the gene count
         return row
+
+    def _num_cols(self, i: int) -> int | None:
+        """Row ``i``'s gene count, None without a var index (collates then use upstream's width)."""
+        var = self.var_features()
+        return var.number_vars_at_row(i) if len(var) else None
 
     def __len__(self) -> int:
         return self.number_of_rows()

@@ -222,6 +222,32 @@ def test_neighbor_api(tmp_path, write_h5ad):
         plain.get_row_with_neighbor(0)
 
 
+def test_neighbor_collate_width_is_gene_count(tmp_path, write_h5ad):
+    import pickle
+
+    from scdl_gpu import collate_neighbor_sparse_matrix_batch
+
+    m = random_csr(12, 9, density=0.4, seed=4).tolil()
+    m[:, 6:] = 0  # the last genes are never stored: upstream's width (max column + 1) would be 6
+    m = sp.csr_matrix(m)
+    m.eliminate_zeros()
+    g = sp.csr_matrix(np.roll(np.eye(12, dtype=np.float32), 1, axis=1))
+    p = write_h5ad(make_adata(m, obsp={"next_cell_ids": g}))
+    ds = SingleCellMemMapDataset(tmp_path / "a", h5ad_path=p, use_X_not_raw=True, load_neighbors=True,
+                                 neighbor_sampling_strategy="first")
+    items = [ds.get_row_with_neighbor(i) for i in (0, 3, 5)]
+    items[1] = pickle.loads(pickle.dumps(items[1]))  # as from a DataLoader worker
+    values, cols = items[0]["current_cell"]  # still a (values, columns) pair
+    assert items[0]["current_cell"] == (values, cols)
+    out = collate_neighbor_sparse_matrix_batch(items)
+    assert out["current_cells"].shape == out["next_cells"].shape == (3, 9)
+    np.testing.assert_array_equal(out["current_cells"].to_dense().numpy(), m.toarray()[[0, 3, 5]])
+    np.testing.assert_array_equal(out["next_cells"].to_dense().numpy(), m.toarray()[[1, 4, 6]])
+    assert collate_neighbor_sparse_matrix_batch(items, num_cols=16)["next_cells"].shape == (3, 16)
+    plain = [{**it, "current_cell": tuple(it["current_cell"]), "next_cell": tuple(it["next_cell"])} for it in items]
+    assert collate_neighbor_sparse_matrix_batch(plain)["current_cells"].shape[1] <= 6  # upstream's width
+
+
 def test_concat_to_output_path_keeps_inputs_unless_destroyed(tmp_path, write_h5ad):
     parts = _concat_inputs(tmp_path, write_h5ad, [(8, 12), (6, 12)])
     a, b = parts[0][1], parts[1][1]
