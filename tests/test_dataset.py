@@ -131,6 +131,17 @@ def test_cast_refuses_values_the_dtype_cannot_hold(tmp_path, write_h5ad):
     assert not list(tmp_path.joinpath("a").glob("*.partial"))
 
 
+def test_lossy_cast_data_to_dtype_needs_allow_lossy(tmp_path, write_h5ad):
+    m = random_csr(10, 10, integer=False)
+    ds = SingleCellMemMapDataset(convert_h5ad(write_h5ad(make_adata(m)), tmp_path / "a", use_X_not_raw=True))
+    with pytest.raises(ValueError, match="pass allow_lossy=True"):
+        ds.cast_data_to_dtype("uint16")
+    assert ds.data.dtype == np.float32 and np.array_equal(ds.data, m.data)  # untouched, still readable
+    with pytest.warns(UserWarning, match="Downcasted"):
+        ds.cast_data_to_dtype("uint16", allow_lossy=True)
+    assert ds.data.dtype == np.uint16
+
+
 def _concat_inputs(tmp_path, write_h5ad, sizes, dtypes=None):
     out = []
     for k, (n, g) in enumerate(sizes):

@@ -39,6 +39,10 @@ class Source:
         """The cell-cell graph stored under ``key``, or None when the input has none."""
         return None
 
+    def neighbor_keys(self) -> list[str]:
+        """Keys ``neighbors`` accepts (for messages naming what a mistyped key could have been)."""
+        return []
+
     def close(self) -> None:
         pass
 
