@@ -70,7 +70,7 @@ def run(handler, args, debug: bool) -> int:
     """Call a subcommand handler, turning expected failures into a message and exit status 1."""
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s: %(message)s")
     if not debug:  # a command-line user wants the message, not the source line that raised it
-        warnings.showwarning = lambda message, *a, **k: print(f"warning: {message}", file=sys.stderr)
+        warnings.showwarning = lambda message, *a, **k: print(f"warning: {for_the_shell(str(message))}", file=sys.stderr)
     try:
         status = int(handler(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit

@@ -151,10 +151,10 @@ class H5adSource(Source):
         groups = [self._file[g] for g in NEIGHBOR_GROUPS if isinstance(self._file.get(g), h5py.Group)]
         return sorted({k for g in groups for k, e in g.items() if _is_matrix(e)})
 
+    def close(self) -> None:
+        self._file.close()
+
 
 def _is_matrix(elem) -> bool:
     """A dense 2-D dataset or a sparse group (skips uns/neighbors' ``params`` and the like)."""
     return (isinstance(elem, h5py.Dataset) and elem.ndim == 2) or (isinstance(elem, h5py.Group) and "indptr" in elem)
-
-    def close(self) -> None:
-        self._file.close()

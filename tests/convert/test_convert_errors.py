@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from scdl_gpu import ConversionError, SingleCellMemMapDataset, convert_h5ad
+from scdl_gpu.convert._h5ad import H5adSource
 from tests.conftest import make_adata, random_csr
 
 
@@ -44,6 +45,9 @@ def test_missing_neighbor_key_is_an_error_unless_allowed(tmp_path, write_h5ad):
 
     g = sp.csr_matrix(np.eye(6, dtype=np.float32))
     path = write_h5ad(make_adata(random_csr(6, 4), obsp={"connectivities": g, "distances": g}))
+    with H5adSource(path, use_X_not_raw=True) as source:
+        assert source.neighbor_keys() == ["connectivities", "distances"]
+    assert not source._file.id.valid  # closed on exit
     match = r"'connectivitiez' not found in \S+ \(obsp keys: connectivities, distances\); pass allow_missing_neighbors=True"
     with pytest.raises(ConversionError, match=match):
         convert_h5ad(path, tmp_path / "out", use_X_not_raw=True, load_neighbors=True, neighbor_key="connectivitiez")
