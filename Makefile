@@ -9,13 +9,27 @@ STAMP := $(VENV)/.installed
 
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: demo test bench-convert bench-convert-dir bench-loader gpu-kit gpu-check clean
+.PHONY: demo test scripts bench-convert bench-convert-dir bench-loader gpu-kit gpu-check clean
+
+# bionemo-scdl (in the test and bench extras) ships a convert_h5ad_to_scdl of its own, and pip may write
+# it after ours. Reinstalling our package alone (no dependencies) writes our console scripts last; the
+# check fails the install if the command is still not ours (bionemo-scdl's has no --overwrite).
+define OUR_SCRIPTS
+	$(PY) -m pip install --quiet --no-deps --force-reinstall -e .
+	@$(VENV)/bin/convert_h5ad_to_scdl --help | grep -q -- --overwrite || \
+	{ echo "$(VENV)/bin/convert_h5ad_to_scdl is not scdl_gpu's" >&2; exit 1; }
+endef
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints-cpu.txt -e ".[test,kernel-check]"
+	$(OUR_SCRIPTS)
 	touch $(STAMP)
+
+# Run again after installing bionemo-scdl into the venv by hand.
+scripts:
+	$(OUR_SCRIPTS)
 
 demo: $(STAMP)
 	$(PY) -m scdl_gpu.demo tests/data/cxg_small_perturbations.h5ad
@@ -39,6 +53,7 @@ bench-convert-dir: $(STAMP)
 # memcpy ceilings and the stage profile. About 5 minutes on 2 cores once the archives exist (made once).
 $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -c constraints-cpu.txt -e ".[bench]"
+	$(OUR_SCRIPTS)
 	touch $(BENCH_STAMP)
 
 bench-loader: $(BENCH_STAMP)

@@ -10,8 +10,22 @@ import numpy as np
 from .archive._constants import NeighborSamplingStrategy
 
 
+class RowSlices(tuple):
+    """A row's ``(values, columns)`` pair that also records its gene count for the collate."""
+
+    scdl_num_cols: int | None = None
+
+    def __new__(cls, values, columns, num_cols: int | None):
+        row = super().__new__(cls, (values, columns))
+        row.scdl_num_cols = num_cols
+        return row
+
+    def __reduce__(self):  # DataLoader workers pickle items: keep the gene count
+        return RowSlices, (self[0], self[1], self.scdl_num_cols)
+
+
 class NeighborMixin:
-    """Needs ``_check_row``, ``_row_slices``, ``get_row``, ``get_row_padded`` from the dataset."""
+    """Needs ``_check_row``, ``_num_cols``, ``get_row``, ``get_row_padded`` from the dataset."""
 
     def _init_neighbors(self, load_neighbors, neighbor_key, strategy, fallback_to_identity) -> None:
         self.load_neighbors = load_neighbors
@@ -89,8 +103,14 @@ class NeighborMixin:
             "obs_features": obs,
         }
 
+    def _get_row_slices(self, i: int, *flags):
+        (values, columns), var, obs = self.get_row(i, *flags)
+        return RowSlices(values, columns, self._num_cols(i)), var, obs
+
     def get_row_with_neighbor(self, index: int, return_var_features=False, var_feature_names=None, return_obs_features=False, obs_feature_names=None) -> dict:
-        return self._with_neighbor(self.get_row, index, return_var_features, var_feature_names, return_obs_features, obs_feature_names)
+        """Current and sampled next cell; each ``(values, columns)`` pair records the gene count
+        (``scdl_num_cols``), so ``collate_neighbor_sparse_matrix_batch`` batches are that wide."""
+        return self._with_neighbor(self._get_row_slices, index, return_var_features, var_feature_names, return_obs_features, obs_feature_names)
 
     def get_row_padded_with_neighbor(self, index: int, return_var_features=False, var_feature_names=None, return_obs_features=False, obs_feature_names=None) -> dict:
         return self._with_neighbor(self.get_row_padded, index, return_var_features, var_feature_names, return_obs_features, obs_feature_names)

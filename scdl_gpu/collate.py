@@ -35,15 +35,22 @@ def collate_sparse_matrix_batch(batch: list[torch.Tensor], num_cols: int | None 
     return torch.sparse_csr_tensor(crow, cols, values, size=(len(batch), num_cols), check_invariants=False)
 
 
-def collate_neighbor_sparse_matrix_batch(batch: list[dict]) -> dict:
-    """Collate ``get_row_with_neighbor`` dicts into current/next CSR batches (float32 values)."""
+def collate_neighbor_sparse_matrix_batch(batch: list[dict], num_cols: int | None = None) -> dict:
+    """Collate ``get_row_with_neighbor`` dicts into current/next CSR batches (float32 values).
+
+    Both batches are ``num_cols`` wide, by default the dataset's gene count, which
+    ``get_row_with_neighbor`` records on each ``(values, columns)`` pair; for plain pairs, the
+    batch's largest column + 1 (upstream's width), as :func:`collate_sparse_matrix_batch`.
+    """
 
     def side(key: str) -> torch.Tensor:
         rows = []
         for item in batch:
             values, cols = item[key]
-            rows.append(torch.from_numpy(np.stack([np.asarray(values, np.float32), np.asarray(cols, np.float32)])))
-        return collate_sparse_matrix_batch(rows)
+            row = torch.from_numpy(np.stack([np.asarray(values, np.float32), np.asarray(cols, np.float32)]))
+            row.scdl_num_cols = getattr(item[key], "scdl_num_cols", None)
+            rows.append(row)
+        return collate_sparse_matrix_batch(rows, num_cols)
 
     return {
         "current_cells": side("current_cell"),

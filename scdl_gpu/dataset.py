@@ -103,6 +103,7 @@ class SingleCellMemMapDataset(NeighborMixin, torch.utils.data.Dataset):
                 obs_feature_index_name=obs_feature_index_name,
                 load_neighbors=load_neighbors,
                 neighbor_key=neighbor_key,
+                allow_missing_neighbors=True,  # upstream's API warns and loads no neighbors
                 keep_column_order=True,  # upstream's API: the same bytes as upstream's conversion
                 allow_nonfinite=allow_nonfinite,  # upstream stores NaN silently; we refuse unless asked
             )
@@ -255,10 +256,15 @@ class SingleCellMemMapDataset(NeighborMixin, torch.utils.data.Dataset):
         i = self._check_row(idx)
         values, columns = self._row_slices(i)
         row = torch.from_numpy(np.stack([values, columns]))
-        var = self.var_features()
-        if len(var):
-            row.scdl_num_cols = var.number_vars_at_row(i)  # lets the collate default to the gene count
+        width = self._num_cols(i)
+        if width is not None:
+            row.scdl_num_cols = width  # lets the collate default to the gene count
         return row
+
+    def _num_cols(self, i: int) -> int | None:
+        """Row ``i``'s gene count, None without a var index (collates then use upstream's width)."""
+        var = self.var_features()
+        return var.number_vars_at_row(i) if len(var) else None
 
     def __len__(self) -> int:
         return self.number_of_rows()
@@ -347,16 +353,18 @@ class SingleCellMemMapDataset(NeighborMixin, torch.utils.data.Dataset):
             if isinstance(arr, np.memmap) and arr.mode != "r" and arr.size:
                 setattr(self, attr, map_raw(path / member.value, self.dtypes[member.value], arr.size, writable=True))
 
-    def cast_data_to_dtype(self, dtype: str) -> None:
+    def cast_data_to_dtype(self, dtype: str, allow_lossy: bool = False) -> None:
         """Rewrite ``data.npy`` as ``dtype`` (atomically: the archive is replaced whole), and remap.
 
         Values the new dtype cannot hold (negative or too large for an unsigned type) raise
-        ``ValueError`` and leave the archive untouched; lossy float casts warn.
+        ``ValueError`` and leave the archive untouched. So does a cast that would change values
+        by more than ``data_dtype_tolerance`` (normalised floats into integers, float64 into
+        float32), unless ``allow_lossy``: then it casts and warns, as upstream always does.
         """
         if self._writable_dirty():
             self.save()
         try:
-            cast_archive_data(self.data_path, dtype, self.data_dtype_tolerance)
+            cast_archive_data(self.data_path, dtype, self.data_dtype_tolerance, allow_lossy=allow_lossy)
         finally:
             self.load(self.data_path)
 

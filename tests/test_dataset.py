@@ -131,6 +131,17 @@ def test_cast_refuses_values_the_dtype_cannot_hold(tmp_path, write_h5ad):
     assert not list(tmp_path.joinpath("a").glob("*.partial"))
 
 
+def test_lossy_cast_data_to_dtype_needs_allow_lossy(tmp_path, write_h5ad):
+    m = random_csr(10, 10, integer=False)
+    ds = SingleCellMemMapDataset(convert_h5ad(write_h5ad(make_adata(m)), tmp_path / "a", use_X_not_raw=True))
+    with pytest.raises(ValueError, match="pass allow_lossy=True"):
+        ds.cast_data_to_dtype("uint16")
+    assert ds.data.dtype == np.float32 and np.array_equal(ds.data, m.data)  # untouched, still readable
+    with pytest.warns(UserWarning, match="Downcasted"):
+        ds.cast_data_to_dtype("uint16", allow_lossy=True)
+    assert ds.data.dtype == np.uint16
+
+
 def _concat_inputs(tmp_path, write_h5ad, sizes, dtypes=None):
     out = []
     for k, (n, g) in enumerate(sizes):
@@ -220,6 +231,32 @@ def test_neighbor_api(tmp_path, write_h5ad):
     assert plain.sample_neighbor_index(3) == 3 and plain.get_neighbor_indices_for_cell(0).size == 0
     with pytest.raises(ValueError, match="Cannot include neighbor data"):
         plain.get_row_with_neighbor(0)
+
+
+def test_neighbor_collate_width_is_gene_count(tmp_path, write_h5ad):
+    import pickle
+
+    from scdl_gpu import collate_neighbor_sparse_matrix_batch
+
+    m = random_csr(12, 9, density=0.4, seed=4).tolil()
+    m[:, 6:] = 0  # the last genes are never stored: upstream's width (max column + 1) would be 6
+    m = sp.csr_matrix(m)
+    m.eliminate_zeros()
+    g = sp.csr_matrix(np.roll(np.eye(12, dtype=np.float32), 1, axis=1))
+    p = write_h5ad(make_adata(m, obsp={"next_cell_ids": g}))
+    ds = SingleCellMemMapDataset(tmp_path / "a", h5ad_path=p, use_X_not_raw=True, load_neighbors=True,
+                                 neighbor_sampling_strategy="first")
+    items = [ds.get_row_with_neighbor(i) for i in (0, 3, 5)]
+    items[1] = pickle.loads(pickle.dumps(items[1]))  # as from a DataLoader worker
+    values, cols = items[0]["current_cell"]  # still a (values, columns) pair
+    assert items[0]["current_cell"] == (values, cols)
+    out = collate_neighbor_sparse_matrix_batch(items)
+    assert out["current_cells"].shape == out["next_cells"].shape == (3, 9)
+    np.testing.assert_array_equal(out["current_cells"].to_dense().numpy(), m.toarray()[[0, 3, 5]])
+    np.testing.assert_array_equal(out["next_cells"].to_dense().numpy(), m.toarray()[[1, 4, 6]])
+    assert collate_neighbor_sparse_matrix_batch(items, num_cols=16)["next_cells"].shape == (3, 16)
+    plain = [{**it, "current_cell": tuple(it["current_cell"]), "next_cell": tuple(it["next_cell"])} for it in items]
+    assert collate_neighbor_sparse_matrix_batch(plain)["current_cells"].shape[1] <= 6  # upstream's width
 
 
 def test_concat_to_output_path_keeps_inputs_unless_destroyed(tmp_path, write_h5ad):

@@ -29,12 +29,16 @@ def write_header(path: Path, dtypes: dict[str, str], lengths: dict[str, int], ta
     header.save(str(target or path / FileNames.HEADER.value))
 
 
-def cast_archive_data(path: str | os.PathLike, dtype: str, tolerance: float = 1e-08, chunk: int = DEFAULT_CHUNK) -> str:
+def cast_archive_data(
+    path: str | os.PathLike, dtype: str, tolerance: float = 1e-08, chunk: int = DEFAULT_CHUNK, allow_lossy: bool = False
+) -> str:
     """Rewrite ``data.npy`` of the archive at ``path`` as ``dtype``; returns the old dtype.
 
-    Values ``dtype`` cannot hold raise ``ValueError`` and leave the archive untouched; lossy
-    casts warn (``tolerance``, as at conversion). The archive is replaced as a whole (see the
-    module docstring); what a killed cast left beside it is removed first.
+    Values ``dtype`` cannot hold raise ``ValueError`` and leave the archive untouched. So does a
+    lossy cast (a value changing by more than ``tolerance``, such as normalised floats into
+    integers) unless ``allow_lossy``, which casts and warns (as at conversion). The archive is
+    replaced as a whole (see the module docstring); what a killed cast left beside it is removed
+    first.
     """
     path = Path(path)
     new = check_data_dtype(dtype)
@@ -49,7 +53,8 @@ def cast_archive_data(path: str | os.PathLike, dtype: str, tolerance: float = 1e
         staged = tmp / f".{FileNames.DATA.value}.cast.tmp"
         with open(staged, "wb") as out:
             for s in range(0, arrays.nnz, chunk):
-                write_raw(out, cast_checked(arrays.data[s : s + chunk], new, tolerance, str(path / FileNames.DATA.value)))
+                values = arrays.data[s : s + chunk]
+                write_raw(out, cast_checked(values, new, tolerance, str(path / FileNames.DATA.value), allow_lossy))
             out.flush()
             os.fsync(out.fileno())
         os.replace(staged, tmp / FileNames.DATA.value)  # replaces the link; the old file is untouched

@@ -53,12 +53,13 @@ def check_data_dtype(dtype: str | np.dtype | None) -> str:
     return name
 
 
-def cast_checked(values: np.ndarray, dtype: str, tolerance: float, where: str) -> np.ndarray:
+def cast_checked(values: np.ndarray, dtype: str, tolerance: float, where: str, allow_lossy: bool = True) -> np.ndarray:
     """Cast ``values`` to ``dtype`` the way the format stores them, refusing silent garbage.
 
     Values that an integer dtype cannot hold at all (negative, too large, NaN, inf) raise
-    ``ValueError`` instead of wrapping around as ``astype`` would. Precision loss (fractions into
-    integers, float64 into float32) gives upstream's tolerance ``UserWarning``.
+    ``ValueError`` instead of wrapping around as ``astype`` would. Precision loss beyond
+    ``tolerance`` (fractions into integers, float64 into float32) gives upstream's
+    ``UserWarning``, or with ``allow_lossy=False`` a ``ValueError``.
     """
     target = np.dtype(dtype)
     if values.dtype == target:
@@ -78,6 +79,11 @@ def cast_checked(values: np.ndarray, dtype: str, tolerance: float, where: str) -
         # Compare in float64 so the check itself does not overflow or round.
         diff = np.abs(cast.astype(np.float64) - values.astype(np.float64))
         max_diff = float(np.nanmax(diff)) if diff.size else 0.0
+        if max_diff > tolerance and not allow_lossy:
+            raise ValueError(
+                f"{where}: {target.name} would change stored values (max abs diff {max_diff}, tolerance {tolerance}); "
+                "pass allow_lossy=True to cast anyway"
+            )
         if max_diff > tolerance:
             warnings.warn(
                 f"{where}: Downcasted data values for 'data.npy' are not close to original values. "

@@ -321,7 +321,7 @@ class RowFeatureIndex(ABC):
     def _blocks_of(other: "RowFeatureIndex", kind: type) -> list[tuple[int, dict, Optional[str], Any]]:
         """``(rows, features, label, names)`` of each block of ``other``, for ``concat``."""
         if not isinstance(other, kind):
-            raise TypeError(f"Error: trying to concatenate something that's not a {kind.__name__}.")
+            raise TypeError(f"cannot concatenate {type(other).__name__} onto {kind.__name__}")
         # A snapshot: concatenating an index onto itself mutates what we iterate over.
         return [(other._block_rows(b), f, other._labels[b], other.names(b)) for b, f in enumerate(other._feature_arr)]
 

@@ -95,7 +95,7 @@ def open_arrays(path: str | Path, writable: bool = False, load_neighbors: bool =
         raise ArchiveNotFoundError(f"No SCDL archive at {path}")
     meta_path = path / FileNames.METADATA.value
     if not meta_path.is_file():
-        raise ArchiveNotFoundError(f"Error: the metadata file {meta_path} does not exist.")
+        raise ArchiveNotFoundError(f"the metadata file {meta_path} does not exist; not an SCDL archive?")
     metadata = read_json(meta_path)
     if not isinstance(metadata, dict):
         raise ArchiveError(f"{meta_path}: expected a JSON object, got {type(metadata).__name__}")

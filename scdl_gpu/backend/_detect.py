@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import os
 
+from .._hints import GPU
+
 
 @functools.cache
 def gpu_available() -> bool:
@@ -45,9 +47,8 @@ def resolve_device(device: str) -> str:
     if device.startswith("cuda"):
         if not gpu_available():
             raise RuntimeError(
-                f"device={device!r} was asked for but no usable CUDA device was found: install a GPU extra "
-                "(pip install 'scdl-gpu[gpu-cu13]' or '[gpu-cu12]') on a machine with an NVIDIA driver, "
-                "or use device='cpu' / 'auto'"
+                f"device={device!r} was asked for but no usable CUDA device was found: on a machine with an "
+                f"NVIDIA driver, {GPU}; or use device='cpu' / 'auto'"
                 + (" (SCDL_GPU_FORCE_CPU is set)" if os.environ.get("SCDL_GPU_FORCE_CPU", "") not in ("", "0") else "")
             )
         return "cuda"

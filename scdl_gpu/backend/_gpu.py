@@ -23,6 +23,7 @@ import os
 import numpy as np
 import torch
 
+from .._hints import GPU
 from ..archive._constants import FileNames
 from ..errors import ArchiveError
 from . import _residency
@@ -79,7 +80,7 @@ class GPUBackend(Backend):
         if reader not in READERS:
             raise ValueError(f"reader must be one of {READERS}, got {reader!r}")
         if reader == "kvikio" and not kvikio_available():
-            raise RuntimeError("reader='kvikio' but kvikio is not installed (pip install 'scdl-gpu[gpu-cu13]')")
+            raise RuntimeError(f"reader='kvikio' but kvikio is not installed: {GPU}")
         super().__init__(archive, options)
         import cupy as cp
 

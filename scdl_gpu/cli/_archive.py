@@ -34,10 +34,17 @@ def register(sub) -> None:
     )
     p.set_defaults(handler=validate)
 
-    p = sub.add_parser("cast", help="change the stored value type in place (safely: all or nothing)")
+    p = sub.add_parser(
+        "cast",
+        help="change the stored value type in place (safely: all or nothing)",
+        description="Rewrite the archive's values as DTYPE, replacing the archive whole once done. Values DTYPE "
+        "cannot hold are an error; so is a cast that changes values (normalised floats into integers) unless "
+        "--allow-lossy is given. On an error the archive is left as it was.",
+    )
     p.add_argument("archive")
     p.add_argument("dtype", choices=(*INT_ORDER, *FLOAT_ORDER))
-    p.add_argument("--tolerance", type=float, default=1e-08, help="warn when values change by more [%(default)s]")
+    p.add_argument("--allow-lossy", action="store_true", help="cast even when values change (by more than --tolerance); warns")
+    p.add_argument("--tolerance", type=float, default=1e-08, help="the largest change that is not a loss [%(default)s]")
     p.set_defaults(handler=cast)
 
 
@@ -88,6 +95,6 @@ def validate(args) -> int:
 def cast(args) -> int:
     from ..archive._cast import cast_archive_data
 
-    old = cast_archive_data(args.archive, args.dtype, args.tolerance)
+    old = cast_archive_data(args.archive, args.dtype, args.tolerance, allow_lossy=args.allow_lossy)
     print(f"{args.archive}: data {old} -> {args.dtype}")
     return 0

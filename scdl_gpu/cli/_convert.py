@@ -33,7 +33,14 @@ def register(sub) -> None:
         help="stored value type [float32]; auto: the smallest that holds every value exactly",
     )
     p.add_argument("--use-X-not-raw", action="store_true", help="convert X instead of raw.X (h5ad inputs)")
-    p.add_argument("--neighbor-key", default=None, metavar="KEY", help="also store the obsp[KEY] cell graph")
+    p.add_argument(
+        "--neighbor-key", default=None, metavar="KEY", help="also store the obsp[KEY] cell graph (an input without it is an error)"
+    )
+    p.add_argument(
+        "--allow-missing-neighbors",
+        action="store_true",
+        help="with --neighbor-key: convert anyway when an input lacks the key (no graph is stored; a warning names the inputs)",
+    )
     p.add_argument(
         "--obsm-key",
         dest="obsm_keys",
@@ -86,6 +93,7 @@ def convert(args) -> int:
         data_dtype=args.data_dtype,
         use_X_not_raw=args.use_X_not_raw,
         neighbor_key=args.neighbor_key,
+        allow_missing_neighbors=args.allow_missing_neighbors,
         gene_vocab=args.gene_vocab,
         gene_key=args.gene_key,
         genome=args.genome,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ def convert_h5ad(
     obs_feature_index_name: str = "obs_feature_id",
     load_neighbors: bool = False,
     neighbor_key: str = "next_cell_ids",
+    allow_missing_neighbors: bool = False,
     overwrite: bool = False,
     max_block_values: int = MAX_BLOCK_VALUES,
     progress: bool = False,
@@ -63,9 +65,11 @@ def convert_h5ad(
         Upstream's switches. Conversion always streams; for files larger than
         ``paginated_load_cutoff`` MiB, blocks hold at most ``load_block_row_size`` rows.
         Every block also holds at most ``max_block_values`` stored values, which bounds memory.
-    load_neighbors, neighbor_key
-        Also store ``obsp[neighbor_key]`` (sparse or dense) as the neighbor arrays; a missing key
-        warns and stores none, as upstream does.
+    load_neighbors, neighbor_key, allow_missing_neighbors
+        Also store ``obsp[neighbor_key]`` (sparse or dense) as the neighbor arrays. A missing key
+        is a ``ConversionError`` naming the input and its obsp keys; with
+        ``allow_missing_neighbors`` it warns and stores none, as upstream does (and as
+        :class:`~scdl_gpu.SingleCellMemMapDataset`, upstream's API, converts).
     keep_column_order
         ``False`` (default): store every row by increasing column (values follow; repeated
         columns keep their order), so loading needs no per-batch sort. ``True``: input order,
@@ -99,6 +103,9 @@ def convert_h5ad(
     if max_rows < 1:
         raise ValueError(f"load_block_row_size must be positive, got {load_block_row_size}")
     with H5adSource(src, use_X_not_raw) as source:
+        if load_neighbors and source.neighbors(neighbor_key) is None:
+            check_neighbors_allowed(neighbor_key, [(src, source.neighbor_keys())], allow_missing_neighbors)
+            load_neighbors = False
         n_rows, n_vars = source.shape
         obs, var = source.obs(), source.var()
         label = str(h5ad_path)
@@ -134,18 +141,23 @@ def _progress(enabled: bool, total: int, name: str):
     return tqdm(total=total, unit="cells", unit_scale=True, desc=f"converting {name}")
 
 
-def copy_neighbors(source: Source, key: str, sink, max_values: int, row_offset: int = 0) -> bool:
-    """Append ``source``'s graph ``key`` as neighbor rows (indices shifted by ``row_offset``).
+def check_neighbors_allowed(key: str, missing: list[tuple[os.PathLike, list[str]]], allowed: bool) -> None:
+    """Inputs without the neighbor graph ``key`` (each with the keys it has): an error naming them,
+    or, when ``allowed``, a warning that no graph is stored (upstream's behaviour)."""
+    where = ", ".join(f"{path} (obsp keys: {', '.join(keys) if keys else 'none'})" for path, keys in missing)
+    if not allowed:
+        raise ConversionError(
+            f"Neighbor key '{key}' not found in {where}; pass allow_missing_neighbors=True to convert without a neighbor graph"
+        )
+    warnings.warn(f"Neighbor key '{key}' not found in {where}; no neighbor arrays written.", UserWarning, stacklevel=3)
 
-    A missing key warns and writes nothing, as upstream does; returns whether a graph was copied.
-    """
-    import warnings
 
+def copy_neighbors(source: Source, key: str, sink, max_values: int, row_offset: int = 0) -> None:
+    """Append ``source``'s graph ``key`` as neighbor rows (indices shifted by ``row_offset``)."""
     graph = source.neighbors(key)
     n_rows = source.shape[0]
-    if graph is None:
-        warnings.warn(f"Neighbor key '{key}' not found in {source.path}; no neighbor arrays written.", UserWarning, stacklevel=3)
-        return False
+    if graph is None:  # callers check first (check_neighbors_allowed); the file changed under us
+        raise ConversionError(f"{source.path}: neighbor matrix '{key}' disappeared during conversion")
     if graph.shape != (n_rows, n_rows):
         raise ConversionError(f"{source.path}: neighbor matrix '{key}' is {graph.shape}, expected ({n_rows}, {n_rows})")
     if isinstance(graph, ScatterReader):
@@ -160,4 +172,3 @@ def copy_neighbors(source: Source, key: str, sink, max_values: int, row_offset: 
     for indptr, indices, values in blocks:
         check_cancelled()
         sink.append_neighbor_rows(indptr, np.asarray(indices, np.uint64) + np.uint64(row_offset), values)
-    return True

@@ -118,7 +118,7 @@ class ValueCast:
         hint = (
             f"data_dtype {np.dtype(target).name} cannot store it"
             if np.dtype(target).kind != "f"
-            else "non-finite values are refused; pass allow_nonfinite=True (--allow-nonfinite) to store them"
+            else "non-finite values are refused; pass allow_nonfinite=True to store them"
         )
         raise ConversionError(
             f"{where}: row {rows_of(k)} holds {values[k].item()}, a non-finite value "

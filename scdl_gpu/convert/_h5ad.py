@@ -36,10 +36,13 @@ def var_key(f: h5py.File, mkey: str) -> str:
     return {"X": "var", "raw/X": "raw/var", "raw.X": "raw.var"}[mkey]
 
 
+NEIGHBOR_GROUPS = ("obsp", "uns/neighbors")  # current layout, then pre-0.7 files
+
+
 def neighbor_element(f: h5py.File, key: str) -> h5py.Group | h5py.Dataset | None:
-    for k in (f"obsp/{key}", f"uns/neighbors/{key}"):
-        if k in f:
-            return f[k]
+    for group in NEIGHBOR_GROUPS:
+        if f"{group}/{key}" in f:
+            return f[f"{group}/{key}"]
     return None
 
 
@@ -151,5 +154,14 @@ class H5adSource(Source):
     def obsm(self, key: str) -> ObsmReader | None:
         return h5ad_obsm(self._file, key, self.path)
 
+    def neighbor_keys(self) -> list[str]:
+        groups = [self._file[g] for g in NEIGHBOR_GROUPS if isinstance(self._file.get(g), h5py.Group)]
+        return sorted({k for g in groups for k, e in g.items() if _is_matrix(e)})
+
     def close(self) -> None:
         self._file.close()
+
+
+def _is_matrix(elem) -> bool:
+    """A dense 2-D dataset or a sparse group (skips uns/neighbors' ``params`` and the like)."""
+    return (isinstance(elem, h5py.Dataset) and elem.ndim == 2) or (isinstance(elem, h5py.Group) and "indptr" in elem)

@@ -30,7 +30,7 @@ from ..archive._rowfiles import RowFiles, Segment
 from ..archive._writer import ArchiveWriter
 from ..errors import ConversionError
 from ._cancel import cancel_scope, check_cancelled, interruptible
-from ._convert import MAX_BLOCK_VALUES, copy_neighbors
+from ._convert import MAX_BLOCK_VALUES, check_neighbors_allowed, copy_neighbors
 from ._copy import AUTO, ColumnMap, ValueCast, ValueStats, copy_matrix
 from ._h5ad import features_of
 from ._inputs import discover_inputs, open_source
@@ -106,6 +106,7 @@ class _Probe:
     dtype: str
     genes: np.ndarray | None  # ids matched against the vocabulary, when aligning
     has_neighbors: bool
+    neighbor_keys: list[str]  # what the input has, for a message about a mistyped key
     obsm: dict[str, ObsmSpec] = field(default_factory=dict)  # the requested obsm keys it holds
     obsm_keys: list[str] = field(default_factory=list)  # every obsm key it holds
 
@@ -236,6 +237,7 @@ def convert_many(
     use_X_not_raw: bool = False,
     genome: str | None = None,
     neighbor_key: str | None = None,
+    allow_missing_neighbors: bool = False,
     gene_vocab: str | os.PathLike | Sequence[str] | None = None,
     gene_key: str | None = None,
     paginated_load_cutoff: float = 10_000,
@@ -265,7 +267,10 @@ def convert_many(
         else float32 or float64).
     neighbor_key
         Also store each input's ``obsp[neighbor_key]`` graph (indices offset to archive rows).
-        If any input lacks it, no graph is stored and a warning names the inputs without one.
+        An input without it is a ``ConversionError`` naming the inputs and their obsp keys.
+    allow_missing_neighbors
+        Convert anyway when an input lacks ``neighbor_key``: no graph is stored, and a warning
+        names the inputs without one.
     gene_vocab, gene_key
         Align columns onto one gene list: ``"union"``, ``"intersection"``, a file of feature ids
         (one per line) or a sequence of ids. Genes are matched by the var index (gene ids for
@@ -329,8 +334,8 @@ def convert_many(
     else:
         n_vars = max(p.shape[1] for p in probes)
     if neighbor_key is not None and not all(p.has_neighbors for p in probes):
-        missing = [str(p.path) for p in probes if not p.has_neighbors]
-        warnings.warn(f"Neighbor key '{neighbor_key}' not found in {missing}; no neighbor arrays written.", UserWarning, stacklevel=2)
+        missing = [(p.path, p.neighbor_keys) for p in probes if not p.has_neighbors]
+        check_neighbors_allowed(neighbor_key, missing, allow_missing_neighbors)
         neighbor_key = None
 
     reports = [
@@ -417,7 +422,9 @@ def _probe(path: Path, use_X_not_raw: bool, genome, gene_key, neighbor_key, obsm
             genes = None if gene_key is False else gene_ids(src.var(), gene_key, str(path))
             has_neighbors = neighbor_key is not None and src.neighbors(neighbor_key) is not None
             obsm = probe_obsm(src, obsm_keys)
-            return _Probe(path, src.kind, src.shape, np.dtype(src.matrix.dtype).name, genes, has_neighbors, obsm, src.obsm_keys())
+            keys = src.neighbor_keys() if neighbor_key is not None and not has_neighbors else []
+            return _Probe(path, src.kind, src.shape, np.dtype(src.matrix.dtype).name, genes, has_neighbors, keys, obsm,
+                          src.obsm_keys())
     except (ConversionError, FileNotFoundError):
         raise
     except Exception as e:

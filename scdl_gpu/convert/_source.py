@@ -47,6 +47,10 @@ class Source:
         """A row-range reader (:class:`~._obsm.ObsmReader`) of ``obsm[key]``, or None when absent."""
         return None
 
+    def neighbor_keys(self) -> list[str]:
+        """Keys ``neighbors`` accepts (for messages naming what a mistyped key could have been)."""
+        return []
+
     def close(self) -> None:
         pass
 

@@ -25,9 +25,11 @@ class SingleCellLoader:
 
     Each batch is a dict: ``X`` (a ``(B, n_genes)`` torch sparse CSR tensor with sorted columns,
     or dense with ``output="dense"``), ``rows`` (int64 archive row ids), ``obs`` (a dict of
-    tensors: the ``obs_columns``, categorical ones as integer codes into ``loader.categories``),
+    tensors: the ``obs_columns``, categorical ones as integer codes into ``loader.categories``;
+    rows from an input without a column read as NaN, or code -1 for a categorical one),
     with ``obsm_keys`` also ``obsm`` (a dict of ``(B, width)`` tensors: the batch's rows of each
-    obsm array kept at conversion, in its stored dtype), and with ``neighbors=True`` also ``neighbor_rows`` and ``neighbor_X`` (one sampled neighbor
+    obsm array kept at conversion, in its stored dtype), and with ``neighbors=True`` also
+    ``neighbor_rows`` and ``neighbor_X`` (one sampled neighbor
     per cell, the cell itself when it has none).
 
     Parameters
@@ -158,7 +160,10 @@ class SingleCellLoader:
     # -- sizes and state ------------------------------------------------------------------------
     @property
     def categories(self) -> dict[str, list]:
-        """Category lists of the encoded obs columns: code ``k`` of column ``c`` is ``categories[c][k]``."""
+        """Category lists of the encoded obs columns: code ``k`` of column ``c`` is ``categories[c][k]``.
+
+        Code -1 (not in the list) marks a row whose input lacks the column.
+        """
         return self.obs.categories
 
     def _shard(self, epoch: int) -> Shard:

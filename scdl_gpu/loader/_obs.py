@@ -14,34 +14,46 @@ from ..archive._obsm import open_obsm
 from ..archive._reader import load_feature_index
 from ..errors import ArchiveError
 
+MISSING_CODE = -1
+"""Code of a cell whose input had no value for a string/categorical column (not in ``categories``)."""
+
 
 class ObsColumns:
     """Selected obs columns of an archive, held in memory as arrays indexed by row.
 
     Strings and categoricals (stored as objects) become ``int64`` codes into ``categories[col]``
     (sorted, so codes do not depend on row order); numeric columns keep their dtype.
+
+    A multi-input archive holds one obs block per input, and inputs need not share columns: a
+    column is the union over blocks. Rows of a block without it read as missing: ``NaN`` for a
+    numeric column (integers become float64 to hold it), code ``MISSING_CODE`` (-1) for a
+    string/categorical one. A column no block has is a ``KeyError`` listing those there are.
     """
 
     def __init__(self, path: str | Path, columns: list[str], n_rows: int) -> None:
         index = load_feature_index(path, FileNames.OBS_FEATURES)
         if columns and index.number_of_rows() != n_rows:
             raise ArchiveError(f"{path}: the obs index covers {index.number_of_rows()} rows, expected the archive's {n_rows}")
+        blocks = index._feature_arr
+        sizes = [index._block_rows(b) for b in range(len(blocks))]
         self.values: dict[str, np.ndarray] = {}
         self.categories: dict[str, list] = {}
         for col in columns:
-            parts = []
-            for b, features in enumerate(index._feature_arr):
-                if col not in features:
-                    have = sorted(set().union(*(f.keys() for f in index._feature_arr)))
-                    raise KeyError(f"obs column {col!r} is missing from block {b} of {path}; columns: {have}")
-                parts.append(np.asarray(features[col]))
-            values = np.concatenate(parts) if parts else np.empty(0)
-            if values.dtype.kind in "OUS":
-                codes, cats = pd.factorize(pd.Series(values, dtype=object).astype(str), sort=True)
+            parts = [np.asarray(features[col]) if col in features else None for features in blocks]
+            found = [p for p in parts if p is not None]
+            if not found:
+                have = sorted(set().union(*(f.keys() for f in blocks)))
+                raise KeyError(f"obs column {col!r} is in none of the {len(blocks)} obs blocks of {path}; columns: {have}")
+            if any(p.dtype.kind in "OUS" for p in found):
+                text = [pd.Series(p, dtype=object).astype(str) if p is not None else pd.Series([None] * n, dtype=object) for p, n in zip(parts, sizes)]
+                codes, cats = pd.factorize(pd.concat(text, ignore_index=True), sort=True)  # None -> -1
                 self.values[col] = codes.astype(np.int64)
                 self.categories[col] = list(cats)
+            elif len(found) < len(parts):
+                filled = [p.astype(np.float64) if p is not None else np.full(n, np.nan) for p, n in zip(parts, sizes)]
+                self.values[col] = np.concatenate(filled)
             else:
-                self.values[col] = values
+                self.values[col] = np.concatenate(found)
         self.columns = list(columns)
 
     def take(self, rows: np.ndarray) -> dict[str, torch.Tensor]:

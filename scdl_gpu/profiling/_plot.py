@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .._hints import PLOT
+
 
 def pyplot():
     try:
         import matplotlib
     except ImportError as e:
-        raise RuntimeError("plots need matplotlib: pip install 'scdl-gpu[plot]'") from e
+        raise RuntimeError(f"plots need matplotlib: {PLOT}") from e
     matplotlib.use("Agg")  # files only; never a window
     import matplotlib.pyplot as plt
 

@@ -44,15 +44,15 @@ def run_profile(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=1, unit="config", desc="profile")
-    tick = Ticker(bar, f"{shuffle}@{batch_size} prefetch {prefetch}", seconds) if bar is not None else None
+        bar = tqdm(total=seconds, unit="s", desc="profile", bar_format="{l_bar}{bar}| {n:.1f}/{total:g} s{postfix}")
+    tick = Ticker(bar, f"{shuffle}@{batch_size} prefetch {prefetch}", seconds, advance=True) if bar is not None else None
     try:  # set-up and warm-up batches are not profiled: the clock starts with the window
         t = measure(lambda: loader_stream(loader), dev, seconds, warmup, on_batch=tick,
                     on_window=lambda: setattr(loader, "stages", clock))
     finally:
         loader.close()
         if bar is not None:
-            bar.update(1)
+            bar.update(max(bar.total - bar.n, 0))  # the window is over (or failed): show it complete
             bar.close()
     n = t.batches
     names = [s for s in STAGES if s in clock.calls] + [s for s in clock.calls if s not in STAGES]

@@ -39,6 +39,9 @@ def format_bench(result: dict) -> str:
                                                  for k, v in bounds.items()))
         elif b["cells_per_s"]:
             lines.append(f"bound    {b['name'].replace('_', ' ')}: {b['cells_per_s']:,.0f} cells/s")
+    if result.get("warmup_s") is not None:  # results written before the warm-up was separate lack it
+        lines.append(f"warm-up  {1e3 * result['warmup_s']:,.0f} ms once, before the first configuration (compile and "
+                     "cache loads, one loader set-up); 'first ms' is each configuration's own set-up and first batch")
     lines.append("")
     rows = []
     runs = result["results"]

@@ -247,6 +247,25 @@ def test_cast_replaces_the_archive_and_keeps_readers_of_the_old(counts_archive, 
     assert cast_archive_data(counts_archive, "float32") == "float32"  # nothing to do
 
 
+def test_lossy_cast_needs_allow_lossy(tmp_path):
+    """Normalised floats into an integer type: an error, the archive untouched; allowed, it warns."""
+    m = random_csr(50, 10, density=0.3, integer=False)  # values in (0, 1): uint16 truncates them all
+    make_adata(m).write_h5ad(tmp_path / "in.h5ad")
+    arch = convert_h5ad(tmp_path / "in.h5ad", tmp_path / "arch", use_X_not_raw=True)
+    before = _arrays(arch)
+    with pytest.raises(ValueError, match=r"data.npy: uint16 would change stored values .*pass allow_lossy=True"):
+        cast_archive_data(arch, "uint16")
+    after = _arrays(arch)
+    assert after[0] == "float32" and all(np.array_equal(x, y) for x, y in zip(before[1:], after[1:]))
+    assert _hidden(tmp_path) == [] and _in_flight(arch) == []
+    with pytest.raises(ValueError, match="allow_lossy"):  # float32 -> float16 rounds: a loss too
+        cast_archive_data(arch, "float16")
+    assert cast_archive_data(arch, "float64") == "float32"  # widening changes nothing
+    with pytest.warns(UserWarning, match="Downcasted"):
+        assert cast_archive_data(arch, "uint16", allow_lossy=True) == "float64"
+    assert _arrays(arch)[0] == "uint16" and not _arrays(arch)[1].any()
+
+
 def test_failed_cast_leaves_the_archive_untouched(tmp_path):
     m = random_csr(50, 10, density=0.3)
     m.data[-1] = 300  # more than uint8 holds

@@ -244,7 +244,7 @@ def test_var_concat():
     a.concat(a)  # self-concat: spans are snapshotted
     assert a.number_of_rows() == 18
     assert a._cumulative_sum_index.tolist() == [-1, 5, 9, 14, 18]
-    with pytest.raises(TypeError, match="Error: trying to concatenate something that's not a VariableFeatureIndex."):
+    with pytest.raises(TypeError, match="cannot concatenate ObservedFeatureIndex onto VariableFeatureIndex"):
         a.concat(ObservedFeatureIndex())
 
 
@@ -372,7 +372,7 @@ def test_obs_concat(obs3):
     assert obs3[12] == ([1.5], "E")
     assert obs3.names(2) is None  # C had no names
     assert obs3.names_for_rows(12, 13).tolist() == ["e0"]
-    with pytest.raises(TypeError, match="Error: trying to concatenate something that's not a ObservedFeatureIndex."):
+    with pytest.raises(TypeError, match="cannot concatenate VariableFeatureIndex onto ObservedFeatureIndex"):
         obs3.concat(VariableFeatureIndex())
 
 

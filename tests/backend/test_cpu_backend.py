@@ -181,8 +181,9 @@ def test_bad_requests(tmp_path):
 def test_auto_is_cpu_and_cuda_is_a_clear_error(tmp_path):
     path = write_archive(tmp_path / "a", random_matrix(10, 20, "float32"))
     assert isinstance(get_backend(path), CPUBackend)
-    with pytest.raises(RuntimeError, match="no usable CUDA device"):
+    with pytest.raises(RuntimeError, match="no usable CUDA device") as e:
         get_backend(path, device="cuda")
+    assert "pip install 'cupy-cuda13x[ctk]' kvikio-cu13" in str(e.value) and "scdl-gpu[" not in str(e.value)
 
 
 def test_package_import_does_not_import_cupy():

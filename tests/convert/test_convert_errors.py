@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from scdl_gpu import ConversionError, SingleCellMemMapDataset, convert_h5ad
+from scdl_gpu.convert._h5ad import H5adSource
 from tests.conftest import make_adata, random_csr
 
 
@@ -37,6 +38,30 @@ def test_no_raw(tmp_path, small_h5ad):
     with pytest.raises(ValueError, match="does not have raw count data"):
         SingleCellMemMapDataset(tmp_path / "out", h5ad_path=small_h5ad)
     assert _leftovers(tmp_path) == []
+
+
+def test_missing_neighbor_key_is_an_error_unless_allowed(tmp_path, write_h5ad):
+    import scipy.sparse as sp
+
+    g = sp.csr_matrix(np.eye(6, dtype=np.float32))
+    path = write_h5ad(make_adata(random_csr(6, 4), obsp={"connectivities": g, "distances": g}))
+    with H5adSource(path, use_X_not_raw=True) as source:
+        assert source.neighbor_keys() == ["connectivities", "distances"]
+    assert not source._file.id.valid  # closed on exit
+    match = r"'connectivitiez' not found in \S+ \(obsp keys: connectivities, distances\); pass allow_missing_neighbors=True"
+    with pytest.raises(ConversionError, match=match):
+        convert_h5ad(path, tmp_path / "out", use_X_not_raw=True, load_neighbors=True, neighbor_key="connectivitiez")
+    assert _leftovers(tmp_path) == []
+    with pytest.warns(UserWarning, match="'connectivitiez' not found"):
+        out = convert_h5ad(path, tmp_path / "out", use_X_not_raw=True, load_neighbors=True, neighbor_key="connectivitiez",
+                           allow_missing_neighbors=True)
+    assert not (out / "neighbor_indices.npy").exists()
+    # upstream's API keeps upstream's behaviour (its own tests rely on it): warn, load no neighbors
+    with pytest.warns(UserWarning) as caught:
+        ds = SingleCellMemMapDataset(tmp_path / "ds", h5ad_path=path, use_X_not_raw=True, load_neighbors=True,
+                                     neighbor_key="connectivitiez")
+    assert any("'connectivitiez' not found" in str(w.message) for w in caught)
+    assert ds.get_neighbor_stats() == {"has_neighbors": False}
 
 
 def test_no_x(tmp_path, write_h5ad):

@@ -133,10 +133,12 @@ def test_neighbors_from_obsp(tmp_path, write_h5ad, fmt):
     assert ds.sample_neighbor_index(2) == 2  # no neighbors: the cell itself
 
 
-def test_missing_neighbor_key_warns(tmp_path, write_h5ad):
+def test_missing_neighbor_key_warns_when_allowed(tmp_path, write_h5ad):
     path = write_h5ad(make_adata(random_csr(5, 5)))
+    with pytest.raises(ValueError, match=r"not found in .*\(obsp keys: none\)"):
+        convert_h5ad(path, tmp_path / "a", use_X_not_raw=True, load_neighbors=True)
     with pytest.warns(UserWarning, match="not found"):
-        out = convert_h5ad(path, tmp_path / "a", use_X_not_raw=True, load_neighbors=True)
+        out = convert_h5ad(path, tmp_path / "a", use_X_not_raw=True, load_neighbors=True, allow_missing_neighbors=True)
     assert not (out / "neighbor_indptr.npy").exists()
 
 

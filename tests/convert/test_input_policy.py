@@ -65,7 +65,8 @@ def test_convert_many_names_the_input_and_row(tmp_path, write_h5ad):
 def test_cli_flag(tmp_path, write_h5ad, capsys):
     path = _with_value(write_h5ad, np.nan, 9)
     assert cli(["convert", str(path), "-o", str(tmp_path / "out"), "--use-X-not-raw", "-q"]) == 1
-    assert f"{path}:X: row 9 holds nan" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{path}:X: row 9 holds nan" in err and "pass --allow-nonfinite to store them" in err  # the flag, not the keyword
     assert cli(["convert", str(path), "-o", str(tmp_path / "out"), "--use-X-not-raw", "-q", "--allow-nonfinite"]) == 0
 
 

@@ -188,8 +188,12 @@ def test_neighbors_concatenated_with_offsets(tmp_path):
     assert validate_archive(report.archive) == []
     a = make_adata(random_csr(3, 5))
     a.write_h5ad(tmp_path / "none.h5ad")
+    everything = paths + [tmp_path / "none.h5ad"]
+    with pytest.raises(ConversionError, match=r"'next_cell_ids' not found in \S*none.h5ad \(obsp keys: none\); pass allow_missing_neighbors=True"):
+        convert_many(everything, tmp_path / "out2", use_X_not_raw=True, neighbor_key="next_cell_ids")
+    assert not (tmp_path / "out2").exists()
     with pytest.warns(UserWarning, match="not found in"):
-        report = convert_many(paths + [tmp_path / "none.h5ad"], tmp_path / "out2", use_X_not_raw=True, neighbor_key="next_cell_ids")
+        report = convert_many(everything, tmp_path / "out2", use_X_not_raw=True, neighbor_key="next_cell_ids", allow_missing_neighbors=True)
     assert not (report.archive / "neighbor_indices.npy").exists()
 
 

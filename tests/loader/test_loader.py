@@ -272,3 +272,32 @@ def test_sorted_archives_skip_the_per_batch_check(tmp_path, monkeypatch):
     for b in SingleCellLoader(path, batch_size=64, shuffle="random", device="cpu"):
         x = b["X"]
         torch.sparse_csr_tensor(x.crow_indices(), x.col_indices(), x.values(), x.shape, check_invariants=True)
+
+
+def test_obs_columns_are_the_union_over_inputs(tmp_path):
+    """Inputs without a column read as missing: NaN (ints become float64), code -1 for strings."""
+    from scdl_gpu import convert_many
+    from scdl_gpu.loader._obs import MISSING_CODE
+
+    a = make_adata(random_csr(30, 12, density=0.3, seed=2), seed=1)
+    b = make_adata(random_csr(20, 12, density=0.3, seed=3), seed=2)
+    b.obs = b.obs.drop(columns=["cell_type", "n_genes"])
+    a.write_h5ad(tmp_path / "a.h5ad")
+    b.write_h5ad(tmp_path / "b.h5ad")
+    out = convert_many([tmp_path / "a.h5ad", tmp_path / "b.h5ad"], tmp_path / "ab", use_X_not_raw=True).archive
+    loader = SingleCellLoader(out, batch_size=50, shuffle="sequential", obs_columns=["cell_type", "n_genes", "score", "donor"], device="cpu")
+    (batch,) = list(loader)
+    obs = batch["obs"]
+    cats = loader.categories["cell_type"]
+    assert cats == sorted(set(a.obs["cell_type"].astype(str)))  # the missing marker is not a category
+    codes = obs["cell_type"].numpy()
+    assert [cats[c] for c in codes[:30]] == a.obs["cell_type"].astype(str).tolist()
+    assert (codes[30:] == MISSING_CODE).all()
+    n_genes = obs["n_genes"].numpy()
+    assert n_genes.dtype == np.float64
+    np.testing.assert_array_equal(n_genes[:30], a.obs["n_genes"].to_numpy().astype(np.float64))
+    assert np.isnan(n_genes[30:]).all()
+    np.testing.assert_array_equal(obs["score"].numpy(), np.concatenate([a.obs["score"], b.obs["score"]]))
+    assert [loader.categories["donor"][c] for c in obs["donor"].tolist()] == a.obs["donor"].tolist() + b.obs["donor"].tolist()
+    with pytest.raises(KeyError, match=r"'nope' is in none of the 2 obs blocks.*'cell_type'.*'score'"):
+        SingleCellLoader(out, obs_columns=["nope"], device="cpu")

@@ -136,3 +136,44 @@ def test_format_bench_names_each_residencys_bound(bundled_archive):
     assert "bounds   device: hbm copy" in text and "pinned: h2d" in text
     assert "auto (pinned)" in text  # where "auto" put the archive, when the loader says
 
+
+
+def test_bench_separates_one_off_warm_up_from_first_batch(bundled_archive, monkeypatch):
+    """A one-off cost (as a JIT compile is) lands in ``warmup_s``, not in the first configuration's first batch."""
+    import time
+
+    from scdl_gpu.profiling import _bench
+
+    paid = []
+
+    def stream_with_one_off_cost(loader):
+        if not paid:
+            paid.append(1)
+            time.sleep(1.0)
+        yield from real_stream(loader)
+
+    real_stream = _bench.loader_stream
+    monkeypatch.setattr(_bench, "loader_stream", stream_with_one_off_cost)
+    r = run_bench(bundled_archive, device="cpu", shuffles=["block", "random"], batch_sizes=[16], seconds=0.1, warmup=0,
+                  ceilings=False)
+    assert r["warmup_s"] >= 1.0
+    assert all(x["first_batch_s"] < 1.0 for x in r["results"])
+    assert "warm-up " in format_bench(r) and "ms once" in format_bench(r)
+
+
+def test_profile_progress_bar_advances_with_the_window(bundled_archive, monkeypatch):
+    import tqdm.auto
+
+    seen = []
+
+    class Recording(tqdm.auto.tqdm):
+        def update(self, n=1):
+            out = super().update(n)
+            seen.append(self.n)
+            return out
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recording)
+    run_profile(bundled_archive, device="cpu", shuffle="block", batch_size=8, prefetch=0, seconds=0.7, warmup=0, progress=True)
+    inside = [n for n in seen[:-1]]  # updates during the window; the last one completes the bar
+    assert inside and 0 < inside[0] < 0.7 and inside == sorted(inside)
+    assert seen[-1] == pytest.approx(0.7)
