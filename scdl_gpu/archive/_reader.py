@@ -210,7 +210,7 @@ def load_feature_index(path: str | Path, which: FileNames):
     if not d.is_dir():
         return cls()
     with parsing(d, "feature index"):  # each file has its own guard; this one catches the rest
-        return cls.load(str(d))
+        return cls.load(str(d), pickled_labels_ok=True)  # the wheel's CLI archives still open
 
 
 def rows_sorted(path: str | Path, n_rows: int, nnz: int) -> bool:
