@@ -35,7 +35,8 @@ __all__ = ["ValidationReport", "validate_archive", "validation_report", "write_c
 _CSR = (FileNames.DATA, FileNames.ROWPTR, FileNames.COLPTR)
 _NEIGHBORS = (FileNames.NEIGHBOR_INDICES_PTR, FileNames.NEIGHBOR_INDICES, FileNames.NEIGHBOR_VALUES)
 # Loader warnings about layouts that are legitimate (not damage) and so are not problems.
-_BENIGN_WARNINGS = ("holds pickled objects",)  # 0.1.3-wheel labels.npy: readable, just not unpickled
+# 0.1.3-wheel labels.npy: readable (upstream HEAD's deprecation notice), pickled ones just not unpickled.
+_BENIGN_WARNINGS = ("holds pickled objects", "Found legacy labels.npy")
 # Hidden siblings ``.<archive>.<kind>-<host>-<pid>-<token>`` that writers create beside the archive
 # they replace (``_atomic``; older versions: ``.<archive>.<kind>-<token>``).
 _SIBLING_KINDS = ("partial-", "old-", "journal-")
