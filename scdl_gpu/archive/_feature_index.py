@@ -130,12 +130,6 @@ def _read_labels(d: Path, n_blocks: int, pickled_ok: bool = False) -> list[Optio
         if not isinstance(labels, list) or not all(lab is None or isinstance(lab, str) for lab in labels):
             raise ArchiveError(f"{path} must hold a JSON list of strings or nulls.")
     elif (path := d / LABELS_NPY).is_file():
-        if (d / NAMES_RECORD).is_file():
-            # Our save writes labels.npy only as the wheel's copy of labels.json: one without the other is damage.
-            raise ArchiveNotFoundError(
-                f"No labels file found in {d}: {LABELS_JSON} is missing ({LABELS_NPY} there is only the copy "
-                "scdl_gpu writes for bionemo-scdl 0.1.3)."
-            )
         warnings.warn(
             f"Found legacy labels.npy in '{d}'. This format is deprecated (bionemo-scdl 0.1.3 may pickle it). "
             "To re-index, load this dataset and call .save() to write the new labels.json format.",

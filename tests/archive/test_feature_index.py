@@ -513,18 +513,21 @@ def test_round_trip_none_label_via_npy_only(tmp_path):
     idx = make_var(2)
     idx._labels[0] = None
     idx.save(tmp_path)
-    (tmp_path / "labels.json").unlink()  # force the labels.npy path ("" -> None)...
-    (tmp_path / "names.json").unlink()  # ...of a legacy index (ours always has names.json)
+    (tmp_path / "labels.json").unlink()  # force the labels.npy path ("" -> None)
     with pytest.warns(FutureWarning, match="legacy labels.npy"):
         assert VariableFeatureIndex.load(tmp_path)._labels == [None, "file_1.h5ad"]
 
 
-def test_our_index_without_labels_json_is_damaged(tmp_path):
-    """labels.npy in an index we wrote is the wheel's copy of labels.json: alone, it means damage
-    (upstream HEAD: no labels file raises FileNotFoundError)."""
+def test_labels_files_as_upstream_head(tmp_path):
+    """HEAD: labels.json; else a legacy labels.npy with a FutureWarning; else FileNotFoundError.
+    Our save writes both (the 0.1.3 wheel reads only labels.npy), so an index of ours that lost
+    labels.json still loads its labels, from that copy; one with neither file raises."""
     make_var(2).save(tmp_path)
     (tmp_path / "labels.json").unlink()
-    with pytest.raises(FileNotFoundError, match="No labels file found in .*labels.json is missing"):
+    with pytest.warns(FutureWarning, match="Found legacy labels.npy"):
+        assert VariableFeatureIndex.load(tmp_path)._labels == ["file_0.h5ad", "file_1.h5ad"]
+    (tmp_path / "labels.npy").unlink()
+    with pytest.raises(FileNotFoundError, match="No labels file found in .*Expected labels.json or labels.npy"):
         VariableFeatureIndex.load(tmp_path)
 
 
@@ -731,9 +734,8 @@ def _corrupt(d: Path, how: str) -> None:
         (d / "labels.json").write_text(json.dumps(["only-one"]))
     elif how == "labels-json-type":
         (d / "labels.json").write_text(json.dumps({"a": 1}))
-    elif how == "labels-npy-numeric":  # a legacy index: no labels.json, no names.json
+    elif how == "labels-npy-numeric":
         (d / "labels.json").unlink()
-        (d / "names.json").unlink()
         np.save(d / "labels.npy", np.array([1, 2]))
     elif how == "names-length":
         (d / "names_0.arrow").write_bytes((d / "names_1.arrow").read_bytes())
@@ -883,7 +885,8 @@ def test_damaged_npy_files_raise_archive_error(tmp_path, name, mutate, match):
         (tmp_path / "labels.json").unlink()
     f = tmp_path / name
     f.write_bytes(mutate(f.read_bytes()))
-    with pytest.raises(ArchiveError, match=match):
+    legacy = pytest.warns(FutureWarning) if name == "labels.npy" else contextlib.nullcontext()
+    with legacy, pytest.raises(ArchiveError, match=match):
         ObservedFeatureIndex.load(tmp_path)
 
 
