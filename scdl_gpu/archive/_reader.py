@@ -41,7 +41,7 @@ class ArchiveArrays:
     metadata: dict
     neighbors: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     warnings: list[str] = field(default_factory=list)
-    reserved: bool = False  # an unfilled preallocation: see _unfilled_preallocation
+    reserved: bool = False  # an unfilled preallocation: see unfilled_preallocation
 
     @property
     def n_rows(self) -> int:
@@ -112,7 +112,7 @@ def open_arrays(path: str | Path, writable: bool = False, load_neighbors: bool =
     nnz = int(row_ptr[-1])
     if int(row_ptr[0]) != 0:
         raise ArchiveError(f"{rp_path} starts at {int(row_ptr[0])}, expected 0")
-    reserved = _unfilled_preallocation(path, header, metadata, dtypes, row_ptr)
+    reserved = unfilled_preallocation(path, header, metadata, dtypes, row_ptr)
     arrays = {}
     for member in (FileNames.DATA, FileNames.COLPTR):
         fpath = path / member.value
@@ -170,7 +170,7 @@ def open_arrays(path: str | Path, writable: bool = False, load_neighbors: bool =
     )
 
 
-def _unfilled_preallocation(path: Path, header, metadata: dict, dtypes: dict, row_ptr: np.ndarray) -> bool:
+def unfilled_preallocation(path: Path, header, metadata: dict, dtypes: dict, row_ptr: np.ndarray) -> bool:
     """True for upstream's ``SingleCellMemMapDataset(path, num_rows=, num_elements=)`` saved before
     anything was written: every row empty (``row_ptr`` all 0), no row counted (``metadata.json``,
     no gene table) and ``data.npy``/``col_ptr.npy`` as long as the header says (their capacity).
