@@ -11,8 +11,9 @@ import os
 import shutil
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 import torch
 
 from ._neighbors import NeighborMixin
@@ -31,6 +32,9 @@ from .archive._writer import write_json
 from .convert import convert_h5ad
 from .convert._h5ad import H5adSource
 from .errors import ArchiveError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @pinned_open
@@ -152,13 +156,19 @@ class SingleCellMemMapDataset(NeighborMixin, torch.utils.data.Dataset):
 
         Unlike upstream, which leaves the gene and cell tables to ``load_h5ad``, the whole archive
         (tables included) is written: the directory never holds arrays without their tables."""
-        return self._convert(anndata_path, float("inf"))
+        self._convert(anndata_path, float("inf"))
+        return self._tables(anndata_path)
 
     def paginated_load_h5ad(self, anndata_path: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame, int]:
         """:meth:`regular_load_h5ad`, reading ``load_block_row_size`` rows at a time."""
-        return self._convert(anndata_path, 0)
+        self._convert(anndata_path, 0)
+        return self._tables(anndata_path)
 
-    def _convert(self, h5ad_path, paginated_load_cutoff: float) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    def _tables(self, h5ad_path) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+        with H5adSource(Path(h5ad_path), self.use_X_not_raw) as source:
+            return source.var(), source.obs(), int(source.shape[0])
+
+    def _convert(self, h5ad_path, paginated_load_cutoff: float) -> None:
         path = Path(self.data_path)
         if not Path(h5ad_path).is_file():
             raise FileNotFoundError(f"Error: could not find h5ad path {h5ad_path}")
@@ -187,8 +197,6 @@ class SingleCellMemMapDataset(NeighborMixin, torch.utils.data.Dataset):
             allow_nonfinite=self.allow_nonfinite,  # upstream stores NaN silently; we refuse unless asked
         )
         self.load(path)
-        with H5adSource(Path(h5ad_path), self.use_X_not_raw) as source:
-            return source.var(), source.obs(), int(source.shape[0])
 
     @property
     def header_path(self) -> str:

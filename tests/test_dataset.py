@@ -332,3 +332,14 @@ def test_load_h5ad_errors(tmp_path, write_h5ad):
     with pytest.raises(ValueError, match="raw"):
         raw_missing.paginated_load_h5ad(src)
     assert SingleCellMemMapDataset(tmp_path / "r").number_of_rows() == 0  # saved, not half-converted
+
+
+def test_unfilled_preallocation_concatenates_as_empty(tmp_path, write_h5ad):
+    src = SingleCellMemMapDataset(tmp_path / "s", h5ad_path=write_h5ad(make_adata(random_csr(6, 9))), use_X_not_raw=True)
+    SingleCellMemMapDataset(tmp_path / "e", num_rows=2, num_elements=10).save()
+    target = SingleCellMemMapDataset(tmp_path / "e")
+    target.concat([src, SingleCellMemMapDataset(tmp_path / "e")], output_path=str(tmp_path / "out"))
+    out = SingleCellMemMapDataset(tmp_path / "out")
+    assert out.number_of_rows() == 6 and out.number_of_variables() == [9]
+    for name in ("data", "row_index", "col_index"):
+        np.testing.assert_array_equal(getattr(out, name), getattr(src, name))
