@@ -111,6 +111,26 @@ def test_refuses_when_the_real_package_is_imported(tmp_path):
     )
 
 
+def test_works_without_any_bionemo_installed(tmp_path):
+    """With no real ``bionemo`` namespace on the path, the layer provides the parent package too."""
+    _check(
+        """
+        import importlib.machinery, sys
+        real_find = importlib.machinery.PathFinder.find_spec
+        importlib.machinery.PathFinder.find_spec = classmethod(
+            lambda cls, name, path=None, target=None: None if name.split(".")[0] == "bionemo" else real_find(name, path, target))
+        import scdl_gpu.compat
+        scdl_gpu.compat.install()
+        from bionemo.scdl.util.torch_dataloader_utils import collate_sparse_matrix_batch
+        import bionemo
+        assert bionemo.__spec__.origin == "scdl_gpu.compat"
+        scdl_gpu.compat.uninstall()
+        assert not [m for m in sys.modules if m.split(".")[0] == "bionemo"]
+        """,
+        tmp_path,
+    )
+
+
 UPSTREAM_SCRIPT = '''\
 """Written against bionemo-scdl: convert, reopen, iterate a DataLoader, read features."""
 import json
