@@ -11,6 +11,8 @@ import os
 import shutil
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
@@ -30,7 +32,11 @@ from .archive._obsm import open_obsm
 from .archive._reader import load_feature_index, open_arrays
 from .archive._writer import write_json
 from .convert import convert_h5ad
+from .convert._h5ad import H5adSource
 from .errors import ArchiveError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @pinned_open
@@ -79,6 +85,9 @@ class SingleCellMemMapDataset(NeighborMixin, torch.utils.data.Dataset):
         self.obs_feature_index_name = obs_feature_index_name
         self.use_X_not_raw = use_X_not_raw
         self.data_dtype_tolerance = data_dtype_tolerance
+        self.allow_nonfinite = allow_nonfinite
+        self._data_dtype = data_dtype  # for load_h5ad; an opened archive keeps its own
+        self._reserved = False
         self._init_neighbors(load_neighbors, neighbor_key, neighbor_sampling_strategy, fallback_to_identity)
         path = Path(data_path)
         if self.mode is Mode.CREATE_APPEND and path.exists():
@@ -91,23 +100,7 @@ class SingleCellMemMapDataset(NeighborMixin, torch.utils.data.Dataset):
         if path.exists():
             self.load(data_path)
         elif h5ad_path is not None:
-            convert_h5ad(
-                h5ad_path,
-                path,
-                data_dtype=data_dtype,
-                data_dtype_tolerance=data_dtype_tolerance,
-                use_X_not_raw=use_X_not_raw,
-                paginated_load_cutoff=paginated_load_cutoff,
-                load_block_row_size=load_block_row_size,
-                var_feature_index_name=var_feature_index_name,
-                obs_feature_index_name=obs_feature_index_name,
-                load_neighbors=load_neighbors,
-                neighbor_key=neighbor_key,
-                allow_missing_neighbors=True,  # upstream's API warns and loads no neighbors
-                keep_column_order=True,  # upstream's API: the same bytes as upstream's conversion
-                allow_nonfinite=allow_nonfinite,  # upstream stores NaN silently; we refuse unless asked
-            )
-            self.load(data_path)
+            self._convert(h5ad_path, paginated_load_cutoff)
         elif isinstance(num_rows, int) and isinstance(num_elements, int):
             self._create_empty(path, num_rows, num_elements, data_dtype)
         else:
@@ -124,6 +117,7 @@ class SingleCellMemMapDataset(NeighborMixin, torch.utils.data.Dataset):
         self.metadata = arrays.metadata
         self._obs_feature_index = None
         self._version = SCDL_PACKAGE_VERSION
+        self._reserved = arrays.reserved
         self._attach_neighbors(arrays.neighbors)
 
     def _create_empty(self, path: Path, num_rows: int, num_elements: int, data_dtype: str | None) -> None:
@@ -145,7 +139,67 @@ class SingleCellMemMapDataset(NeighborMixin, torch.utils.data.Dataset):
         self._var_feature_index = VariableFeatureIndex()
         self._obs_feature_index = ObservedFeatureIndex()
         self._version = SCDL_PACKAGE_VERSION
+        self._reserved = True  # rows count once written (or converted into by load_h5ad), as upstream
         self._attach_neighbors(None)
+
+    # -- converting into this dataset (upstream's load_h5ad family) -------------------------------
+    def load_h5ad(self, anndata_path: str | os.PathLike) -> None:
+        """Convert an AnnData file into this dataset's directory and open it (upstream's method).
+
+        Files of ``paginated_load_cutoff`` MB or more are read ``load_block_row_size`` rows at a
+        time. The archive is replaced whole once the conversion is complete. The dataset must hold
+        no rows yet (a ``num_rows``/``num_elements`` preallocation): upstream would overwrite the
+        arrays and append a second gene table, leaving an inconsistent archive; use :meth:`concat`.
+        """
+        self._convert(anndata_path, self.paginated_load_cutoff)
+
+    def regular_load_h5ad(self, anndata_path: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+        """:meth:`load_h5ad` without paging; returns the file's ``(var, obs, num_rows)`` as upstream.
+
+        Unlike upstream, which leaves the gene and cell tables to ``load_h5ad``, the whole archive
+        (tables included) is written: the directory never holds arrays without their tables."""
+        self._convert(anndata_path, float("inf"))
+        return self._tables(anndata_path)
+
+    def paginated_load_h5ad(self, anndata_path: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+        """:meth:`regular_load_h5ad`, reading ``load_block_row_size`` rows at a time."""
+        self._convert(anndata_path, 0)
+        return self._tables(anndata_path)
+
+    def _tables(self, h5ad_path) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+        with H5adSource(Path(h5ad_path), self.use_X_not_raw) as source:
+            return source.var(), source.obs(), int(source.shape[0])
+
+    def _convert(self, h5ad_path, paginated_load_cutoff: float) -> None:
+        path = Path(self.data_path)
+        if not Path(h5ad_path).is_file():
+            raise FileNotFoundError(f"Error: could not find h5ad path {h5ad_path}")
+        if path.exists():
+            if self.number_of_rows():
+                raise ValueError(
+                    f"{path} already holds {self.number_of_rows()} rows; load_h5ad converts into an empty "
+                    "dataset only. Convert the file to its own archive and concat it."
+                )
+            if self._writable_dirty():
+                self.save()  # a preallocation becomes an archive, which the conversion then replaces
+        convert_h5ad(
+            h5ad_path,
+            path,
+            data_dtype=self._data_dtype,
+            data_dtype_tolerance=self.data_dtype_tolerance,
+            use_X_not_raw=self.use_X_not_raw,
+            paginated_load_cutoff=paginated_load_cutoff,
+            load_block_row_size=self.load_block_row_size,
+            var_feature_index_name=self.var_feature_index_name,
+            obs_feature_index_name=self.obs_feature_index_name,
+            load_neighbors=self.load_neighbors,
+            neighbor_key=getattr(self, "neighbor_key", "next_cell_ids"),
+            allow_missing_neighbors=True,  # upstream's API warns and loads no neighbors
+            overwrite=path.exists(),
+            keep_column_order=True,  # upstream's API: the same bytes as upstream's conversion
+            allow_nonfinite=self.allow_nonfinite,  # upstream stores NaN silently; we refuse unless asked
+        )
+        self.load(path)
 
     @property
     def header_path(self) -> str:
@@ -271,6 +325,10 @@ class SingleCellMemMapDataset(NeighborMixin, torch.utils.data.Dataset):
 
     # -- sizes --------------------------------------------------------------------------------
     def number_of_rows(self) -> int:
+        """Rows of the archive; 0 for a preallocation nothing was written into (its reserved rows
+        read as empty rows, as upstream's)."""
+        if self._reserved and not int(self.row_index[-1]):
+            return 0
         return len(self.row_index) - 1
 
     def number_of_variables(self) -> list[int]:

@@ -2,7 +2,8 @@
 
 Our archives open in upstream's ``SingleCellMemMapDataset`` and upstream's in ours, with every
 row, dtype, size, feature table and label equal. Where the two differ, the difference is asserted:
-labels.json (ours) vs labels.npy (wheel; pickled for Path labels: we warn, never unpickle); raw.X
+labels.json (ours) vs labels.npy (wheel: a FutureWarning on open, as upstream HEAD; pickled for Path
+labels: HEAD refuses the archive, we open it with labels None and a warning, never unpickle); raw.X
 conversion stores adata.raw.var (ours) vs adata.var (upstream); upstream's stale metadata after
 concat and stale header after a cast of a reopened archive; CSC input; get_row_column on unsorted
 rows; negative rows; collate width (ours: gene count, upstream: max column + 1).
@@ -39,6 +40,8 @@ from scdl_gpu.errors import ArchiveError
 pytestmark = [
     pytest.mark.filterwarnings("ignore::anndata.OldFormatWarning"),
     pytest.mark.filterwarnings("ignore:Moving element from .uns:FutureWarning"),
+    # Every wheel archive has labels.npy: upstream HEAD's FutureWarning, asserted once in test_wheel_labels_warn.
+    pytest.mark.filterwarnings("ignore:Found legacy labels.npy:FutureWarning"),
 ]
 
 _SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
@@ -260,11 +263,34 @@ def test_concat_of_two_files_matches(tmp_path):
 
 # -- pickled labels: upstream's Path labels, as its CLI writes them -----------------------------------
 def _open_ours_pickled(archive: Path) -> Ours:
+    """Upstream HEAD refuses these archives (ValueError); ours open, labels None, one warning per index."""
     with pytest.warns(UserWarning, match="labels.npy holds pickled objects") as record:
         ours = Ours(archive)
         assert all(lab is None for lab in ours.var_features()._labels + ours.obs_features()._labels)
-    assert len(record) == 2  # one per feature index
+    assert [w.category for w in record].count(UserWarning) == 2  # one per feature index
     return ours
+
+
+def test_wheel_labels_warn_and_pickled_ones_are_refused_by_the_index_api(tmp_path):
+    """As upstream HEAD: the wheel's labels.npy loads with a FutureWarning; the index classes refuse a
+    pickled one (ValueError) while the dataset still opens the archive; re-saving writes labels.json."""
+    out = tmp_path / "theirs"
+    Theirs(str(out), h5ad_path=PERTURB, use_X_not_raw=True)  # a Path label: pickled
+    Theirs(str(tmp_path / "str"), h5ad_path=str(PERTURB), use_X_not_raw=True)  # str labels: <U
+    with pytest.warns(FutureWarning, match="Found legacy labels.npy") as record:
+        ds = Ours(tmp_path / "str")
+        assert ds.var_features()._labels == ds.obs_features()._labels == [str(PERTURB)]
+    assert [w.category for w in record].count(FutureWarning) == 2  # var and obs
+    from scdl_gpu.archive import VariableFeatureIndex
+
+    with pytest.raises(ValueError, match="contains pickled objects"):
+        VariableFeatureIndex.load(out / "var_features")
+    ours = _open_ours_pickled(out)
+    ours.save()
+    assert json.loads((out / "var_features" / "labels.json").read_text()) == [None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert VariableFeatureIndex.load(out / "var_features")._labels == [None]
 
 
 @pytest.mark.parametrize("how", ["h5ad_path-is-Path", "collection-flatten"])

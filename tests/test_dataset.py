@@ -297,3 +297,86 @@ def test_gene_names_of_a_zero_row_archive(tmp_path, write_h5ad):
     np.testing.assert_array_equal(ds.var_names(), a.var_names.astype(str))
     with pytest.raises(IndexError):
         ds.var_names(1)
+
+
+# -- preallocation and upstream's load_h5ad family ------------------------------------------------
+def test_unfilled_preallocation_reopens_empty_as_upstream(tmp_path):
+    """Upstream HEAD: ``num_rows=2, num_elements=10`` saved unfilled reopens with 0 rows, and the
+    reserved rows read as empty rows; the header keeps the capacity, so saving again is stable."""
+    ds = SingleCellMemMapDataset(tmp_path / "e", num_rows=2, num_elements=10)
+    assert len(ds) == ds.number_of_rows() == 0 and ds.number_nonzero_values() == 10
+    assert ds.save() is True
+    assert json.loads((tmp_path / "e" / "metadata.json").read_text()) == {"num_rows": 0}
+    for _ in range(2):  # reopened, then reopened after a save of the reopened dataset
+        again = SingleCellMemMapDataset(tmp_path / "e")
+        assert again.number_of_rows() == len(again) == again.number_of_values() == 0
+        assert again.number_of_variables() == [0] and again.sparsity() == 0.0
+        assert again[1].shape == (2, 0) and again.get_row(0)[0][0].size == 0
+        with pytest.raises(IndexError):
+            again[2]
+        again.save()
+    header = SCDLHeader.load(str(tmp_path / "e" / "header.sch"))
+    assert [header.get_array(n).length for n in ("DATA", "ROWPTR", "COLPTR")] == [10, 3, 10]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda d: (d / "data.npy").write_bytes((d / "data.npy").read_bytes() + bytes(4)), id="data-beyond-header"),
+        pytest.param(lambda d: (d / "metadata.json").write_text('{"num_rows": 2}'), id="rows-counted"),
+        pytest.param(lambda d: (d / "header.sch").unlink(), id="no-header"),
+        pytest.param(lambda d: (d / "row_ptr.npy").write_bytes(np.array([0, 3, 0], np.uint64).tobytes()), id="row-ptr-not-zero"),
+    ],
+)
+def test_only_an_exact_unfilled_preallocation_has_spare_capacity(tmp_path, damage):
+    """Values beyond row_ptr's end are damage unless every sign of an unfilled preallocation holds."""
+    SingleCellMemMapDataset(tmp_path / "e", num_rows=2, num_elements=10).save()
+    damage(tmp_path / "e")
+    with pytest.raises(ArchiveError, match="data.npy holds"):
+        SingleCellMemMapDataset(tmp_path / "e")
+
+
+@pytest.mark.parametrize("method", ["load_h5ad", "regular_load_h5ad", "paginated_load_h5ad"])
+def test_load_h5ad_family_converts_into_a_preallocation(tmp_path, write_h5ad, method):
+    m = random_csr(30, 40, density=0.2, shuffle_cols=True, seed=2)
+    src = write_h5ad(make_adata(m))
+    ds = SingleCellMemMapDataset(tmp_path / "p", num_rows=2, num_elements=10, use_X_not_raw=True, load_block_row_size=7)
+    out = getattr(ds, method)(src)
+    expected = SingleCellMemMapDataset(tmp_path / "ref", h5ad_path=src, use_X_not_raw=True)
+    for d in (ds, SingleCellMemMapDataset(tmp_path / "p")):
+        assert d.number_of_rows() == 30 and d.number_of_variables() == [40]
+        for name in ("data", "row_index", "col_index"):  # input column order, as upstream
+            np.testing.assert_array_equal(getattr(d, name), getattr(expected, name))
+        assert d.var_features()._labels == [str(src)]
+    if method == "load_h5ad":
+        assert out is None
+    else:  # upstream returns the file's var and obs tables and its row count
+        var, obs, n = out
+        assert n == 30 and list(var.index) == list(expected.var_names()) and list(obs.index) == list(expected.obs_names())
+
+
+def test_load_h5ad_errors(tmp_path, write_h5ad):
+    ds = SingleCellMemMapDataset(tmp_path / "p", num_rows=2, num_elements=10)
+    with pytest.raises(FileNotFoundError, match=f"Error: could not find h5ad path {tmp_path}/a"):
+        ds.load_h5ad(tmp_path / "a")
+    src = write_h5ad(make_adata(random_csr(5, 6)))
+    full = SingleCellMemMapDataset(tmp_path / "f", h5ad_path=src, use_X_not_raw=True)
+    before = np.array(full.data)
+    with pytest.raises(ValueError, match="already holds 5 rows; load_h5ad converts into an empty dataset only"):
+        full.load_h5ad(src)
+    np.testing.assert_array_equal(SingleCellMemMapDataset(tmp_path / "f").data, before)
+    raw_missing = SingleCellMemMapDataset(tmp_path / "r", num_rows=1, num_elements=1)  # default: raw.X
+    with pytest.raises(ValueError, match="raw"):
+        raw_missing.paginated_load_h5ad(src)
+    assert SingleCellMemMapDataset(tmp_path / "r").number_of_rows() == 0  # saved, not half-converted
+
+
+def test_unfilled_preallocation_concatenates_as_empty(tmp_path, write_h5ad):
+    src = SingleCellMemMapDataset(tmp_path / "s", h5ad_path=write_h5ad(make_adata(random_csr(6, 9))), use_X_not_raw=True)
+    SingleCellMemMapDataset(tmp_path / "e", num_rows=2, num_elements=10).save()
+    target = SingleCellMemMapDataset(tmp_path / "e")
+    target.concat([src, SingleCellMemMapDataset(tmp_path / "e")], output_path=str(tmp_path / "out"))
+    out = SingleCellMemMapDataset(tmp_path / "out")
+    assert out.number_of_rows() == 6 and out.number_of_variables() == [9]
+    for name in ("data", "row_index", "col_index"):
+        np.testing.assert_array_equal(getattr(out, name), getattr(src, name))

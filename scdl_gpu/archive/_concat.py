@@ -49,7 +49,8 @@ def concat_archives(
     if not paths:
         raise ValueError("Nothing to concatenate.")
     dtypes = merged_dtypes(paths)
-    members = [open_arrays(p, load_neighbors=True) for p in paths]
+    # An unfilled preallocation (upstream's num_rows/num_elements, saved empty) holds no rows.
+    members = [m for m in (open_arrays(p, load_neighbors=True) for p in paths) if not m.reserved]
     with_neighbors = [m.neighbors is not None for m in members]
     if any(with_neighbors) and not all(with_neighbors):
         missing = [str(m.path) for m in members if m.neighbors is None]

@@ -116,18 +116,34 @@ def _select_blocks(d: Path, n_blocks: int) -> list[Path]:
     raise ArchiveError(f"{d / CSUM_FILE} describes {n_blocks} blocks but {d} holds {len(found)}: {names}.")
 
 
-def _read_labels(d: Path, n_blocks: int) -> list[Optional[str]]:
-    """Block labels from ``labels.json`` (HEAD) or ``labels.npy`` (0.1.3 wheel); never unpickles."""
+def _read_labels(d: Path, n_blocks: int, pickled_ok: bool = False) -> list[Optional[str]]:
+    """Block labels from ``labels.json``, else a legacy ``labels.npy`` (the 0.1.3 wheel's); never unpickles.
+
+    As upstream HEAD: a legacy ``labels.npy`` loads with a ``FutureWarning``, a pickled one raises
+    ``ValueError`` (``ArchiveError``), no labels file raises ``FileNotFoundError``. ``pickled_ok``
+    (opening an archive) reads a pickled one as ``None`` labels with a warning instead: the wheel's
+    CLI pickles ``Path`` labels, and those archives must still open.
+    """
     path = d / LABELS_JSON
     if path.is_file():
         labels = read_json(path)
         if not isinstance(labels, list) or not all(lab is None or isinstance(lab, str) for lab in labels):
             raise ArchiveError(f"{path} must hold a JSON list of strings or nulls.")
     elif (path := d / LABELS_NPY).is_file():
+        warnings.warn(
+            f"Found legacy labels.npy in '{d}'. This format is deprecated (bionemo-scdl 0.1.3 may pickle it). "
+            "To re-index, load this dataset and call .save() to write the new labels.json format.",
+            FutureWarning,
+            stacklevel=4,
+        )
         if npy_header(path)[2].hasobject:
-            # 0.1.3-wheel CLI archives pickle Path labels; unpickling could run arbitrary code.
-            msg = f"{path} holds pickled objects and is not loaded; block labels are set to None."
-            warnings.warn(msg, UserWarning, stacklevel=4)
+            if not pickled_ok:
+                raise ArchiveError(
+                    f"Cannot safely load labels.npy in '{d}' because it contains pickled objects; "
+                    "unpickling could run arbitrary code. Open the archive with SingleCellMemMapDataset "
+                    "(labels read as None) and save it, or convert it again, to write labels.json."
+                )
+            warnings.warn(f"{path} holds pickled objects and is not loaded; block labels are set to None.", UserWarning, stacklevel=4)
             return [None] * n_blocks
         arr = read_npy(path)
         if arr.size == 0:  # upstream saves [] as an empty float64 array
@@ -370,7 +386,7 @@ class RowFeatureIndex(ABC):
         return len(csum) - 1, int(max(csum[-1], 0))
 
     @staticmethod
-    def _load_common(datapath: PathLike, instance: "RowFeatureIndex") -> "RowFeatureIndex":
+    def _load_common(datapath: PathLike, instance: "RowFeatureIndex", pickled_labels_ok: bool = False) -> "RowFeatureIndex":
         d = Path(datapath)
         if not d.is_dir():
             raise ArchiveNotFoundError(f"Feature index directory {d} does not exist.")
@@ -387,7 +403,7 @@ class RowFeatureIndex(ABC):
             instance._feature_arr.append(features)
             instance._num_entries_per_row.append(instance._entries(features))
             instance._check_loaded_block(len(instance) - 1, path, table.num_rows)
-        instance._labels = _read_labels(d, n_blocks)
+        instance._labels = _read_labels(d, n_blocks, pickled_labels_ok)
         version = _read_npy(d / VERSION_FILE)
         instance._version = str(version.item()) if version.size == 1 else SCDL_PACKAGE_VERSION
         instance._names = [None] * n_blocks
@@ -510,9 +526,9 @@ class ObservedFeatureIndex(RowFeatureIndex):
         return self
 
     @staticmethod
-    def load(datapath: PathLike) -> "ObservedFeatureIndex":
-        """Load an index written by :meth:`save` or by bionemo-scdl."""
-        return RowFeatureIndex._load_common(datapath, ObservedFeatureIndex())
+    def load(datapath: PathLike, pickled_labels_ok: bool = False) -> "ObservedFeatureIndex":
+        """Load an index written by :meth:`save` or by bionemo-scdl (labels: see :func:`_read_labels`)."""
+        return RowFeatureIndex._load_common(datapath, ObservedFeatureIndex(), pickled_labels_ok)
 
 
 class VariableFeatureIndex(RowFeatureIndex):
@@ -558,6 +574,6 @@ class VariableFeatureIndex(RowFeatureIndex):
         return self
 
     @staticmethod
-    def load(datapath: PathLike) -> "VariableFeatureIndex":
-        """Load an index written by :meth:`save` or by bionemo-scdl."""
-        return RowFeatureIndex._load_common(datapath, VariableFeatureIndex())
+    def load(datapath: PathLike, pickled_labels_ok: bool = False) -> "VariableFeatureIndex":
+        """Load an index written by :meth:`save` or by bionemo-scdl (labels: see :func:`_read_labels`)."""
+        return RowFeatureIndex._load_common(datapath, VariableFeatureIndex(), pickled_labels_ok)

@@ -41,10 +41,11 @@ class ArchiveArrays:
     metadata: dict
     neighbors: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     warnings: list[str] = field(default_factory=list)
+    reserved: bool = False  # an unfilled preallocation: see unfilled_preallocation
 
     @property
     def n_rows(self) -> int:
-        return len(self.row_ptr) - 1
+        return 0 if self.reserved else len(self.row_ptr) - 1
 
     @property
     def nnz(self) -> int:
@@ -111,6 +112,7 @@ def open_arrays(path: str | Path, writable: bool = False, load_neighbors: bool =
     nnz = int(row_ptr[-1])
     if int(row_ptr[0]) != 0:
         raise ArchiveError(f"{rp_path} starts at {int(row_ptr[0])}, expected 0")
+    reserved = unfilled_preallocation(path, header, metadata, dtypes, row_ptr)
     arrays = {}
     for member in (FileNames.DATA, FileNames.COLPTR):
         fpath = path / member.value
@@ -120,7 +122,7 @@ def open_arrays(path: str | Path, writable: bool = False, load_neighbors: bool =
             arrays[member] = np.empty(0, dt)
             continue
         n = raw_length(fpath, dt)
-        if n != nnz:
+        if n != nnz and not reserved:
             raise ArchiveError(
                 f"{fpath} holds {n} {dt} values but {FileNames.ROWPTR.value} ends at {nnz} "
                 f"({'truncated' if n < nnz else 'extra data'}; or the header's dtypes are wrong)"
@@ -142,7 +144,8 @@ def open_arrays(path: str | Path, writable: bool = False, load_neighbors: bool =
                 )
 
     if header is not None:
-        expect = {FileNames.DATA: nnz, FileNames.COLPTR: nnz, FileNames.ROWPTR: n_rowptr}
+        expect = {m: len(arrays[m]) if reserved else nnz for m in (FileNames.DATA, FileNames.COLPTR)}
+        expect[FileNames.ROWPTR] = n_rowptr
         for member, n in expect.items():
             declared = header.get_array(member.name).length
             if declared != n:
@@ -163,7 +166,26 @@ def open_arrays(path: str | Path, writable: bool = False, load_neighbors: bool =
         metadata=metadata,
         neighbors=neighbors,
         warnings=notes,
+        reserved=reserved,
     )
+
+
+def unfilled_preallocation(path: Path, header, metadata: dict, dtypes: dict, row_ptr: np.ndarray) -> bool:
+    """True for upstream's ``SingleCellMemMapDataset(path, num_rows=, num_elements=)`` saved before
+    anything was written: every row empty (``row_ptr`` all 0), no row counted (``metadata.json``,
+    no gene table) and ``data.npy``/``col_ptr.npy`` as long as the header says (their capacity).
+    Such an archive is empty; its reserved rows read as empty rows, as upstream. Anything else
+    with values beyond ``row_ptr``'s end is damage."""
+    if header is None or metadata.get("num_rows") != 0 or len(row_ptr) < 2 or int(row_ptr[-1]) != 0:
+        return False
+    for member in (FileNames.DATA, FileNames.COLPTR):
+        info = header.get_array(member.name)
+        if info.length == 0 or raw_length(path / member.value, dtypes[member.value]) != info.length:
+            return False
+    var = path / FileNames.VAR_FEATURES.value
+    if (var / "cumulative_sum_index.npy").exists() and RowFeatureIndex.peek_blocks_and_rows(str(var))[1]:
+        return False
+    return not np.any(row_ptr)
 
 
 def _open_neighbors(path: Path, n_rows: int, writable: bool):
@@ -210,7 +232,7 @@ def load_feature_index(path: str | Path, which: FileNames):
     if not d.is_dir():
         return cls()
     with parsing(d, "feature index"):  # each file has its own guard; this one catches the rest
-        return cls.load(str(d))
+        return cls.load(str(d), pickled_labels_ok=True)  # the wheel's CLI archives still open
 
 
 def rows_sorted(path: str | Path, n_rows: int, nnz: int) -> bool:

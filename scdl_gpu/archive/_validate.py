@@ -29,14 +29,15 @@ from ._feature_index import _BLOCK_RE, _NAMES_RE
 from ._header import SCDLHeader
 from ._memmap import map_raw, raw_length
 from ._obsm import obsm_problems
-from ._reader import load_feature_index, read_dtypes
+from ._reader import load_feature_index, read_dtypes, unfilled_preallocation
 
 __all__ = ["ValidationReport", "validate_archive", "validation_report", "write_checksums"]
 
 _CSR = (FileNames.DATA, FileNames.ROWPTR, FileNames.COLPTR)
 _NEIGHBORS = (FileNames.NEIGHBOR_INDICES_PTR, FileNames.NEIGHBOR_INDICES, FileNames.NEIGHBOR_VALUES)
 # Loader warnings about layouts that are legitimate (not damage) and so are not problems.
-_BENIGN_WARNINGS = ("holds pickled objects",)  # 0.1.3-wheel labels.npy: readable, just not unpickled
+# 0.1.3-wheel labels.npy: readable (upstream HEAD's deprecation notice), pickled ones just not unpickled.
+_BENIGN_WARNINGS = ("holds pickled objects", "Found legacy labels.npy")
 # Hidden siblings ``.<archive>.<kind>-<host>-<pid>-<token>`` that writers create beside the archive
 # they replace (``_atomic``; older versions: ``.<archive>.<kind>-<token>``).
 _SIBLING_KINDS = ("partial-", "old-", "journal-")
@@ -201,6 +202,7 @@ class _Validator:
         self.dtypes: dict[str, str] | None = None
         self.header: SCDLHeader | None = None
         self.lengths: dict[FileNames, int | None] = {}
+        self.reserved = False  # an unfilled preallocation: 0 rows, spare capacity (see _reader)
 
     def problem(self, msg: str) -> None:
         if msg not in self.problems:
@@ -225,6 +227,8 @@ class _Validator:
         self._guard("header.sch", self.check_header)
         if self.dtypes is not None:
             self._guard("array files", self.check_lengths)
+        if self.dtypes is not None and isinstance(metadata, dict) and self.lengths.get(FileNames.ROWPTR):
+            self._guard("array files", self.check_reserved, metadata)
         if self.lengths.get(FileNames.ROWPTR) is not None:
             self._guard(FileNames.ROWPTR.value, self.check_row_ptr)
         if self.dtypes is not None and self.lengths.get(FileNames.DATA):
@@ -242,7 +246,7 @@ class _Validator:
             meta = p / FileNames.METADATA.value
             if not isinstance(num_rows, int) or isinstance(num_rows, bool):
                 self.problem(f"{meta} has no integer num_rows: {metadata!r}.")
-            elif self.n_rows is not None and num_rows != self.n_rows:
+            elif self.n_rows is not None and num_rows != (0 if self.reserved else self.n_rows):
                 self.problem(f"{meta} says num_rows is {num_rows} but {FileNames.ROWPTR.value} describes {self.n_rows} rows.")
         elif metadata is not _MISSING and metadata is not _BROKEN:
             self.problem(f"{p / FileNames.METADATA.value} holds {type(metadata).__name__}, expected a JSON object.")
@@ -287,6 +291,16 @@ class _Validator:
                         f"{self.dtypes[member.value]} items."
                     )
 
+    def check_reserved(self, metadata: dict) -> None:
+        rp = self.path / FileNames.ROWPTR.value
+        row_ptr = map_raw(rp, self.dtypes[FileNames.ROWPTR.value], self.lengths[FileNames.ROWPTR])
+        self.reserved = unfilled_preallocation(self.path, self.header, metadata, self.dtypes, row_ptr)
+        if self.reserved:
+            self.notes.append(
+                f"{self.path} is a preallocation nothing was written into (num_rows/num_elements, saved "
+                f"unfilled): 0 rows; its {self.n_rows} reserved rows read as empty, {self.nnz} values of capacity."
+            )
+
     def _length(self, member: FileNames, ptr_last: int | None) -> int | None:
         fpath = self.path / member.value
         if not fpath.is_file():
@@ -299,7 +313,7 @@ class _Validator:
         fpath = self.path / FileNames.ROWPTR.value
         dt = self.dtypes[FileNames.ROWPTR.value]
         ok, last = _check_indptr(fpath, dt, self.lengths[FileNames.ROWPTR], self.chunk, self)
-        if last is not None and self.nnz is not None and last != self.nnz:
+        if last is not None and self.nnz is not None and last != self.nnz and not self.reserved:
             src = FileNames.DATA if self.lengths.get(FileNames.DATA) is not None else FileNames.COLPTR
             self.problem(f"{fpath} ends at {last} but {src.value} holds {self.nnz} values; the last entry must equal it.")
             ok = False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 import warnings
@@ -512,7 +514,21 @@ def test_round_trip_none_label_via_npy_only(tmp_path):
     idx._labels[0] = None
     idx.save(tmp_path)
     (tmp_path / "labels.json").unlink()  # force the labels.npy path ("" -> None)
-    assert VariableFeatureIndex.load(tmp_path)._labels == [None, "file_1.h5ad"]
+    with pytest.warns(FutureWarning, match="legacy labels.npy"):
+        assert VariableFeatureIndex.load(tmp_path)._labels == [None, "file_1.h5ad"]
+
+
+def test_labels_files_as_upstream_head(tmp_path):
+    """HEAD: labels.json; else a legacy labels.npy with a FutureWarning; else FileNotFoundError.
+    Our save writes both (the 0.1.3 wheel reads only labels.npy), so an index of ours that lost
+    labels.json still loads its labels, from that copy; one with neither file raises."""
+    make_var(2).save(tmp_path)
+    (tmp_path / "labels.json").unlink()
+    with pytest.warns(FutureWarning, match="Found legacy labels.npy"):
+        assert VariableFeatureIndex.load(tmp_path)._labels == ["file_0.h5ad", "file_1.h5ad"]
+    (tmp_path / "labels.npy").unlink()
+    with pytest.raises(FileNotFoundError, match="No labels file found in .*Expected labels.json or labels.npy"):
+        VariableFeatureIndex.load(tmp_path)
 
 
 def test_labels_json_preferred_over_npy(tmp_path):
@@ -634,10 +650,14 @@ def test_we_read_upstream_archives(tmp_path, kind, labels, expected, warns):
         up.append_features({"x": np.array([1.0, 2.0])}, labels[1])
     up.save(str(tmp_path))
     cls = VariableFeatureIndex if kind == "var" else ObservedFeatureIndex
+    if warns:  # upstream HEAD's index API refuses pickled labels; opening an archive reads them as None
+        with pytest.warns(FutureWarning), pytest.raises(ValueError, match="contains pickled objects"):
+            cls.load(tmp_path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ours = cls.load(tmp_path)
-    msgs = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+        ours = cls.load(tmp_path, pickled_labels_ok=True)
+    msgs = [str(w.message) for w in caught if issubclass(w.category, UserWarning) and w.category is not FutureWarning]
+    assert [w.category for w in caught].count(FutureWarning) == 1  # the wheel's labels.npy is legacy
     if warns:
         assert len(msgs) == 1 and "labels.npy" in msgs[0] and "pickled" in msgs[0]
     else:
@@ -662,14 +682,17 @@ def test_pickled_labels_never_unpickled(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pickle, "load", boom)
     monkeypatch.setattr(pickle, "loads", boom)
-    with pytest.warns(UserWarning, match="pickled"):
-        assert VariableFeatureIndex.load(tmp_path)._labels == [None]
+    with pytest.warns(FutureWarning), pytest.raises(ValueError, match="contains pickled objects"):
+        VariableFeatureIndex.load(tmp_path)
+    with pytest.warns(FutureWarning), pytest.warns(UserWarning, match="pickled"):
+        assert VariableFeatureIndex.load(tmp_path, pickled_labels_ok=True)._labels == [None]
 
 
 def test_we_read_upstream_empty_index(tmp_path):
     UpObs().save(str(tmp_path))
     assert np.load(tmp_path / "labels.npy").dtype == np.float64  # upstream saves [] as float64
-    ours = ObservedFeatureIndex.load(tmp_path)
+    with pytest.warns(FutureWarning, match="legacy labels.npy"):
+        ours = ObservedFeatureIndex.load(tmp_path)
     assert len(ours) == 0 and ours.number_of_rows() == 0 and ours.number_of_values() == [0]
 
 
@@ -685,7 +708,7 @@ def test_we_recover_upstream_stale_width_files(tmp_path, first, second):
     up = build(second)
     up.save(str(tmp_path))
     assert len(UpVar.load(str(tmp_path))._feature_arr) == first + second  # upstream bug §12.4
-    with pytest.warns(UserWarning, match="Ignoring stale feature blocks"):
+    with pytest.warns(FutureWarning), pytest.warns(UserWarning, match="Ignoring stale feature blocks"):
         ours = VariableFeatureIndex.load(tmp_path)
     assert len(ours) == second
     for row in range(second):
@@ -748,7 +771,8 @@ def _corrupt(d: Path, how: str) -> None:
 def test_load_errors(tmp_path, how, exc, match):
     make_obs(2).save(tmp_path)
     _corrupt(tmp_path, how)
-    with pytest.raises(exc, match=match):
+    legacy = pytest.warns(FutureWarning) if how == "labels-npy-numeric" else contextlib.nullcontext()
+    with legacy, pytest.raises(exc, match=match):
         ObservedFeatureIndex.load(tmp_path)
 
 
@@ -861,7 +885,8 @@ def test_damaged_npy_files_raise_archive_error(tmp_path, name, mutate, match):
         (tmp_path / "labels.json").unlink()
     f = tmp_path / name
     f.write_bytes(mutate(f.read_bytes()))
-    with pytest.raises(ArchiveError, match=match):
+    legacy = pytest.warns(FutureWarning) if name == "labels.npy" else contextlib.nullcontext()
+    with legacy, pytest.raises(ArchiveError, match=match):
         ObservedFeatureIndex.load(tmp_path)
 
 

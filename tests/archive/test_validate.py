@@ -649,3 +649,14 @@ def test_leftovers_beside_a_missing_archive_are_reported(checked):
     assert len(problems) == 2, problems
     _one(problems, "does not exist")
     _one(problems, str(old), "left over")
+
+
+def test_unfilled_preallocation_validates_as_an_empty_archive(tmp_path):
+    """Upstream's num_rows/num_elements dataset saved unfilled: spare capacity, not damage."""
+    from scdl_gpu import SingleCellMemMapDataset
+
+    SingleCellMemMapDataset(tmp_path / "e", num_rows=2, num_elements=10).save()
+    report = validation_report(tmp_path / "e")
+    assert report.problems == [] and any("preallocation nothing was written into" in n for n in report.notes)
+    (tmp_path / "e" / "metadata.json").write_text('{"num_rows": 2}')  # then the values past row_ptr are damage
+    assert any("ends at 0 but data.npy holds 10 values" in p for p in validation_report(tmp_path / "e").problems)
