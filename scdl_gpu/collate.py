@@ -11,7 +11,10 @@ def collate_sparse_matrix_batch(batch: list[torch.Tensor], num_cols: int | None 
 
     ``num_cols`` defaults to the dataset's gene count, which ``SingleCellMemMapDataset.__getitem__``
     records on each row tensor; for plain tensors without it, the batch's largest column + 1
-    (upstream's width). Values keep the items' dtype; ``crow`` is int64, columns int32.
+    (upstream's width). Values keep the items' dtype, except integer values (archives of counts,
+    e.g. uint16), which become float32: torch's sparse kernels take no unsigned values and its
+    sparse matmul no integers, and float32 holds every count below 2**24 exactly. ``crow`` is
+    int64, columns int32.
     """
     if num_cols is None:
         widths = [getattr(t, "scdl_num_cols", None) for t in batch]
@@ -25,6 +28,8 @@ def collate_sparse_matrix_batch(batch: list[torch.Tensor], num_cols: int | None 
     if rows:
         cat = np.concatenate(rows, axis=1)
         values, cols = cat[0], cat[1].astype(np.int32)
+        if values.dtype.kind in "iu":
+            values = values.astype(np.float32)
     else:
         values, cols = np.empty(0, np.float32), np.empty(0, np.int32)
     if num_cols is None:

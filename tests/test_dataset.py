@@ -100,6 +100,18 @@ def test_collate_width_is_gene_count(ds, matrix):
     assert empty.shape == (2, 300) and empty.crow_indices().tolist() == [0, 0, 0]
 
 
+def test_collate_of_count_archives_is_float32(tmp_path, write_h5ad, matrix):
+    """A uint16 archive (the README's example) gave uint16 batches that to_dense() and @ rejected."""
+    counts = matrix.copy()
+    counts.data = np.round(counts.data * 10).astype(np.float32) + 1
+    path = tmp_path / "counts"
+    convert_h5ad(write_h5ad(make_adata(counts)), path, use_X_not_raw=True, data_dtype="uint16")
+    batch = collate_sparse_matrix_batch([SingleCellMemMapDataset(path)[i] for i in (0, 5, 7)])
+    assert batch.values().dtype == torch.float32
+    np.testing.assert_array_equal(batch.to_dense().numpy(), counts.toarray()[[0, 5, 7]])
+    np.testing.assert_allclose((batch @ torch.ones(300, 1)).numpy().ravel(), counts[[0, 5, 7]].sum(axis=1).A1)
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_torch_dataloader(ds, matrix, workers):
     loader = torch.utils.data.DataLoader(ds, batch_size=16, shuffle=False, num_workers=workers,
