@@ -77,6 +77,9 @@ class ArchiveWriter:
         self.obs_index = ObservedFeatureIndex()
         self._neighbors: _NeighborWriter | None = None
         self._closed = False
+        #: How rows are ordered, recorded in scdl_gpu.json: input after input, or a seeded shuffle
+        #: (``{"row_order": "shuffle", "shuffle_seed": n}``, set by the converter that shuffled).
+        self.row_order: dict = {"row_order": "input"}
 
     # -- rows ---------------------------------------------------------------------------------
     @property
@@ -160,7 +163,7 @@ class ArchiveWriter:
         )
         header.save(str(tmp / FileNames.HEADER.value))
         write_json(tmp / FileNames.METADATA.value, {"num_rows": self.n_rows})
-        write_json(tmp / LAYOUT_FILE, {"n_rows": self.n_rows, "nnz": self.nnz, "rows_sorted": self.rows.rows_sorted})
+        write_json(tmp / LAYOUT_FILE, {"n_rows": self.n_rows, "nnz": self.nnz, "rows_sorted": self.rows.rows_sorted, **self.row_order})
         write_json(tmp / FileNames.VERSION.value, SCDL_PACKAGE_VERSION)
         write_manifest(tmp)  # last: it records every file above
         fsync_dir(tmp)
