@@ -58,6 +58,7 @@ BUCKET_DIR = ".shuffle"  # inside the writer's partial directory: removed with i
 MAX_BUCKETS = 1 << 16
 _ROW_FILES = (("keys", np.uint64), ("ids", np.int64), ("lens", np.int64))
 _NEIGHBOR_FILES = (("nlens", np.int64), ("nidx", np.uint64), ("nval", np.float32))
+_MARGIN = 16 << 20  # allocator slack and the writer's own buffers
 _PTR_STEP = 1 << 20  # row pointers read at a time while dealing (8 MiB)
 _OUT_VALUES = 1 << 22  # values gathered at a time while writing a bucket out
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 1 << 10, "m": 10**6, "mb": 10**6, "mib": 1 << 20,
@@ -177,7 +178,7 @@ def plan_buckets(total_bytes: int, n_rows: int, max_memory: int, neighbors: bool
     its sort order and one gathered output step), with room for buckets drawn larger than average.
     """
     held = process_rss()
-    working = max_memory - held - n_rows * 8 * (2 if neighbors else 1) - (16 << 20)
+    working = max_memory - held - n_rows * 8 * (2 if neighbors else 1) - _MARGIN
     if working < (1 << 16):
         raise ConversionError(
             f"max_memory {max_memory:,} bytes is too small: this process already holds {held:,} bytes "
