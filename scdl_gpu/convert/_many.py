@@ -313,6 +313,8 @@ def convert_many(
     seed = check_row_order(row_order, seed)
     shuffle = seed is not None
     memory = parse_memory(max_memory)
+    if shuffle:  # the workers' row blocks inside the budget too (blocks never change the archive)
+        max_block_values = min(max_block_values, max(1 << 16, memory // (64 * workers)))
     if Path(archive_path).exists() and not overwrite:
         raise FileExistsError(f"Output archive already exists: {archive_path} (pass overwrite to replace it)")
 
