@@ -19,7 +19,8 @@ each bucket, buckets concatenated. Given the bucket sizes n_1..n_K, the bucket c
 uniformly random partition (probability prod(n_k!) / N! each) and the inner orders uniform and
 independent (1 / prod(n_k!)), so every sequence has probability 1 / N!. What is *not* uniform is
 dealing into buckets of fixed sizes as rows arrive (a row goes to a random bucket with room left):
-then early rows are likelier to share a bucket than late ones.
+which rows share a bucket then depends on when they arrive (with sizes 2 and 1, the last two of
+three rows share the larger bucket half the time, not a third).
 
 Memory: one bucket (about a third of the working budget) at a time, plus 8 bytes a row for the
 new order (16 with a neighbor graph, whose indices are remapped). The obs tables are permuted in

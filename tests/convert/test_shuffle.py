@@ -4,8 +4,11 @@ in a seeded order that no memory budget changes, with nothing left behind on fai
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -171,6 +174,35 @@ def test_failures_and_cancels_leave_nothing(tmp_path, inputs, monkeypatch):
             with pytest.raises(ConversionInterrupted):
                 convert_many(inputs, tmp_path / "out", use_X_not_raw=True, row_order="shuffle", seed=1)
         assert _leftovers(tmp_path) == [] and not (tmp_path / "out").exists()
+
+
+SLOW_SHUFFLE = """
+    import sys, time
+    from scdl_gpu.convert import _shuffle
+    real = _shuffle._Buckets.append
+    def slow(self, b, arrays):  # each dealt piece takes a while: the shuffle runs for seconds
+        time.sleep(0.5)
+        return real(self, b, arrays)
+    _shuffle._Buckets.append = slow
+    from scdl_gpu.cli import main
+    sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigint_during_the_shuffle_removes_everything(tmp_path, inputs):
+    out = tmp_path / "out.scdl"
+    argv = ["convert", *map(str, inputs), "-o", str(out), "--use-X-not-raw", "-q", "--row-order", "shuffle", "--seed", "1",
+            "--max-memory", "2GB"]
+    p = subprocess.Popen([sys.executable, "-c", textwrap.dedent(SLOW_SHUFFLE), *argv], stderr=subprocess.PIPE, text=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    deadline = time.monotonic() + 60
+    while not any(tmp_path.glob(f".out.scdl.partial-*/{_shuffle.BUCKET_DIR}/*")):  # dealing has begun
+        assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+        time.sleep(0.02)
+    p.send_signal(signal.SIGINT)
+    _, stderr = p.communicate(timeout=30)
+    assert p.returncode == 130 and "interrupted (SIGINT)" in stderr, stderr[-2000:]
+    assert _leftovers(tmp_path) == [] and not out.exists()
 
 
 def test_bad_arguments():
