@@ -34,7 +34,7 @@ from ._convert import MAX_BLOCK_VALUES, copy_neighbors
 from ._copy import AUTO, ColumnMap, ValueCast, ValueStats, copy_matrix
 from ._h5ad import features_of
 from ._inputs import discover_inputs, open_source
-from ._shuffle import ShuffleInput, check_row_order, parse_memory, shuffle_rows, shuffled_obs
+from ._shuffle import ShuffleInput, check_obs_columns, check_row_order, parse_memory, shuffle_rows, shuffled_obs
 from ._source import table_names
 from ._vocab import Alignment, align, build_vocabulary, gene_ids
 
@@ -523,6 +523,9 @@ def _append_shuffled(w: ArchiveWriter, results: list[_Result], probes: list[_Pro
             if not (are_dicts_equal(r.var_features, first.var_features) and same_names):
                 raise ConversionError(f"{_ONE_GENE_SPACE}: the var table of {probes[r.index].path} differs from that of {probes[0].path}")
     inputs = [ShuffleInput(str(probes[r.index].path), r.rows, r.neighbors, r.obs_features, r.obs_names) for r in results]
+    for r in results:  # the inputs hold the obs tables now, and release them as they are permuted
+        r.obs_features, r.obs_names = {}, None
+    check_obs_columns(inputs)
     n_rows = sum(r.rows.n_rows for r in results)
     done = shuffle_rows(w, inputs, seed, memory)
     w.row_order = {"row_order": "shuffle", "shuffle_seed": seed}

@@ -106,9 +106,13 @@ def process_rss() -> int:
         return 0
 
 
-@dataclass(frozen=True)
+@dataclass
 class ShuffleInput:
-    """One converted input as the shuffle needs it: its rows (a segment) and its obs table."""
+    """One converted input as the shuffle needs it: its rows (a segment) and its obs table.
+
+    :func:`shuffled_obs` empties ``obs_features`` and ``obs_names`` column by column as it builds
+    the permuted table, so the obs tables are never held twice.
+    """
 
     label: str
     rows: Segment
@@ -309,22 +313,50 @@ def _append_sorted(buckets: _Buckets, b: int, sort: np.ndarray, names, append, r
         append(ptr, out_idx, vals[pos])
 
 
-def shuffled_obs(inputs: list[ShuffleInput], order: np.ndarray) -> tuple[dict, np.ndarray | None]:
-    """The inputs' obs tables as one, in archive order, with ``source_row`` (and ``source_file``)."""
-    frames = [pd.DataFrame(s.obs_features) for s in inputs]
-    obs = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True, join="outer")
+def check_obs_columns(inputs: list[ShuffleInput]) -> None:
+    """Refuse obs tables that already have the columns the shuffle adds (before any work is done)."""
     for col in (SOURCE_ROW, SOURCE_FILE):
-        if col in obs.columns:
+        clash = [s.label for s in inputs if col in s.obs_features]
+        if clash:
             raise ConversionError(
-                f"obs already has a '{col}' column (in {[s.label for s, f in zip(inputs, frames) if col in f.columns]}); "
-                "a shuffled archive records each row's origin there: rename it first"
+                f"obs already has a '{col}' column (in {clash}); a shuffled archive records each row's origin there: "
+                "rename it first"
             )
-    features = {str(c): np.asarray(obs[c].to_numpy())[order] for c in obs.columns}
-    features[SOURCE_ROW] = np.concatenate([np.arange(s.rows.n_rows, dtype=np.int64) for s in inputs])[order]
+
+
+def shuffled_obs(inputs: list[ShuffleInput], order: np.ndarray) -> tuple[dict, np.ndarray | None]:
+    """The inputs' obs tables as one, in archive order, with ``source_row`` (and ``source_file``).
+
+    Column by column, each input's column released once permuted: the peak is the tables plus one
+    column. Inputs with other columns than the first are aligned by pandas (missing values as NA).
+    """
+    if any(s.obs_features.keys() != inputs[0].obs_features.keys() for s in inputs):
+        frame = pd.concat([pd.DataFrame(s.obs_features) for s in inputs], ignore_index=True, join="outer")
+        for s in inputs:
+            s.obs_features = {}
+        parts = {str(c): [frame.pop(c).to_numpy()] for c in list(frame.columns)}
+    else:
+        parts = {c: [s.obs_features[c] for s in inputs] for c in inputs[0].obs_features}
+        for s in inputs:
+            s.obs_features = {}
+    features = {}
+    for col in list(parts):
+        features[col] = _permuted(parts.pop(col), order)
+    features[SOURCE_ROW] = _permuted([np.arange(s.rows.n_rows, dtype=np.int64) for s in inputs], order)
     if len(inputs) > 1:
         labels = np.array([s.label for s in inputs], dtype=object)
         features[SOURCE_FILE] = np.repeat(labels, [s.rows.n_rows for s in inputs])[order]
     names = None
     if all(s.obs_names is not None for s in inputs):
-        names = np.concatenate([np.asarray(s.obs_names, dtype=object) for s in inputs])[order]
+        names_parts = [np.asarray(s.obs_names, dtype=object) for s in inputs]
+        for s in inputs:
+            s.obs_names = None
+        names = _permuted(names_parts, order)
     return features, names
+
+
+def _permuted(parts: list[np.ndarray], order: np.ndarray) -> np.ndarray:
+    """``concatenate(parts)[order]``, the parts released first (the caller holds no other reference)."""
+    whole = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    parts.clear()
+    return np.asarray(whole)[order]

@@ -162,7 +162,7 @@ def test_failures_and_cancels_leave_nothing(tmp_path, inputs, monkeypatch):
     clash.var.index = GENES
     clash.obs["source_row"] = 1
     clash.write_h5ad(tmp_path / "clash.h5ad")
-    with pytest.raises(ConversionError, match="already has a 'source_row' column"):  # raised after the shuffle
+    with pytest.raises(ConversionError, match="already has a 'source_row' column"):  # refused before any row is dealt
         convert_many([inputs[0], tmp_path / "clash.h5ad"], tmp_path / "out", use_X_not_raw=True, row_order="shuffle", seed=1)
     assert _leftovers(tmp_path) == [] and not (tmp_path / "out").exists()
     for where in ("_deal", "_write_bucket"):  # a Ctrl-C while dealing, and while writing buckets out
