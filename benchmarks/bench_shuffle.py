@@ -59,6 +59,10 @@ def runners(budget: str) -> dict[str, Runner]:
     return {"input order": Runner(_SETUP, _CONVERT.format(extra="")), "shuffled": Runner(_SETUP, _CONVERT.format(extra=shuffle))}
 
 
+def _num(v, fmt: str = ".1f") -> str:
+    return "–" if v is None else format(v, fmt)  # no full batch: a batch larger than the archive
+
+
 def _median(values):
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -93,7 +97,7 @@ def loader_runs(archives: dict[str, Path], repeats: int, seconds: float, label: 
                                  distinct_labels=r["distinct_labels"], random_distinct_labels=r["random_distinct_labels"],
                                  diversity_batches=r["diversity_batches"], host_rss_peak_bytes=r["host_rss_peak_bytes"]))
                 print(f"load {name} {order}@{bs} #{rep}: {r['cells_per_s']:,.0f} cells/s, "
-                      f"{r['distinct_labels']:.1f} of {r['random_distinct_labels']:.1f} {label}s", file=sys.stderr)
+                      f"{_num(r['distinct_labels'])} of {_num(r['random_distinct_labels'])} {label}s", file=sys.stderr)
     return runs
 
 
@@ -136,7 +140,7 @@ def summarize(conv: list[dict], load: list[dict], budget_bytes: int) -> dict:
                             met=peak <= budget_bytes))
     for bs in sorted({r["batch_size"] for r in load}, reverse=True):
         shuf, plain = loads.get(f"shuffled block@{bs}"), loads.get(f"input order block@{bs}")
-        if shuf and plain:
+        if shuf and plain and shuf["distinct_labels"] is not None:
             div = shuf["distinct_labels"] / shuf["random_distinct_labels"]
             speed = shuf["cells_per_s"] / plain["cells_per_s"]
             targets.append(dict(name=f"block@{bs} on shuffled: diversity >= 95% of random batches'", value=div, met=div >= 0.95))
@@ -164,8 +168,8 @@ def markdown(result: dict) -> str:
     for key, v in sm["loading"].items():
         arc, conf = key.rsplit(" ", 1)
         every = ", ".join(f"{x:,.0f}" for x in v["all_cells_per_s"])
-        lines.append(f"| {arc} | {conf} | {v['cells_per_s']:,.0f} | {every} | {v['distinct_labels']:.1f} | "
-                     f"{v['random_distinct_labels']:.1f} |")
+        lines.append(f"| {arc} | {conf} | {v['cells_per_s']:,.0f} | {every} | {_num(v['distinct_labels'])} | "
+                     f"{_num(v['random_distinct_labels'])} |")
     lines += ["", "| target | value | met |", "|---|---:|---|"]
     for t in sm["targets"]:
         value = f"{t['value'] / 2**20:,.0f} MiB" if "RSS" in t["name"] else f"{t['value']:.2f}"
