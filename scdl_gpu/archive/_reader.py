@@ -230,11 +230,12 @@ def rows_sorted(path: str | Path, n_rows: int, nnz: int) -> bool:
 
 
 def row_order_of(facts: dict) -> dict | None:
-    """``{"row_order": "input" | "shuffle" | None, "shuffle_seed": int | None}`` from the notes
-    (``None`` order: not recorded, as in archives other tools wrote); None when malformed."""
+    """``{"row_order": "input" | "shuffle" | None, "shuffle_seed": int | None}`` from the notes;
+    None when malformed. Notes without a row order are an input-order archive of ours; no notes
+    at all (archives other tools wrote): not recorded."""
     order, seed = facts.get("row_order"), facts.get("shuffle_seed")
     if order is None and seed is None:
-        return {"row_order": None, "shuffle_seed": None}
+        return {"row_order": "input" if facts else None, "shuffle_seed": None}
     if order == "input" and seed is None:
         return {"row_order": order, "shuffle_seed": None}
     if order == "shuffle" and isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0:

@@ -77,9 +77,9 @@ class ArchiveWriter:
         self.obs_index = ObservedFeatureIndex()
         self._neighbors: _NeighborWriter | None = None
         self._closed = False
-        #: How rows are ordered, recorded in scdl_gpu.json: input after input, or a seeded shuffle
-        #: (``{"row_order": "shuffle", "shuffle_seed": n}``, set by the converter that shuffled).
-        self.row_order: dict = {"row_order": "input"}
+        #: A seeded shuffle's record in scdl_gpu.json (``{"row_order": "shuffle", "shuffle_seed": n}``,
+        #: set by the converter that shuffled); none means input after input.
+        self.row_order: dict = {}
 
     # -- rows ---------------------------------------------------------------------------------
     @property

@@ -226,3 +226,15 @@ def test_key_buckets_are_monotone_key_ranges():
     for k in (1, 2, 7, 1000):
         b = _shuffle.key_buckets(keys, k)
         assert b[0] == 0 and b[-1] == k - 1 and np.all(np.diff(b.astype(np.int64)) >= 0)
+
+
+def test_recorded_order_is_checked_and_read(tmp_path, inputs):
+    out = convert_h5ad(inputs[0], tmp_path / "one", use_X_not_raw=True, row_order="shuffle", seed=3)
+    layout_path = out / "scdl_gpu.json"
+    layout = json.loads(layout_path.read_text())
+    for bad in ({"row_order": "random"}, {"shuffle_seed": -1}, {"row_order": "input", "shuffle_seed": 3}):
+        layout_path.write_text(json.dumps({**layout, **bad}))
+        assert any("expected 'input', or 'shuffle' with a non-negative integer shuffle_seed" in p
+                   for p in validate_archive(out)), bad
+    layout_path.unlink()  # an archive another tool wrote: nothing recorded
+    assert archive_summary(out)["row_order"] is None and "row order: not recorded" in format_summary(archive_summary(out))
