@@ -235,13 +235,31 @@ def load_feature_index(path: str | Path, which: FileNames):
         return cls.load(str(d), pickled_labels_ok=True)  # the wheel's CLI archives still open
 
 
+def layout_facts(path: str | Path) -> dict:
+    """The writer's notes in ``scdl_gpu.json``; ``{}`` when absent or unreadable (they are hints)."""
+    try:
+        facts = json.loads((Path(path) / LAYOUT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return facts if isinstance(facts, dict) else {}
+
+
 def rows_sorted(path: str | Path, n_rows: int, nnz: int) -> bool:
     """True when the archive's writer recorded that every row's columns are strictly increasing,
     and the arrays are still the ones it wrote (same rows and values); False when unknown."""
-    try:
-        facts = json.loads((Path(path) / LAYOUT_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):  # a hint only: unreadable means unknown
-        return False
-    if not isinstance(facts, dict):
-        return False
+    facts = layout_facts(path)
     return facts.get("rows_sorted") is True and facts.get("n_rows") == n_rows and facts.get("nnz") == nnz
+
+
+def row_order_of(facts: dict) -> dict | None:
+    """``{"row_order": "input" | "shuffle" | None, "shuffle_seed": int | None}`` from the notes;
+    None when malformed. Notes without a row order are an input-order archive of ours; no notes
+    at all (archives other tools wrote): not recorded."""
+    order, seed = facts.get("row_order"), facts.get("shuffle_seed")
+    if order is None and seed is None:
+        return {"row_order": "input" if facts else None, "shuffle_seed": None}
+    if order == "input" and seed is None:
+        return {"row_order": order, "shuffle_seed": None}
+    if order == "shuffle" and isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0:
+        return {"row_order": order, "shuffle_seed": seed}
+    return None

@@ -18,7 +18,7 @@ from ._constants import DEFAULT_DTYPES, FileNames
 from ._feature_index import _read_csum, _select_blocks
 from ._memmap import raw_length
 from ._obsm import obsm_outline
-from ._reader import load_feature_index, open_arrays
+from ._reader import layout_facts, load_feature_index, open_arrays, row_order_of
 
 __all__ = ["archive_summary", "format_summary"]
 
@@ -34,7 +34,8 @@ def archive_summary(path: str | os.PathLike) -> dict:
     every file at any depth), ``total_bytes``, ``var_blocks``, ``var_columns``, ``obs_blocks``,
     ``obs_columns``, ``neighbors`` (bool), ``neighbor_nnz`` (edges, or None), ``obsm`` (key ->
     ``[dtype, width]`` of each obsm array, None for a damaged one), ``header`` (whether
-    ``header.sch`` exists), ``version`` (the string in ``version.json``, or None).
+    ``header.sch`` exists), ``version`` (the string in ``version.json``, or None), ``row_order``
+    (``"input"``, ``"shuffle"``, or None when not recorded) and ``shuffle_seed``.
 
     ``density`` is ``nnz`` over the number of cells of the (ragged) matrix: the sum over var blocks
     of rows x genes, which is ``nnz / (n_rows * n_genes)`` for a single block; None when that sum
@@ -80,6 +81,7 @@ def archive_summary(path: str | os.PathLike) -> dict:
         "obsm": {k: None if v is None else list(v) for k, v in obsm_outline(path, n_rows).items()},
         "header": arrays.header is not None,
         "version": _version(path),
+        **(row_order_of(layout_facts(path)) or {"row_order": None, "shuffle_seed": None}),
     }
 
 
@@ -148,6 +150,13 @@ def _blocks(n: int) -> str:
     return f"{n} block{'' if n == 1 else 's'}"
 
 
+def _row_order_text(s: dict) -> str:
+    order = s.get("row_order")
+    if order == "shuffle":
+        return f"shuffled (seed {s['shuffle_seed']}): block order gives batches the variety of random ones"
+    return "input order" if order == "input" else "not recorded"
+
+
 def format_summary(summary: dict) -> str:
     """A compact multi-line text of an :func:`archive_summary` dict, one aligned ``key: value`` a line.
 
@@ -176,6 +185,7 @@ def format_summary(summary: dict) -> str:
         ("obsm", _obsm_text(s.get("obsm") or {})),
         ("header", "yes" if s["header"] else "no (legacy layout, default dtypes)"),
         ("version", s["version"] if s["version"] is not None else "unknown"),
+        ("row order", _row_order_text(s)),
         ("size", f"{human_bytes(s['total_bytes'])} in {n_files} file{'' if n_files == 1 else 's'}"),
     ]
     width = max(len(k) for k, _ in rows) + 1

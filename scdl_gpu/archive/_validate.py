@@ -29,7 +29,7 @@ from ._feature_index import _BLOCK_RE, _NAMES_RE
 from ._header import SCDLHeader
 from ._memmap import map_raw, raw_length
 from ._obsm import obsm_problems
-from ._reader import load_feature_index, read_dtypes, unfilled_preallocation
+from ._reader import load_feature_index, read_dtypes, row_order_of, unfilled_preallocation
 
 __all__ = ["ValidationReport", "validate_archive", "validation_report", "write_checksums"]
 
@@ -457,6 +457,11 @@ class _Validator:
         ):
             self.problem(f"{fpath} holds {facts!r}; expected an object with integer n_rows and nnz and boolean rows_sorted.")
             return
+        if row_order_of(facts) is None:
+            self.problem(
+                f"{fpath} records row_order {facts.get('row_order')!r} (seed {facts.get('shuffle_seed')!r}); expected "
+                "'input', or 'shuffle' with a non-negative integer shuffle_seed."
+            )
         if self.n_rows is None or self.nnz is None:
             return
         if (facts["n_rows"], facts["nnz"]) != (self.n_rows, self.nnz):

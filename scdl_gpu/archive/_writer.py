@@ -79,6 +79,9 @@ class ArchiveWriter:
         self._neighbors: _NeighborWriter | None = None
         self._obsm: dict[str, ObsmTarget] = {}
         self._closed = False
+        #: A seeded shuffle's record in scdl_gpu.json (``{"row_order": "shuffle", "shuffle_seed": n}``,
+        #: set by the converter that shuffled); none means input after input.
+        self.row_order: dict = {}
 
     # -- rows ---------------------------------------------------------------------------------
     @property
@@ -177,7 +180,7 @@ class ArchiveWriter:
         )
         header.save(str(tmp / FileNames.HEADER.value))
         write_json(tmp / FileNames.METADATA.value, {"num_rows": self.n_rows})
-        write_json(tmp / LAYOUT_FILE, {"n_rows": self.n_rows, "nnz": self.nnz, "rows_sorted": self.rows.rows_sorted})
+        write_json(tmp / LAYOUT_FILE, {"n_rows": self.n_rows, "nnz": self.nnz, "rows_sorted": self.rows.rows_sorted, **self.row_order})
         write_json(tmp / FileNames.VERSION.value, SCDL_PACKAGE_VERSION)
         write_manifest(tmp)  # last: it records every file above
         fsync_dir(tmp)

@@ -70,6 +70,21 @@ def register(sub) -> None:
         help="store NaN and infinity in a float archive (by default they are an error naming the input and row)",
     )
     p.add_argument(
+        "--row-order",
+        choices=("input", "shuffle"),
+        default="input",
+        help="input: rows input after input [default]; shuffle: every row at a uniformly random position (all "
+        "inputs mixed), so block-order loading gets the batch variety of random order; obs gains source_row "
+        "(and source_file) to find each row's origin",
+    )
+    p.add_argument("--seed", type=int, default=None, help="seed of the shuffle [drawn, and recorded in the archive]")
+    p.add_argument(
+        "--max-memory",
+        default=None,
+        metavar="SIZE",
+        help="memory the shuffle may use, in bytes or as '1GB', '512MiB' [2GiB]; it never changes the order",
+    )
+    p.add_argument(
         "--overwrite", action="store_true", help="replace an existing archive at the output path (atomically, once complete)"
     )
     p.add_argument("--report", default=None, metavar="FILE", help="also write the per-input report as JSON")
@@ -100,6 +115,9 @@ def convert(args) -> int:
         keep_column_order=args.keep_column_order,
         allow_nonfinite=args.allow_nonfinite,
         obsm_keys=args.obsm_keys,
+        row_order=args.row_order,
+        seed=args.seed,
+        max_memory=args.max_memory,
         overwrite=args.overwrite,
         progress=not args.quiet,
     )
@@ -108,6 +126,8 @@ def convert(args) -> int:
     if not args.quiet:
         print(summary_line(report), file=sys.stderr)
         print(report.row_order(), file=sys.stderr)
+        if report.shuffle_seed is not None:
+            print(f"row order: shuffled, seed {report.shuffle_seed} ({report.shuffle_buckets} bucket(s))", file=sys.stderr)
         if report.vocabulary_size is not None:
             print(report.alignment_table(), file=sys.stderr)
     return 0

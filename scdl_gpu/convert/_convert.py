@@ -47,6 +47,9 @@ def convert_h5ad(
     keep_column_order: bool = False,
     allow_nonfinite: bool = False,
     obsm_keys: Sequence[str] | None = None,
+    row_order: str = "input",
+    seed: int | None = None,
+    max_memory: int | str | None = None,
 ) -> Path:
     """Convert an AnnData file into an SCDL archive at ``archive_path``.
 
@@ -83,6 +86,9 @@ def convert_h5ad(
         beside the archive, in their dtype (a CSR one is stored dense), read in row blocks of at
         most ``max_block_values`` values. A key the input lacks, or a DataFrame or CSC one, is an
         error; keys must be usable as file names (letters, digits, ``_ . -``).
+    row_order, seed, max_memory
+        ``"shuffle"`` stores the rows in the uniformly random order of ``seed``, in memory
+        bounded by ``max_memory`` (obs gains ``source_row``); see :func:`~scdl_gpu.convert_many`.
 
     SIGINT and SIGTERM (when called from the main thread) stop the conversion at the next row
     block: the partial output is removed and ``ConversionInterrupted`` (a ``KeyboardInterrupt``)
@@ -102,6 +108,18 @@ def convert_h5ad(
     max_rows = int(load_block_row_size) if size_mb >= paginated_load_cutoff else 1 << 62
     if max_rows < 1:
         raise ValueError(f"load_block_row_size must be positive, got {load_block_row_size}")
+    if row_order != "input" or seed is not None:  # convert_many checks them
+        from ._many import convert_many
+
+        return convert_many(
+            [src], archive_path, data_dtype=data_dtype, data_dtype_tolerance=data_dtype_tolerance,
+            use_X_not_raw=use_X_not_raw, neighbor_key=neighbor_key if load_neighbors else None,
+            paginated_load_cutoff=paginated_load_cutoff, load_block_row_size=load_block_row_size,
+            var_feature_index_name=var_feature_index_name, obs_feature_index_name=obs_feature_index_name,
+            overwrite=overwrite, max_block_values=max_block_values, progress=progress,
+            keep_column_order=keep_column_order, allow_nonfinite=allow_nonfinite,
+            row_order=row_order, seed=seed, max_memory=max_memory, obsm_keys=obsm_keys,
+        ).archive
     with H5adSource(src, use_X_not_raw) as source:
         if load_neighbors and source.neighbors(neighbor_key) is None:
             check_neighbors_allowed(neighbor_key, [(src, source.neighbor_keys())], allow_missing_neighbors)

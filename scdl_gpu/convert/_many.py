@@ -26,6 +26,7 @@ import pandas as pd
 from ..archive._concat import DEFAULT_CHUNK, row_chunks
 from ..archive._dtypes import check_data_dtype, col_dtype_for
 from ..archive._obsm import ObsmSpec, ObsmTarget
+from ..archive._feature_index import are_dicts_equal
 from ..archive._rowfiles import RowFiles, Segment
 from ..archive._writer import ArchiveWriter
 from ..errors import ConversionError
@@ -35,6 +36,7 @@ from ._copy import AUTO, ColumnMap, ValueCast, ValueStats, copy_matrix
 from ._h5ad import features_of
 from ._inputs import discover_inputs, open_source
 from ._obsm import check_keys, copy_obsm, plan_obsm, probe_obsm
+from ._shuffle import ShuffleInput, check_obs_columns, check_row_order, parse_memory, shuffle_rows, shuffled_obs
 from ._source import table_names
 from ._vocab import Alignment, align, build_vocabulary, gene_ids
 
@@ -73,6 +75,8 @@ class ConversionReport:
     inputs: list[InputReport] = field(default_factory=list)
     keep_column_order: bool = False
     rows_sorted: bool = False  # every archive row strictly increasing (``rows_sorted`` in scdl_gpu.json)
+    shuffle_seed: int | None = None  # rows stored in the random order of this seed (None: input order)
+    shuffle_buckets: int = 0  # bucket files the shuffle went through (memory budget / data size)
 
     @property
     def inputs_sorted(self) -> int:
@@ -250,6 +254,9 @@ def convert_many(
     keep_column_order: bool = False,
     allow_nonfinite: bool = False,
     obsm_keys: Sequence[str] | None = None,
+    row_order: str = "input",
+    seed: int | None = None,
+    max_memory: int | str | None = None,
 ) -> ConversionReport:
     """Convert ``.h5ad`` files, 10x HDF5 files and Matrix Market directories into one archive.
 
@@ -289,6 +296,15 @@ def convert_many(
         Also keep these ``obsm`` arrays as ``obsm/<key>.npy`` (see :func:`convert_h5ad`), rows in
         input order. An input without a key gets NaN rows (a warning names it; integer arrays
         become float64 then); a key no input holds, or widths that differ, is an error.
+    row_order, seed, max_memory
+        ``"input"`` (default): rows input after input. ``"shuffle"``: every row of every input
+        at a uniformly random position, the permutation fixed by ``seed`` (drawn and recorded
+        when None) and independent of ``max_memory``, which bounds the shuffle's memory (bytes
+        or a size such as ``"1GB"``; default 2 GiB): see :mod:`scdl_gpu.convert._shuffle`.
+        Obs gains ``source_row`` (the row within its input) and, with several inputs,
+        ``source_file``; row names and the neighbor graph follow their rows. Several inputs
+        need one gene space (``gene_vocab``, or identical var tables). ``scdl_gpu.json``
+        records the order and seed.
     paginated_load_cutoff, load_block_row_size
         Upstream's switches: inputs larger than the cutoff (MiB) are read in blocks of at most
         that many rows (blocks are always bounded by ``max_block_values`` too).
@@ -313,6 +329,13 @@ def convert_many(
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     obsm_keys = check_keys(obsm_keys)
+    seed = check_row_order(row_order, seed)
+    shuffle = seed is not None
+    memory = parse_memory(max_memory)
+    if shuffle:  # the workers' row blocks inside the budget too (blocks never change the archive)
+        max_block_values = min(max_block_values, max(1 << 16, memory // (64 * workers)))
+    if shuffle and obsm_keys:  # obsm is written in input order, by row ranges
+        raise ValueError("obsm_keys cannot be combined with row_order='shuffle' yet: convert without one of them")
     if Path(archive_path).exists() and not overwrite:
         raise FileExistsError(f"Output archive already exists: {archive_path} (pass overwrite to replace it)")
 
@@ -333,6 +356,8 @@ def convert_many(
         n_vars = len(vocab)
     else:
         n_vars = max(p.shape[1] for p in probes)
+        if shuffle and len({p.shape[1] for p in probes}) > 1:
+            raise ConversionError(_ONE_GENE_SPACE + f": the inputs have {sorted({p.shape[1] for p in probes})} genes")
     if neighbor_key is not None and not all(p.has_neighbors for p in probes):
         missing = [(p.path, p.neighbor_keys) for p in probes if not p.has_neighbors]
         check_neighbors_allowed(neighbor_key, missing, allow_missing_neighbors)
@@ -387,14 +412,17 @@ def convert_many(
             reports[r.index].values_dropped = r.stats.dropped
             reports[r.index].rows_unsorted = r.rows_unsorted
             reports[r.index].rows_sorted = r.rows.rows_sorted
-            if data_dtype == AUTO:
-                held.append(r)  # the dtype is known only once every value has been seen
+            if data_dtype == AUTO or shuffle:
+                held.append(r)  # the dtype is known only once every value has been seen; shuffles deal all rows at once
             else:
                 _append(w, r, probes[r.index], vocab is not None)
 
         _run(tasks, workers, use_processes, total_rows, progress, ready)
         if data_dtype == AUTO:
             w.set_data_dtype(stats.smallest_dtype())
+        if shuffle:
+            buckets = _append_shuffled(w, held, probes, vocab is not None, seed, memory)
+        else:
             for r in held:
                 _append(w, r, probes[r.index], vocab is not None)
         if vocab is not None:
@@ -412,6 +440,8 @@ def convert_many(
         inputs=reports,
         keep_column_order=keep_column_order,
         rows_sorted=w.rows.rows_sorted,
+        shuffle_seed=seed,
+        shuffle_buckets=buckets if shuffle else 0,
     )
 
 
@@ -511,6 +541,35 @@ def _append(w: ArchiveWriter, r: _Result, probe: _Probe, aligned: bool) -> None:
     if not aligned:
         w.add_var_block(r.rows.n_rows, r.var_features, label, names=r.var_names)
     w.add_obs_block(r.obs_features, label, names=r.obs_names)
+
+
+_ONE_GENE_SPACE = (
+    "row_order='shuffle' puts rows of different inputs side by side, so they need one gene space: "
+    "pass gene_vocab ('union', 'intersection' or a gene list) to align them"
+)
+
+
+def _append_shuffled(w: ArchiveWriter, results: list[_Result], probes: list[_Probe], aligned: bool, seed: int, memory: int) -> int:
+    """Every input's rows in the seeded random order, one obs block (and var block) for all; the bucket count."""
+    if not aligned:
+        first = results[0]
+        for r in results[1:]:
+            same_names = r.var_names is None or first.var_names is None or np.array_equal(r.var_names, first.var_names)
+            if not (are_dicts_equal(r.var_features, first.var_features) and same_names):
+                raise ConversionError(f"{_ONE_GENE_SPACE}: the var table of {probes[r.index].path} differs from that of {probes[0].path}")
+    inputs = [ShuffleInput(str(probes[r.index].path), r.rows, r.neighbors, r.obs_features, r.obs_names) for r in results]
+    for r in results:  # the inputs hold the obs tables now, and release them as they are permuted
+        r.obs_features, r.obs_names = {}, None
+    check_obs_columns(inputs)
+    n_rows = sum(r.rows.n_rows for r in results)
+    done = shuffle_rows(w, inputs, seed, memory)
+    w.row_order = {"row_order": "shuffle", "shuffle_seed": seed}
+    label = inputs[0].label if len(inputs) == 1 else None
+    if not aligned:
+        w.add_var_block(n_rows, results[0].var_features, inputs[0].label, names=results[0].var_names)
+    features, names = shuffled_obs(inputs, done.order)
+    w.add_obs_block(features, label, names=names)
+    return done.buckets
 
 
 def _progress_bar(enabled: bool, total: int):

@@ -40,7 +40,11 @@ class SingleCellLoader:
         ``"sequential"``, ``"random"`` (a permutation per epoch) or ``"block"`` (shuffled blocks
         of ``block_size`` contiguous rows, default ``batch_size // 64``: each batch is read as a
         few long spans). With ``fetch_factor`` > 1, that many batches are read at once and their
-        rows shuffled among them (more mixing, one more in-memory copy).
+        rows shuffled among them (more mixing, one more in-memory copy). A batch mixes only what
+        the stored order puts side by side: on an archive whose rows are grouped (by plate,
+        donor, drug) block batches hold fewer distinct groups than random ones. Convert with
+        ``row_order="shuffle"`` (``scdl-gpu convert --row-order shuffle``) to get block order's
+        speed with random order's batch variety.
         ``True``/``False`` mean ``"random"``/``"sequential"``.
     seed, rank, world_size
         Every order is a pure function of (seed, epoch, rank, world_size). Rank and world size

@@ -7,11 +7,65 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from ._ceilings import bound, measure_ceilings
 from ._measure import batch_rows, loader_stream, measure, synchronize
 from ._system import system_info
 
 SCHEMA = "scdl-gpu-bench/1"
+MAX_LOGGED = 2000  #: full batches whose rows are kept per configuration for the label-diversity figure
+
+
+def batch_labels(archive: Path, column: str) -> np.ndarray:
+    """Each archive row's label in obs ``column`` (integer codes for text columns)."""
+    from ..archive import open_arrays
+    from ..loader._obs import ObsColumns
+
+    try:
+        return ObsColumns(archive, [column], open_arrays(archive).n_rows).values[column]
+    except KeyError as e:
+        raise ValueError(str(e).strip("'\"")) from None
+
+
+def random_distinct(labels: np.ndarray, batch_size: int) -> float:
+    """Expected distinct labels in a batch of ``batch_size`` rows drawn uniformly without replacement.
+
+    Exact (hypergeometric): a label with ``m`` of the ``n`` rows is absent with probability
+    ``C(n - m, b) / C(n, b)``; the expectation sums one minus that over labels.
+    """
+    from scipy.special import gammaln
+
+    n, b = len(labels), min(int(batch_size), len(labels))
+    m = np.unique(labels, return_counts=True)[1].astype(np.float64)
+    rest = n - m
+    absent = np.where(rest >= b, np.exp(gammaln(rest + 1) - gammaln(rest - b + 1) - gammaln(n + 1) + gammaln(n - b + 1)), 0.0)
+    return float(np.sum(1.0 - absent))
+
+
+def logging_rows(make, sink: list, batch_size: int):
+    """``make`` whose stream also keeps (a CPU copy of) the rows of up to :data:`MAX_LOGGED` full batches."""
+
+    def make_logged():
+        stream = make()
+        try:
+            for batch in stream:
+                rows = batch["rows"]
+                if len(sink) < MAX_LOGGED and len(rows) == batch_size:
+                    sink.append(rows.cpu().numpy().copy())
+                yield batch
+        finally:
+            stream.close()
+
+    return make_logged
+
+
+def diversity(labels: np.ndarray, logged: list, batch_size: int) -> dict:
+    """Mean distinct labels per logged batch, against the same figure for uniformly random batches."""
+    seen = float(np.mean([len(np.unique(labels[r])) for r in logged])) if logged else None
+    rand = random_distinct(labels, batch_size)
+    return dict(distinct_labels=seen, random_distinct_labels=rand, diversity_of_random=seen / rand if seen and rand else None,
+                diversity_batches=len(logged))
 
 
 def archive_shape(archive: Path) -> dict:
@@ -115,6 +169,7 @@ def run_bench(
     ceilings: bool = True,
     cold: bool = True,
     progress: bool = False,
+    diversity_column: str | None = None,
     **loader_kwargs,
 ) -> dict:
     """Measure the loader for every combination of ``residencies`` x ``shuffles`` x ``batch_sizes`` x ``prefetch``.
@@ -127,6 +182,13 @@ def run_bench(
     lesser of page-cache read and host-to-device copy when streamed). ``bounds`` maps each residency
     to its bound; ``bound`` is the first residency's. Returns a JSON-ready dict (``schema``
     ``scdl-gpu-bench/1``).
+
+    With ``diversity_column`` (an obs column, such as a drug or cell-type label), each result
+    also has ``distinct_labels``: the mean number of distinct labels per full batch, and
+    ``random_distinct_labels``, the same expectation for uniformly random batches of that size,
+    and their ratio ``diversity_of_random`` -- how well the order mixes the archive's groups
+    (block order on an input-ordered archive keeps grouped rows together; on a shuffled
+    archive it matches random order).
     """
     from ..backend import resolve_device
 
@@ -134,6 +196,7 @@ def run_bench(
     dev = resolve_device(device)
     shape = archive_shape(archive)
     bpc = shape["bytes_per_cell"]
+    labels = None if diversity_column is None else batch_labels(archive, diversity_column)
     ceil = measure_ceilings(archive, dev, cold=cold) if ceilings else {}
 
     def bound_of(residency: str) -> dict:
@@ -154,6 +217,9 @@ def run_bench(
         for residency, shuffle, bs, pf in grid:
             seen: dict = {}
             make = loader_factory(archive, dev, shuffle, bs, pf, seen=seen, residency=residency, **loader_kwargs)
+            logged: list = []
+            if labels is not None:
+                make = logging_rows(make, logged, bs)
             label = f"{shuffle}@{bs} prefetch {'default' if pf is None else pf}" + (f" {residency}" if len(residencies) > 1 else "")
             t = measure(make, dev, seconds, warmup, on_batch=Ticker(bar, label, seconds) if bar is not None else None)
             used = seen.get("residency") or residency
@@ -163,6 +229,8 @@ def run_bench(
             rec["bytes_per_s"] = t.cells_per_s * bpc
             rec["bound"] = b["name"]
             rec["fraction_of_bound"] = rec["bytes_per_s"] / b["bytes_per_s"] if b["bytes_per_s"] else None
+            if labels is not None:
+                rec.update(diversity_column=diversity_column, **diversity(labels, logged, bs))
             results.append(rec)
             if bar is not None:
                 bar.set_postfix_str(f"{label}: {t.cells_per_s:,.0f} cells/s", refresh=False)
@@ -173,7 +241,7 @@ def run_bench(
     first = bounds[residencies[0]] if results else bound_of(residencies[0] if residencies else "auto")
     return dict(
         schema=SCHEMA, kind="bench", system=system_info(dev), archive=shape,
-        settings=dict(seconds=seconds, warmup=warmup, residencies=list(residencies),
+        settings=dict(seconds=seconds, warmup=warmup, residencies=list(residencies), diversity_column=diversity_column,
                       loader_kwargs={k: repr(v) for k, v in loader_kwargs.items()}),
         ceilings=ceil, bound=first, bounds=bounds, results=results, warmup_s=warm_s,
     )

@@ -58,10 +58,22 @@ def format_bench(result: dict) -> str:
                        f"{r['batches_per_s']:,.1f}", "–" if frac is None else f"{frac:.1%}",
                        f"{1e3 * r['first_batch_s']:,.0f}", _mib(r["host_rss_peak_bytes"]), _mib(r["host_anon_peak_bytes"]),
                        _mib(r.get("device_mem_added_bytes"))])
+    labels = any("distinct_labels" in r for r in runs)
+    if labels:
+        for row, r in zip(rows, runs):
+            row += [_distinct(r)]
     lines.append(_table((["runner"] if runners else []) + (["residency"] if residency else [])
                         + ["shuffle", "batch", "prefetch", "cells/s", "batches/s", "of bound", "first ms", "RSS MiB",
-                           "anon MiB", "device MiB"], rows))
+                           "anon MiB", "device MiB"] + ([f"distinct {runs[0]['diversity_column']} (random)"] if labels else []), rows))
     return "\n".join(lines)
+
+
+def _distinct(r: dict) -> str:
+    """Mean distinct labels per batch, the random-batch expectation, and their ratio."""
+    seen, rand = r.get("distinct_labels"), r.get("random_distinct_labels")
+    if seen is None or rand is None:
+        return "–"
+    return f"{seen:,.1f} ({rand:,.1f}, {seen / rand:.0%})"
 
 
 def format_profile(result: dict) -> str:

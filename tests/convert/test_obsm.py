@@ -200,3 +200,12 @@ def test_string_obsm_refused(tmp_path):
         ds.attrs["encoding-type"], ds.attrs["encoding-version"] = "array", "0.2.0"
     with pytest.raises(ConversionError, match=r"obsm/labels: dtype \|S1 cannot be stored"):
         convert_h5ad(src, tmp_path / "o.scdl", use_X_not_raw=True, obsm_keys=["labels"])
+
+
+def test_obsm_with_a_shuffled_row_order_is_refused(tmp_path):
+    """obsm is written in input order by row ranges: a shuffled archive would pair rows with other
+    rows' embeddings, so the combination is refused before anything is written."""
+    with pytest.raises(ValueError, match="row_order='shuffle'"):
+        convert_many([BUNDLED / "cxg_example_valid.h5ad"], tmp_path / "s.scdl", use_X_not_raw=True,
+                     obsm_keys=["X_umap"], row_order="shuffle", seed=1)
+    assert not (tmp_path / "s.scdl").exists()
