@@ -65,4 +65,4 @@ def test_command_line_and_a_missing_column(grouped, capsys):
     assert main(argv + ["--diversity-column", "drug"]) == 0
     assert "distinct drug (random)" in capsys.readouterr().out
     assert main(argv + ["--diversity-column", "dose"]) != 0
-    assert "obs column 'dose' is missing" in capsys.readouterr().err
+    assert "obs column 'dose' is in none of the" in capsys.readouterr().err
