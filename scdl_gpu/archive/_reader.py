@@ -17,9 +17,10 @@ import numpy as np
 
 from ..errors import ArchiveError, ArchiveNotFoundError, HeaderSerializationError
 from ._constants import DEFAULT_DTYPES, FLOAT_ORDER, INT_ORDER, LAYOUT_FILE, FileNames
+from ._chunked import ChunkedStorage, open_chunked
 from ._feature_index import ObservedFeatureIndex, RowFeatureIndex, VariableFeatureIndex
 from ._header import SCDLHeader
-from ._memmap import map_raw, raw_length
+from ._memmap import map_raw, map_values, raw_length
 from ._parse import parsing, read_json
 from ._generation import pinned_open
 
@@ -41,6 +42,9 @@ class ArchiveArrays:
     metadata: dict
     neighbors: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     warnings: list[str] = field(default_factory=list)
+    #: the chunks of a chunked archive (``data``/``col_ptr`` are then :class:`ChunkedVector` and
+    #: ``row_ptr`` the global pointers, in memory); None for a flat one
+    chunks: ChunkedStorage | None = None
 
     @property
     def n_rows(self) -> int:
@@ -101,34 +105,14 @@ def open_arrays(path: str | Path, writable: bool = False, load_neighbors: bool =
         raise ArchiveError(f"{meta_path}: expected a JSON object, got {type(metadata).__name__}")
     dtypes, header = read_dtypes(path)
     notes: list[str] = []
-
-    rp_path = path / FileNames.ROWPTR.value
-    n_rowptr = raw_length(rp_path, dtypes[FileNames.ROWPTR.value])
-    if n_rowptr < 1:
-        raise ArchiveError(f"{rp_path} is empty; it needs at least one entry (0)")
-    with parsing(rp_path):
-        row_ptr = map_raw(rp_path, dtypes[FileNames.ROWPTR.value], n_rowptr, writable)
-    nnz = int(row_ptr[-1])
-    if int(row_ptr[0]) != 0:
-        raise ArchiveError(f"{rp_path} starts at {int(row_ptr[0])}, expected 0")
-    arrays = {}
-    for member in (FileNames.DATA, FileNames.COLPTR):
-        fpath = path / member.value
-        dt = dtypes[member.value]
-        if nnz == 0 and fpath.is_file() and fpath.stat().st_size < max(2, np.dtype(dt).itemsize):
-            # Upstream writes a 1-byte placeholder when an array is empty (1 item for uint8 too).
-            arrays[member] = np.empty(0, dt)
-            continue
-        n = raw_length(fpath, dt)
-        if n != nnz:
-            raise ArchiveError(
-                f"{fpath} holds {n} {dt} values but {FileNames.ROWPTR.value} ends at {nnz} "
-                f"({'truncated' if n < nnz else 'extra data'}; or the header's dtypes are wrong)"
-            )
-        with parsing(fpath):
-            arrays[member] = map_raw(fpath, dt, n, writable)
-
-    n_rows = n_rowptr - 1
+    chunks = None
+    if header is not None and header.is_chunked:
+        if writable:
+            raise ArchiveError(f"{path} is a chunked archive; it opens read-only")
+        row_ptr, data, col_ptr, chunks = open_chunked(path, header, dtypes)
+    else:
+        row_ptr, data, col_ptr = _open_flat(path, dtypes, header, writable, notes)
+    n_rows = len(row_ptr) - 1
     for member in (FileNames.VAR_FEATURES, FileNames.OBS_FEATURES, FileNames.FEATURES):
         fdir = path / member.value
         if fdir.is_dir() and (fdir / "cumulative_sum_index.npy").exists():
@@ -141,6 +125,34 @@ def open_arrays(path: str | Path, writable: bool = False, load_neighbors: bool =
                     f"the number of rows in the row_index ({n_rows})"
                 )
 
+    neighbors = _open_neighbors(path, n_rows, writable) if load_neighbors else None
+    return ArchiveArrays(
+        path=path,
+        data=data,
+        row_ptr=row_ptr,
+        col_ptr=col_ptr,
+        dtypes=dtypes,
+        header=header,
+        metadata=metadata,
+        neighbors=neighbors,
+        warnings=notes,
+        chunks=chunks,
+    )
+
+
+def _open_flat(path: Path, dtypes: dict[str, str], header: SCDLHeader | None, writable: bool, notes: list[str]):
+    """``(row_ptr, data, col_ptr)`` of a flat archive, mapped and checked against each other."""
+    rp_path = path / FileNames.ROWPTR.value
+    n_rowptr = raw_length(rp_path, dtypes[FileNames.ROWPTR.value])
+    if n_rowptr < 1:
+        raise ArchiveError(f"{rp_path} is empty; it needs at least one entry (0)")
+    with parsing(rp_path):
+        row_ptr = map_raw(rp_path, dtypes[FileNames.ROWPTR.value], n_rowptr, writable)
+    nnz = int(row_ptr[-1])
+    if int(row_ptr[0]) != 0:
+        raise ArchiveError(f"{rp_path} starts at {int(row_ptr[0])}, expected 0")
+    data, col_ptr = (map_values(path / m.value, dtypes[m.value], nnz, FileNames.ROWPTR.value, writable)
+                     for m in (FileNames.DATA, FileNames.COLPTR))
     if header is not None:
         expect = {FileNames.DATA: nnz, FileNames.COLPTR: nnz, FileNames.ROWPTR: n_rowptr}
         for member, n in expect.items():
@@ -150,20 +162,8 @@ def open_arrays(path: str | Path, writable: bool = False, load_neighbors: bool =
                 # agree with each other, so read them and say so.
                 msg = f"{path / FileNames.HEADER.value} says {member.name} has {declared} entries; {member.value} has {n}"
                 notes.append(msg)
-                warnings.warn(f"Stale header: {msg}. Reading the files.", UserWarning, stacklevel=3)
-
-    neighbors = _open_neighbors(path, n_rows, writable) if load_neighbors else None
-    return ArchiveArrays(
-        path=path,
-        data=arrays[FileNames.DATA],
-        row_ptr=row_ptr,
-        col_ptr=arrays[FileNames.COLPTR],
-        dtypes=dtypes,
-        header=header,
-        metadata=metadata,
-        neighbors=neighbors,
-        warnings=notes,
-    )
+                warnings.warn(f"Stale header: {msg}. Reading the files.", UserWarning, stacklevel=4)
+    return row_ptr, data, col_ptr
 
 
 def _open_neighbors(path: Path, n_rows: int, writable: bool):
