@@ -28,7 +28,7 @@ from ._memmap import fsync_dir, write_raw
 from ._reader import ArchiveArrays, open_arrays
 from ..errors import ArchiveError
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "partition_archive"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "partition_archive", "partition_scdl"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,19 @@ def partition_archive(
         del arrays
         remove_tree(src)
     return header
+
+
+def partition_scdl(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    delete_original: bool = False,
+) -> SCDLHeader:
+    """bionemo-scdl's ``partition_scdl`` (``bionemo.scdl.scripts.partition_scdl``): the chunked
+    archive at ``output_path``, which must not exist; returns its header."""
+    if os.path.lexists(output_path):
+        raise FileExistsError(f"Output path already exists: {output_path}")
+    return partition_archive(input_path, output_path, chunk_size, delete_original)
 
 
 def _write_chunks(arrays: ArchiveArrays, tmp: Path, chunk_size: int) -> SCDLHeader:

@@ -27,6 +27,7 @@ import numba
 import numpy as np
 
 from ..archive._bounds import column_error, span_error
+from ..archive._chunked import ChunkedStorage
 from ..errors import ArchiveError
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,37 @@ def _gather_parallel(data, cols, starts, in_ptr, width, out_vals, out_cols, via_
     return -1
 
 
+@numba.njit(**_JIT)
+def _gather_chunked_serial(datas, colss, offsets, chunk_size, rows, starts, in_ptr, width, out_vals, out_cols,
+                           via_double, sort):  # pragma: no cover - compiled
+    """As :func:`_gather_serial` over a chunked archive: row ``rows[i]`` is read from chunk
+    ``rows[i] // chunk_size`` at its global start less the chunk's first value ``offsets[k]``."""
+    for i in range(starts.shape[0]):
+        k = rows[i] // chunk_size
+        o = in_ptr[i]
+        if not _copy_row(datas[k], colss[k], starts[i] - offsets[k], o, in_ptr[i + 1] - o, width, out_vals, out_cols,
+                         via_double, sort):
+            return i
+    return -1
+
+
+@numba.njit(parallel=True, **_JIT)
+def _gather_chunked_parallel(datas, colss, offsets, chunk_size, rows, starts, in_ptr, width, out_vals, out_cols,
+                             via_double, sort):  # pragma: no cover - compiled
+    bad = 0
+    for i in numba.prange(starts.shape[0]):
+        k = rows[i] // chunk_size
+        o = in_ptr[i]
+        if not _copy_row(datas[k], colss[k], starts[i] - offsets[k], o, in_ptr[i + 1] - o, width, out_vals, out_cols,
+                         via_double, sort):
+            bad += 1
+    if bad == 0:
+        return -1
+    # the error path only: the serial pass stops at the first bad row
+    return _gather_chunked_serial(datas, colss, offsets, chunk_size, rows, starts, in_ptr, width, out_vals, out_cols,
+                                  via_double, sort)
+
+
 def plan(row_ptr: np.ndarray, rows: np.ndarray, n_data: int, archive: Path | str = "") -> tuple[np.ndarray, np.ndarray]:
     """``(starts, in_ptr)`` of ``rows`` (int64): each row's first value in the value file and the
     rows' places in the batch. Raises ``IndexError`` for a row outside the archive and
@@ -175,25 +207,70 @@ def gather(data: np.ndarray, cols: np.ndarray, starts: np.ndarray, in_ptr: np.nd
     the columns of every row that is not sorted when ``sort`` (the check is free: it runs while
     copying). Raises :class:`ArchiveError` on a column ``>= width``, naming the archive row when
     ``rows`` (the planned row ids) is given."""
-    n = int(in_ptr[-1])
-    if len(out_vals) < n or len(out_cols) < n or len(in_ptr) != len(starts) + 1:
-        raise ValueError(f"outputs of {len(out_vals)}/{len(out_cols)} entries for a plan of {n} values and "
-                         f"{len(starts)} rows ({len(in_ptr)} pointers)")
-    # Every other cast is one correctly rounded step either way; uint64 -> float32 is not.
-    via_double = data.dtype == np.uint64 and out_vals.dtype == np.float32
-    args = (data, cols, starts, in_ptr, np.int64(width), out_vals, out_cols, via_double, sort)
-    if n >= PARALLEL_MIN_VALUES and len(starts) > 1 and not _forked[0] and _parallel.acquire(blocking=False):
-        try:  # one parallel gather at a time: not every threading layer takes concurrent launches
-            bad = _gather_parallel(*args)
-        finally:
-            _parallel.release()
-    else:
-        bad = _gather_serial(*args)
+    n = _check_outputs(starts, in_ptr, out_vals, out_cols)
+    args = (data, cols, starts, in_ptr, np.int64(width), out_vals, out_cols, _via_double(data.dtype, out_vals), sort)
+    bad = _launch(_gather_serial, _gather_parallel, args, n, len(starts))
     if bad >= 0:
         o, n = int(starts[bad]), int(in_ptr[bad + 1] - in_ptr[bad])
         seg = np.asarray(cols[o : o + n]).astype(np.int64)
         c = int(seg[(seg < 0) | (seg >= width)][0])
         raise column_error(archive, int(rows[bad]) if rows is not None else bad, c, width)
+
+
+def gather_chunked(chunks: ChunkedStorage, datas, colss, rows: np.ndarray, starts: np.ndarray, in_ptr: np.ndarray,
+                   width: int, out_vals: np.ndarray, out_cols: np.ndarray, *, sort: bool = True) -> None:
+    """:func:`gather` over a chunked archive: ``datas``/``colss`` are :func:`typed_chunks` of its
+    chunks' value and column arrays, ``starts`` the rows' starts in the global value numbering
+    (from the global ``row_ptr``). A bad column raises ``ArchiveError`` naming the chunk's file."""
+    n = _check_outputs(starts, in_ptr, out_vals, out_cols)
+    if len(rows) != len(starts):
+        raise ValueError(f"{len(rows)} row ids for a plan of {len(starts)} rows")
+    if not len(rows):
+        return  # (an archive of 0 rows has no chunks to type the lists with)
+    args = (datas, colss, chunks.value_offsets, np.int64(chunks.chunk_size), rows, starts, in_ptr, np.int64(width),
+            out_vals, out_cols, _via_double(chunks.data[0].dtype if chunks.data else out_vals.dtype, out_vals), sort)
+    bad = _launch(_gather_chunked_serial, _gather_chunked_parallel, args, n, len(starts))
+    if bad >= 0:
+        r = int(rows[bad])
+        k = chunks.chunk_of(r)
+        o, m = int(starts[bad] - chunks.value_offsets[k]), int(in_ptr[bad + 1] - in_ptr[bad])
+        seg = np.asarray(chunks.col_ptr[k][o : o + m]).astype(np.int64)
+        raise column_error(chunks.dir(k), r, int(seg[(seg < 0) | (seg >= width)][0]), width)
+
+
+def typed_chunks(pieces) -> numba.typed.List:
+    """The chunks' arrays as one numba list (built once per backend; every piece read-only, so
+    they share one type: an empty chunk's array is not a map and would be writable)."""
+    out = numba.typed.List()
+    for p in pieces:
+        p = p.view(np.ndarray)
+        if p.flags.writeable:
+            p = p.view()
+            p.setflags(write=False)
+        out.append(p)
+    return out
+
+
+def _check_outputs(starts, in_ptr, out_vals, out_cols) -> int:
+    n = int(in_ptr[-1])
+    if len(out_vals) < n or len(out_cols) < n or len(in_ptr) != len(starts) + 1:
+        raise ValueError(f"outputs of {len(out_vals)}/{len(out_cols)} entries for a plan of {n} values and "
+                         f"{len(starts)} rows ({len(in_ptr)} pointers)")
+    return n
+
+
+def _via_double(data_dtype, out_vals) -> bool:
+    # Every other cast is one correctly rounded step either way; uint64 -> float32 is not.
+    return data_dtype == np.uint64 and out_vals.dtype == np.float32
+
+
+def _launch(serial, parallel, args, n: int, n_rows: int) -> int:
+    if n >= PARALLEL_MIN_VALUES and n_rows > 1 and not _forked[0] and _parallel.acquire(blocking=False):
+        try:  # one parallel gather at a time: not every threading layer takes concurrent launches
+            return parallel(*args)
+        finally:
+            _parallel.release()
+    return serial(*args)
 
 
 def gather_reference(row_ptr, data, cols, rows, width, value_dtype, index_dtype, sort=False):
@@ -224,7 +301,7 @@ def gather_reference(row_ptr, data, cols, rows, width, value_dtype, index_dtype,
     return in_ptr, v, c.astype(index_dtype)
 
 
-def warm_up(data_dtype, col_dtype, row_ptr_dtype, outputs) -> float:
+def warm_up(data_dtype, col_dtype, row_ptr_dtype, outputs, chunked: bool = False) -> float:
     """Compile (or load from numba's disk cache) the gathers a backend will call, for each
     ``(value dtype, index dtype)`` in ``outputs``, so that the cost does not land on the first
     batch of an epoch. Returns the seconds it took (logged when it was a compile)."""
@@ -237,9 +314,14 @@ def warm_up(data_dtype, col_dtype, row_ptr_dtype, outputs) -> float:
     for vd, idt in dict.fromkeys(outputs):
         out_v, out_c = np.empty(1, vd), np.empty(1, idt)
         # not the parallel one in a forked child: its first launch there aborts the process
-        runs = (_gather_serial,) if _forked[0] else (_gather_serial, _gather_parallel)
+        if chunked:
+            runs = (_gather_chunked_serial,) if _forked[0] else (_gather_chunked_serial, _gather_chunked_parallel)
+            head = (typed_chunks([data]), typed_chunks([cols]), np.zeros(2, np.int64), np.int64(2), np.array([0, 1]))
+        else:
+            runs = (_gather_serial,) if _forked[0] else (_gather_serial, _gather_parallel)
+            head = (data, cols)
         for run in runs:  # `via_double` and `sort` are values, not types
-            run(data, cols, starts, in_ptr, np.int64(1), out_v, out_c, False, False)
+            run(*head, starts, in_ptr, np.int64(1), out_v, out_c, False, False)
     dt = time.perf_counter() - t0
     if dt > 0.5:
         log.info("compiled the row gather for %s values / %s columns in %.1f s (numba caches it on disk)",
@@ -247,5 +329,5 @@ def warm_up(data_dtype, col_dtype, row_ptr_dtype, outputs) -> float:
     return dt
 
 
-__all__ = ["PARALLEL_MIN_VALUES", "gather", "gather_reference", "plan", "warm_up"]
+__all__ = ["PARALLEL_MIN_VALUES", "gather", "gather_chunked", "gather_reference", "plan", "typed_chunks", "warm_up"]
 
