@@ -111,7 +111,7 @@ def open_arrays(path: str | Path, writable: bool = False, load_neighbors: bool =
             raise ArchiveError(f"{path} is a chunked archive; it opens read-only")
         row_ptr, data, col_ptr, chunks = open_chunked(path, header, dtypes)
     else:
-        row_ptr, data, col_ptr = _open_flat(path, dtypes, header, writable, notes)
+        row_ptr, data, col_ptr = _open_flat(path, dtypes, writable)
     n_rows = len(row_ptr) - 1
     for member in (FileNames.VAR_FEATURES, FileNames.OBS_FEATURES, FileNames.FEATURES):
         fdir = path / member.value
@@ -124,6 +124,17 @@ def open_arrays(path: str | Path, writable: bool = False, load_neighbors: bool =
                     f"The number of rows in the feature index {fdir} ({rows}) does not correspond to "
                     f"the number of rows in the row_index ({n_rows})"
                 )
+
+    if header is not None and chunks is None:  # a chunked archive's lengths were checked at open
+        expect = {FileNames.DATA: len(data), FileNames.COLPTR: len(col_ptr), FileNames.ROWPTR: len(row_ptr)}
+        for member, n in expect.items():
+            declared = header.get_array(member.name).length
+            if declared != n:
+                # Upstream re-saves stale headers after mutating reopened archives; the files
+                # agree with each other, so read them and say so.
+                msg = f"{path / FileNames.HEADER.value} says {member.name} has {declared} entries; {member.value} has {n}"
+                notes.append(msg)
+                warnings.warn(f"Stale header: {msg}. Reading the files.", UserWarning, stacklevel=3)
 
     neighbors = _open_neighbors(path, n_rows, writable) if load_neighbors else None
     return ArchiveArrays(
@@ -140,7 +151,7 @@ def open_arrays(path: str | Path, writable: bool = False, load_neighbors: bool =
     )
 
 
-def _open_flat(path: Path, dtypes: dict[str, str], header: SCDLHeader | None, writable: bool, notes: list[str]):
+def _open_flat(path: Path, dtypes: dict[str, str], writable: bool):
     """``(row_ptr, data, col_ptr)`` of a flat archive, mapped and checked against each other."""
     rp_path = path / FileNames.ROWPTR.value
     n_rowptr = raw_length(rp_path, dtypes[FileNames.ROWPTR.value])
@@ -153,16 +164,6 @@ def _open_flat(path: Path, dtypes: dict[str, str], header: SCDLHeader | None, wr
         raise ArchiveError(f"{rp_path} starts at {int(row_ptr[0])}, expected 0")
     data, col_ptr = (map_values(path / m.value, dtypes[m.value], nnz, FileNames.ROWPTR.value, writable)
                      for m in (FileNames.DATA, FileNames.COLPTR))
-    if header is not None:
-        expect = {FileNames.DATA: nnz, FileNames.COLPTR: nnz, FileNames.ROWPTR: n_rowptr}
-        for member, n in expect.items():
-            declared = header.get_array(member.name).length
-            if declared != n:
-                # Upstream re-saves stale headers after mutating reopened archives; the files
-                # agree with each other, so read them and say so.
-                msg = f"{path / FileNames.HEADER.value} says {member.name} has {declared} entries; {member.value} has {n}"
-                notes.append(msg)
-                warnings.warn(f"Stale header: {msg}. Reading the files.", UserWarning, stacklevel=4)
     return row_ptr, data, col_ptr
 
 
