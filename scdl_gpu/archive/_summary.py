@@ -32,7 +32,8 @@ def archive_summary(path: str | os.PathLike) -> dict:
     ``row_ptr``, ``col_ptr``), ``files`` (path relative to the archive, ``/``-separated -> bytes,
     every file at any depth), ``total_bytes``, ``var_blocks``, ``var_columns``, ``obs_blocks``,
     ``obs_columns``, ``neighbors`` (bool), ``neighbor_nnz`` (edges, or None), ``header`` (whether
-    ``header.sch`` exists), ``version`` (the string in ``version.json``, or None).
+    ``header.sch`` exists), ``version`` (the string in ``version.json``, or None), ``chunks``
+    (``{"chunk_size", "num_chunks"}`` of a chunked archive, None for a flat one).
 
     ``density`` is ``nnz`` over the number of cells of the (ragged) matrix: the sum over var blocks
     of rows x genes, which is ``nnz / (n_rows * n_genes)`` for a single block; None when that sum
@@ -77,6 +78,8 @@ def archive_summary(path: str | os.PathLike) -> dict:
         **_neighbor_outline(path),
         "header": arrays.header is not None,
         "version": _version(path),
+        "chunks": None if arrays.chunks is None else {"chunk_size": arrays.chunks.chunk_size,
+                                                      "num_chunks": arrays.chunks.num_chunks},
     }
 
 
@@ -139,6 +142,13 @@ def _blocks(n: int) -> str:
     return f"{n} block{'' if n == 1 else 's'}"
 
 
+def _layout(chunks: dict | None) -> str:
+    if not chunks:
+        return "flat"
+    n = chunks["num_chunks"]
+    return f"chunked, {n:,} chunk{'' if n == 1 else 's'} of {chunks['chunk_size']:,} rows"
+
+
 def format_summary(summary: dict) -> str:
     """A compact multi-line text of an :func:`archive_summary` dict, one aligned ``key: value`` a line.
 
@@ -165,6 +175,7 @@ def format_summary(summary: dict) -> str:
         ("obs", f"{_blocks(s['obs_blocks'])}: {_names(s['obs_columns'])}" if s["obs_blocks"] else "none"),
         ("neighbors", f"yes, {s['neighbor_nnz']:,} edges" if s["neighbors"] else "no"),
         ("header", "yes" if s["header"] else "no (legacy layout, default dtypes)"),
+        ("layout", _layout(s.get("chunks"))),
         ("version", s["version"] if s["version"] is not None else "unknown"),
         ("size", f"{human_bytes(s['total_bytes'])} in {n_files} file{'' if n_files == 1 else 's'}"),
     ]
@@ -174,6 +185,8 @@ def format_summary(summary: dict) -> str:
     entries: dict[str, list[int]] = {}  # top-level name -> [bytes, files]
     for rel, size in s["files"].items():
         top, sep, _ = rel.partition("/")
+        if sep and s.get("chunks") and top.startswith("chunk_"):
+            top = "chunk_*"  # one line for all chunks, however many
         e = entries.setdefault(top + sep, [0, 0])
         e[0] += size
         e[1] += 1
