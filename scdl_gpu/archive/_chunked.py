@@ -22,11 +22,20 @@ from ._header import ChunkedInfo, SCDLHeader
 from ._memmap import map_raw, map_values, raw_length
 from ._parse import parsing
 
-__all__ = ["ChunkedStorage", "ChunkedVector", "chunk_dir", "open_chunked"]
+__all__ = ["ChunkedStorage", "ChunkedVector", "chunk_dir", "open_chunked", "value_files"]
 
 
 def chunk_dir(root: Path, chunk: int) -> Path:
     return Path(root) / CHUNK_DIR_FORMAT.format(chunk)
+
+
+def value_files(root: str | Path) -> list[Path]:
+    """The files holding an archive's values and columns, in row order (each chunk's in turn for
+    a chunked archive): what a reader of every row reads."""
+    root = Path(root)
+    chunks = sorted(root.glob("chunk_[0-9]*"))
+    dirs = chunks if chunks and not (root / FileNames.DATA.value).exists() else [root]
+    return [d / m.value for d in dirs for m in (FileNames.DATA, FileNames.COLPTR)]
 
 
 class ChunkedVector:

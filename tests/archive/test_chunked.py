@@ -310,3 +310,12 @@ except ArchiveError as e:
     assert r.returncode == 0, r.stderr
     assert "ERR" in r.stdout and "chunk_00002/col_ptr.npy" in r.stdout and "column 200" in r.stdout
     assert any("chunk_00002/col_ptr.npy" in p for p in validation_report(chunked).problems)
+
+
+def test_value_files_are_the_chunks_files_in_row_order(flat, chunked):
+    from scdl_gpu.archive._chunked import value_files
+
+    assert value_files(flat) == [flat / "data.npy", flat / "col_ptr.npy"]
+    files = value_files(chunked)
+    assert files == [chunked / f"chunk_{k:05d}" / n for k in range(5) for n in ("data.npy", "col_ptr.npy")]
+    assert sum(f.stat().st_size for f in files) == sum(f.stat().st_size for f in value_files(flat))
