@@ -66,6 +66,13 @@ def _uint(value: object, what: str, limit: int) -> int:
     return v
 
 
+def _backend(value: object) -> Backend:
+    try:
+        return Backend(value)
+    except ValueError:
+        raise _HSE(f"unknown backend {value!r}, expected one of {[int(b) for b in Backend]}") from None
+
+
 def _dtype(value: object, what: str) -> ArrayDType:
     try:
         return ArrayDType(value)
@@ -304,10 +311,7 @@ class SCDLHeader:
         v = CURRENT_SCDL_VERSION if self.version is None else self.version
         # also accept upstream's mutable SCDLVersion (anything with the three fields)
         self.version = v if isinstance(v, SCDLVersion) else SCDLVersion(v.major, v.minor, v.point)
-        try:
-            self.backend = Backend(self.backend)
-        except ValueError:
-            raise _HSE(f"unknown backend {self.backend!r}, expected one of {[int(b) for b in Backend]}") from None
+        self.backend = _backend(self.backend)
         self.arrays = list(self.arrays or [])
         self.feature_indices = list(self.feature_indices or [])
         self._check_chunked()
@@ -357,7 +361,7 @@ class SCDLHeader:
             _no_duplicates([i.name for i in items], f"duplicate {kind} name")
         every_name = [i.name for i in self.arrays + self.feature_indices]
         _no_duplicates(every_name, "name used by an array and a feature index")
-        self.backend = Backend(self.backend)
+        self.backend = _backend(self.backend)
         self._check_chunked()
 
     def serialize(self) -> bytes:
