@@ -153,35 +153,56 @@ def _gather_parallel(data, cols, starts, in_ptr, width, out_vals, out_cols, via_
     return -1
 
 
-@numba.njit(**_JIT)
-def _gather_chunked_serial(datas, colss, offsets, chunk_size, rows, starts, in_ptr, width, out_vals, out_cols,
-                           via_double, sort):  # pragma: no cover - compiled
-    """As :func:`_gather_serial` over a chunked archive: row ``rows[i]`` is read from chunk
-    ``rows[i] // chunk_size`` at its global start less the chunk's first value ``offsets[k]``."""
-    for i in range(starts.shape[0]):
-        k = rows[i] // chunk_size
+# _copy_row inlined (same source): NRT counts references to the arrays a row's slices view, and a
+# chunk's arrays come from a numba list, so without inlining every row's slices bump one shared
+# count from every thread (measured 5-10x slower than the flat gather); inlined, they are elided.
+_copy_row_inline = numba.njit(inline="always", **_JIT)(_copy_row.py_func)
+
+
+@numba.njit(inline="always", **_JIT)
+def _gather_chunked_range(data, cols, base, order, lo, hi, starts, in_ptr, width, out_vals, out_cols, via_double,
+                          sort):  # pragma: no cover - compiled
+    """Batch rows ``order[lo:hi]``, all of one chunk (arrays ``data``/``cols``, first global value
+    ``base``). Returns the first bad batch position, or -1 (no early exit: see ``_copy_row``)."""
+    first = -1
+    for j in range(lo, hi):
+        i = order[j]
         o = in_ptr[i]
-        if not _copy_row(datas[k], colss[k], starts[i] - offsets[k], o, in_ptr[i + 1] - o, width, out_vals, out_cols,
-                         via_double, sort):
+        ok = _copy_row_inline(data, cols, starts[i] - base, o, in_ptr[i + 1] - o, width, out_vals, out_cols,
+                              via_double, sort)
+        if not ok and first < 0:
+            first = i
+    return first
+
+
+@numba.njit(**_JIT)
+def _gather_chunked_serial(datas, colss, offsets, chunk_size, rows, order, bounds, starts, in_ptr, width, out_vals,
+                           out_cols, via_double, sort):  # pragma: no cover - compiled
+    """As :func:`_gather_serial` over a chunked archive: ``order`` lists the batch positions grouped
+    by chunk, ``bounds`` cuts it into runs of one chunk each; row ``rows[i]`` of chunk
+    ``k = rows[i] // chunk_size`` is read at its global start less ``offsets[k]``."""
+    for t in range(bounds.shape[0] - 1):
+        k = rows[order[bounds[t]]] // chunk_size
+        i = _gather_chunked_range(datas[k], colss[k], offsets[k], order, bounds[t], bounds[t + 1], starts, in_ptr,
+                                  width, out_vals, out_cols, via_double, sort)
+        if i >= 0:
             return i
     return -1
 
 
 @numba.njit(parallel=True, **_JIT)
-def _gather_chunked_parallel(datas, colss, offsets, chunk_size, rows, starts, in_ptr, width, out_vals, out_cols,
-                             via_double, sort):  # pragma: no cover - compiled
-    bad = 0
-    for i in numba.prange(starts.shape[0]):
-        k = rows[i] // chunk_size
-        o = in_ptr[i]
-        if not _copy_row(datas[k], colss[k], starts[i] - offsets[k], o, in_ptr[i + 1] - o, width, out_vals, out_cols,
-                         via_double, sort):
-            bad += 1
-    if bad == 0:
-        return -1
-    # the error path only: the serial pass stops at the first bad row
-    return _gather_chunked_serial(datas, colss, offsets, chunk_size, rows, starts, in_ptr, width, out_vals, out_cols,
-                                  via_double, sort)
+def _gather_chunked_parallel(datas, colss, offsets, chunk_size, rows, order, bounds, starts, in_ptr, width, out_vals,
+                             out_cols, via_double, sort):  # pragma: no cover - compiled
+    runs = bounds.shape[0] - 1
+    first = np.empty(runs, np.int64)
+    for t in numba.prange(runs):
+        k = rows[order[bounds[t]]] // chunk_size
+        first[t] = _gather_chunked_range(datas[k], colss[k], offsets[k], order, bounds[t], bounds[t + 1], starts,
+                                         in_ptr, width, out_vals, out_cols, via_double, sort)
+    for t in range(runs):
+        if first[t] >= 0:
+            return first[t]
+    return -1
 
 
 def plan(row_ptr: np.ndarray, rows: np.ndarray, n_data: int, archive: Path | str = "") -> tuple[np.ndarray, np.ndarray]:
@@ -226,9 +247,9 @@ def gather_chunked(chunks: ChunkedStorage, datas, colss, rows: np.ndarray, start
     if len(rows) != len(starts):
         raise ValueError(f"{len(rows)} row ids for a plan of {len(starts)} rows")
     if not len(rows):
-        return  # (an archive of 0 rows has no chunks to type the lists with)
-    args = (datas, colss, chunks.value_offsets, np.int64(chunks.chunk_size), rows, starts, in_ptr, np.int64(width),
-            out_vals, out_cols, _via_double(chunks.data[0].dtype if chunks.data else out_vals.dtype, out_vals), sort)
+        return  # (an archive of 0 rows has no chunks: its lists cannot be typed)
+    args = (datas, colss, chunks.value_offsets, np.int64(chunks.chunk_size), rows, *_chunk_runs(rows, chunks.chunk_size),
+            starts, in_ptr, np.int64(width), out_vals, out_cols, _via_double(chunks.data[0].dtype, out_vals), sort)
     bad = _launch(_gather_chunked_serial, _gather_chunked_parallel, args, n, len(starts))
     if bad >= 0:
         r = int(rows[bad])
@@ -236,6 +257,18 @@ def gather_chunked(chunks: ChunkedStorage, datas, colss, rows: np.ndarray, start
         o, m = int(starts[bad] - chunks.value_offsets[k]), int(in_ptr[bad + 1] - in_ptr[bad])
         seg = np.asarray(chunks.col_ptr[k][o : o + m]).astype(np.int64)
         raise column_error(chunks.dir(k), r, int(seg[(seg < 0) | (seg >= width)][0]), width)
+
+
+def _chunk_runs(rows: np.ndarray, chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(order, bounds)``: the batch positions grouped by chunk (stable), cut where the chunk
+    changes and into at least two runs per thread (so one chunk's rows are still shared out)."""
+    n = len(rows)
+    chunk_of = rows // chunk_size
+    order = np.argsort(chunk_of, kind="stable") if np.any(chunk_of[1:] < chunk_of[:-1]) else np.arange(n)
+    grouped = chunk_of[order]
+    step = -(-n // (2 * numba.get_num_threads()))
+    cuts = [[0], np.flatnonzero(grouped[1:] != grouped[:-1]) + 1, np.arange(step, n, step), [n]]
+    return order, np.unique(np.concatenate(cuts)).astype(np.int64)
 
 
 def typed_chunks(pieces) -> numba.typed.List:
@@ -316,7 +349,9 @@ def warm_up(data_dtype, col_dtype, row_ptr_dtype, outputs, chunked: bool = False
         # not the parallel one in a forked child: its first launch there aborts the process
         if chunked:
             runs = (_gather_chunked_serial,) if _forked[0] else (_gather_chunked_serial, _gather_chunked_parallel)
-            head = (typed_chunks([data]), typed_chunks([cols]), np.zeros(2, np.int64), np.int64(2), np.array([0, 1]))
+            two = np.array([0, 1], np.int64)
+            head = (typed_chunks([data]), typed_chunks([cols]), np.zeros(2, np.int64), np.int64(2), two, two,
+                    np.array([0, 2], np.int64))
         else:
             runs = (_gather_serial,) if _forked[0] else (_gather_serial, _gather_parallel)
             head = (data, cols)

@@ -11,6 +11,7 @@ import torch
 from scdl_gpu import SingleCellLoader, partition_scdl
 from scdl_gpu.backend import BatchOptions, get_backend
 from scdl_gpu.backend._gather import PARALLEL_MIN_VALUES
+from scdl_gpu.errors import ArchiveError
 from tests.backend import fake_gpu
 from tests.backend.archives import random_matrix, write_archive
 
@@ -61,6 +62,14 @@ def test_the_parallel_gather_path(tmp_path):
     a, b = f.batch(rows), c.batch(rows)
     assert a.values.numel() >= PARALLEL_MIN_VALUES
     _assert_same(a, b)
+    # a damaged column in chunk 10: found by the parallel pass, named by chunk file
+    cols = chunked / "chunk_00010" / "col_ptr.npy"
+    bad = np.fromfile(cols, np.dtype(c.col_ptr.dtype).newbyteorder("<"))
+    bad[3] = 5000
+    cols.write_bytes(bad.astype(bad.dtype.newbyteorder("<")).tobytes())
+    damaged = get_backend(chunked, device="cpu")
+    with pytest.raises(ArchiveError, match=r"chunk_00010/col_ptr.npy: row 4[0-3] holds column 5000"):
+        damaged.batch(rows)
 
 
 @pytest.mark.parametrize("order", ["sequential", "random", "block"])
