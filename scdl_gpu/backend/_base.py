@@ -47,8 +47,10 @@ class Backend(ABC):
         else:
             self.data, self.col_ptr = arrays.data, arrays.col_ptr  # ChunkedVector: dtype, size, slices
             f16 = self.data.dtype == np.float16  # moves as its bits, as in gather()
-            self._chunk_data = _gather.typed_chunks([d.view(np.uint16) if f16 else d for d in self.chunks.data])
-            self._chunk_cols = _gather.typed_chunks(self.chunks.col_ptr)
+            # addresses of self.chunks' maps, which this backend holds while it gathers from them
+            self._chunk_pointers = _gather.chunk_pointers(
+                [d.view(np.uint16) if f16 else d for d in self.chunks.data], self.chunks.col_ptr,
+                self.chunks.value_offsets, np.uint16 if f16 else self.data.dtype, self.col_ptr.dtype)
         self.row_ptr = arrays.row_ptr.view(np.ndarray)
         self.dtypes = arrays.dtypes
         self.n_rows = arrays.n_rows
@@ -85,7 +87,7 @@ class Backend(ABC):
             if self.chunks is None:
                 data = data.view(np.uint16)
         if self.chunks is not None:
-            _gather.gather_chunked(self.chunks, self._chunk_data, self._chunk_cols, plan.rows, plan.starts, plan.in_ptr,
+            _gather.gather_chunked(self.chunks, self._chunk_pointers, plan.rows, plan.starts, plan.in_ptr,
                                    self.archive_cols, values, col, sort=sort)
             return
         _gather.gather(data, self.col_ptr, plan.starts, plan.in_ptr, self.archive_cols, values, col,

@@ -25,6 +25,9 @@ from pathlib import Path
 
 import numba
 import numpy as np
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from ..archive._bounds import column_error, span_error
 from ..archive._chunked import ChunkedStorage
@@ -153,17 +156,32 @@ def _gather_parallel(data, cols, starts, in_ptr, width, out_vals, out_cols, via_
     return -1
 
 
-# _copy_row inlined (same source): NRT counts references to the arrays a row's slices view, and a
-# chunk's arrays come from a numba list, so without inlining every row's slices bump one shared
-# count from every thread (measured 5-10x slower than the flat gather); inlined, they are elided.
+# A chunk's arrays reach the compiled gather as addresses (see chunk_pointers) and become arrays
+# there with no reference count: arrays taken from a numba list carry one, which every row's slices
+# bumped from every thread at once (measured 5-10x slower than the flat gather on rows of one chunk).
 _copy_row_inline = numba.njit(inline="always", **_JIT)(_copy_row.py_func)
 
 
+@intrinsic
+def _voidptr(typingctx, addr):  # pragma: no cover - compiled
+    if not isinstance(addr, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+
+    return types.voidptr(addr), codegen
+
+
 @numba.njit(inline="always", **_JIT)
-def _gather_chunked_range(data, cols, base, order, lo, hi, starts, in_ptr, width, out_vals, out_cols, via_double,
+def _gather_chunked_range(chunks, k, order, lo, hi, starts, in_ptr, width, out_vals, out_cols, via_double,
                           sort):  # pragma: no cover - compiled
-    """Batch rows ``order[lo:hi]``, all of one chunk (arrays ``data``/``cols``, first global value
-    ``base``). Returns the first bad batch position, or -1 (no early exit: see ``_copy_row``)."""
+    """Batch rows ``order[lo:hi]``, all of chunk ``k`` (``chunks``: see :func:`chunk_pointers`).
+    Returns the first bad batch position, or -1 (no early exit: see ``_copy_row``)."""
+    data_at, cols_at, lens, data_ex, cols_ex, offsets = chunks
+    data = numba.carray(_voidptr(data_at[k]), lens[k], data_ex.dtype)
+    cols = numba.carray(_voidptr(cols_at[k]), lens[k], cols_ex.dtype)
+    base = offsets[k]
     first = -1
     for j in range(lo, hi):
         i = order[j]
@@ -176,29 +194,29 @@ def _gather_chunked_range(data, cols, base, order, lo, hi, starts, in_ptr, width
 
 
 @numba.njit(**_JIT)
-def _gather_chunked_serial(datas, colss, offsets, chunk_size, rows, order, bounds, starts, in_ptr, width, out_vals,
-                           out_cols, via_double, sort):  # pragma: no cover - compiled
+def _gather_chunked_serial(chunks, chunk_size, rows, order, bounds, starts, in_ptr, width, out_vals, out_cols,
+                           via_double, sort):  # pragma: no cover - compiled
     """As :func:`_gather_serial` over a chunked archive: ``order`` lists the batch positions grouped
     by chunk, ``bounds`` cuts it into runs of one chunk each; row ``rows[i]`` of chunk
-    ``k = rows[i] // chunk_size`` is read at its global start less ``offsets[k]``."""
+    ``k = rows[i] // chunk_size`` is read at its global start less the chunk's first value."""
     for t in range(bounds.shape[0] - 1):
         k = rows[order[bounds[t]]] // chunk_size
-        i = _gather_chunked_range(datas[k], colss[k], offsets[k], order, bounds[t], bounds[t + 1], starts, in_ptr,
-                                  width, out_vals, out_cols, via_double, sort)
+        i = _gather_chunked_range(chunks, k, order, bounds[t], bounds[t + 1], starts, in_ptr, width, out_vals,
+                                  out_cols, via_double, sort)
         if i >= 0:
             return i
     return -1
 
 
 @numba.njit(parallel=True, **_JIT)
-def _gather_chunked_parallel(datas, colss, offsets, chunk_size, rows, order, bounds, starts, in_ptr, width, out_vals,
-                             out_cols, via_double, sort):  # pragma: no cover - compiled
+def _gather_chunked_parallel(chunks, chunk_size, rows, order, bounds, starts, in_ptr, width, out_vals, out_cols,
+                             via_double, sort):  # pragma: no cover - compiled
     runs = bounds.shape[0] - 1
     first = np.empty(runs, np.int64)
     for t in numba.prange(runs):
         k = rows[order[bounds[t]]] // chunk_size
-        first[t] = _gather_chunked_range(datas[k], colss[k], offsets[k], order, bounds[t], bounds[t + 1], starts,
-                                         in_ptr, width, out_vals, out_cols, via_double, sort)
+        first[t] = _gather_chunked_range(chunks, k, order, bounds[t], bounds[t + 1], starts, in_ptr, width, out_vals,
+                                         out_cols, via_double, sort)
     for t in range(runs):
         if first[t] >= 0:
             return first[t]
@@ -238,18 +256,19 @@ def gather(data: np.ndarray, cols: np.ndarray, starts: np.ndarray, in_ptr: np.nd
         raise column_error(archive, int(rows[bad]) if rows is not None else bad, c, width)
 
 
-def gather_chunked(chunks: ChunkedStorage, datas, colss, rows: np.ndarray, starts: np.ndarray, in_ptr: np.ndarray,
+def gather_chunked(chunks: ChunkedStorage, pointers: tuple, rows: np.ndarray, starts: np.ndarray, in_ptr: np.ndarray,
                    width: int, out_vals: np.ndarray, out_cols: np.ndarray, *, sort: bool = True) -> None:
-    """:func:`gather` over a chunked archive: ``datas``/``colss`` are :func:`typed_chunks` of its
-    chunks' value and column arrays, ``starts`` the rows' starts in the global value numbering
-    (from the global ``row_ptr``). A bad column raises ``ArchiveError`` naming the chunk's file."""
+    """:func:`gather` over a chunked archive: ``pointers`` is :func:`chunk_pointers` of its chunks'
+    value and column arrays (float16 values as uint16), ``starts`` the rows' starts in the global
+    value numbering (from the global ``row_ptr``). A bad column raises ``ArchiveError`` naming the
+    chunk's file."""
     n = _check_outputs(starts, in_ptr, out_vals, out_cols)
     if len(rows) != len(starts):
         raise ValueError(f"{len(rows)} row ids for a plan of {len(starts)} rows")
     if not len(rows):
-        return  # (an archive of 0 rows has no chunks: its lists cannot be typed)
-    args = (datas, colss, chunks.value_offsets, np.int64(chunks.chunk_size), rows, *_chunk_runs(rows, chunks.chunk_size),
-            starts, in_ptr, np.int64(width), out_vals, out_cols, _via_double(chunks.data[0].dtype, out_vals), sort)
+        return
+    args = (pointers, np.int64(chunks.chunk_size), rows, *_chunk_runs(rows, chunks.chunk_size), starts, in_ptr,
+            np.int64(width), out_vals, out_cols, _via_double(chunks.data[0].dtype, out_vals), sort)
     bad = _launch(_gather_chunked_serial, _gather_chunked_parallel, args, n, len(starts))
     if bad >= 0:
         r = int(rows[bad])
@@ -271,17 +290,15 @@ def _chunk_runs(rows: np.ndarray, chunk_size: int) -> tuple[np.ndarray, np.ndarr
     return order, np.unique(np.concatenate(cuts)).astype(np.int64)
 
 
-def typed_chunks(pieces) -> numba.typed.List:
-    """The chunks' arrays as one numba list (built once per backend; every piece read-only, so
-    they share one type: an empty chunk's array is not a map and would be writable)."""
-    out = numba.typed.List()
-    for p in pieces:
-        p = p.view(np.ndarray)
-        if p.flags.writeable:
-            p = p.view()
-            p.setflags(write=False)
-        out.append(p)
-    return out
+def chunk_pointers(data: list[np.ndarray], cols: list[np.ndarray], offsets: np.ndarray, data_dtype, col_dtype) -> tuple:
+    """What the compiled chunked gather reads the chunks through: each chunk's value and column
+    addresses and length, a 0-length array of each dtype, each chunk's first global value. The
+    caller keeps ``data`` and ``cols`` (the maps) alive as long as it gathers through these."""
+    lens = np.diff(offsets).astype(np.int64)
+    if len(data) != len(lens) or any(len(d) != n or len(c) != n for d, c, n in zip(data, cols, lens)):
+        raise ValueError("the chunks' arrays disagree with their offsets")
+    addresses = [np.array([a.ctypes.data for a in arrays], np.int64) for arrays in (data, cols)]
+    return (*addresses, lens, np.empty(0, data_dtype), np.empty(0, col_dtype), np.ascontiguousarray(offsets, np.int64))
 
 
 def _check_outputs(starts, in_ptr, out_vals, out_cols) -> int:
@@ -350,8 +367,8 @@ def warm_up(data_dtype, col_dtype, row_ptr_dtype, outputs, chunked: bool = False
         if chunked:
             runs = (_gather_chunked_serial,) if _forked[0] else (_gather_chunked_serial, _gather_chunked_parallel)
             two = np.array([0, 1], np.int64)
-            head = (typed_chunks([data]), typed_chunks([cols]), np.zeros(2, np.int64), np.int64(2), two, two,
-                    np.array([0, 2], np.int64))
+            pointers = chunk_pointers([data], [cols], np.array([0, 1]), data.dtype, cols.dtype)
+            head = (pointers, np.int64(2), two, two, np.array([0, 2], np.int64))
         else:
             runs = (_gather_serial,) if _forked[0] else (_gather_serial, _gather_parallel)
             head = (data, cols)
@@ -364,5 +381,5 @@ def warm_up(data_dtype, col_dtype, row_ptr_dtype, outputs, chunked: bool = False
     return dt
 
 
-__all__ = ["PARALLEL_MIN_VALUES", "gather", "gather_chunked", "gather_reference", "plan", "typed_chunks", "warm_up"]
+__all__ = ["PARALLEL_MIN_VALUES", "chunk_pointers", "gather", "gather_chunked", "gather_reference", "plan", "warm_up"]
 

@@ -113,3 +113,14 @@ def test_gpu_backend_host_route_equals_the_cpu(monkeypatch, tmp_path, residency)
                 if x is not None:
                     torch.testing.assert_close(x, y, rtol=2.5e-7 if opts.log1p else 0, atol=0)
         g.close()
+
+
+def test_an_archive_of_zero_rows(tmp_path):
+    import scipy.sparse as sp
+
+    flat = write_archive(tmp_path / "flat", sp.csr_matrix((0, 5), dtype=np.float32))
+    partition_scdl(flat, tmp_path / "c", chunk_size=4)
+    b = get_backend(tmp_path / "c", device="cpu")
+    assert b.n_rows == 0 and b.batch([]).values.numel() == 0
+    with pytest.raises(IndexError):
+        b.batch([0])
