@@ -9,6 +9,9 @@ combination, cached on disk, GIL released):
   columns into the output, checking every column against the archive's width, and sorts the
   columns inside a row (values follow, stable) when asked. In parallel over rows for large
   batches. A column that fails names ``col_ptr.npy``.
+- :func:`gather_chunked` — the same copy for a chunked archive (``chunk_NNNNN/``): the rows
+  grouped by chunk (stably), each run of one chunk copied from that chunk's arrays into the rows'
+  places in the output; planned against the global row pointers the archive layer builds.
 
 Nothing outside the maps is ever read and no invalid CSR is ever returned: the first violation
 raises :class:`~scdl_gpu.errors.ArchiveError` (rows out of the archive's range are the caller's
