@@ -29,6 +29,7 @@ _EXPORTS = {
     "collate_sparse_matrix_batch": ".collate",
     "convert_h5ad": ".convert",
     "convert_many": ".convert",
+    "partition_scdl": ".archive",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -48,7 +49,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
-    from .archive import FileNames, Mode, NeighborSamplingStrategy
+    from .archive import FileNames, Mode, NeighborSamplingStrategy, partition_scdl
     from .collate import collate_neighbor_sparse_matrix_batch, collate_sparse_matrix_batch
     from .collection import SingleCellCollection
     from .loader import SingleCellLoader

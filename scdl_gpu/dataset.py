@@ -26,6 +26,7 @@ from .archive._dtypes import cast_checked, check_data_dtype
 from .archive._feature_index import ObservedFeatureIndex, VariableFeatureIndex
 from .archive._generation import pinned_open
 from .archive._header import build_archive_header, feature_index_info
+from .archive._partition import DEFAULT_CHUNK_SIZE, partition_archive
 from .archive._memmap import map_raw, write_raw
 from .archive._obsm import obsm_keys as _obsm_keys
 from .archive._obsm import open_obsm
@@ -111,7 +112,9 @@ class SingleCellMemMapDataset(NeighborMixin, torch.utils.data.Dataset):
         """Open an existing archive read-only (checks every file against the header and row_ptr)."""
         arrays, self._var_feature_index = _open_generation(stored_path, self.load_neighbors)
         self.data_path = stored_path
+        # chunked archives: data/col_index read through their chunks, row_index is global (in memory)
         self.data, self.row_index, self.col_index = arrays.data, arrays.row_ptr, arrays.col_ptr
+        self._chunks = arrays.chunks
         self.dtypes = {**DEFAULT_DTYPES, **arrays.dtypes}
         self.header = arrays.header
         self.metadata = arrays.metadata
@@ -135,6 +138,7 @@ class SingleCellMemMapDataset(NeighborMixin, torch.utils.data.Dataset):
             mapped[member] = map_raw(path / member.value, self.dtypes[member.value], n, writable=True)
         self.data, self.col_index, self.row_index = mapped[FileNames.DATA], mapped[FileNames.COLPTR], mapped[FileNames.ROWPTR]
         self.header = None
+        self._chunks = None
         self.metadata = {}
         self._var_feature_index = VariableFeatureIndex()
         self._obs_feature_index = ObservedFeatureIndex()
@@ -200,6 +204,38 @@ class SingleCellMemMapDataset(NeighborMixin, torch.utils.data.Dataset):
             allow_nonfinite=self.allow_nonfinite,  # upstream stores NaN silently; we refuse unless asked
         )
         self.load(path)
+
+    @property
+    def _is_chunked(self) -> bool:
+        """Whether the archive is stored in upstream's chunked layout (upstream's attribute name)."""
+        return getattr(self, "_chunks", None) is not None
+
+    def to_chunked(self, output_path: str | os.PathLike | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                   delete_original: bool = False) -> "SingleCellMemMapDataset":
+        """This archive in upstream's chunked layout, ``chunk_size`` rows per chunk, as a new dataset.
+
+        ``output_path=None`` replaces this archive in place (atomically; this dataset then reads the
+        chunked archive too). ``delete_original`` removes this archive once the chunked one is complete.
+        """
+        if self._is_chunked:
+            raise ValueError(f"{self.data_path} is already chunked (chunks of {self._chunks.chunk_size} rows)")
+        if self._writable_dirty():
+            self.save()
+        partition_archive(self.data_path, output_path, chunk_size, delete_original)
+        target = self.data_path if output_path is None else output_path
+        if output_path is None:
+            self.load(target)
+            return self
+        kw = {}
+        if self.load_neighbors:
+            kw = {"load_neighbors": True, "neighbor_key": self.neighbor_key, "fallback_to_identity": self.fallback_to_identity,
+                  "neighbor_sampling_strategy": self.neighbor_sampling_strategy}
+        return SingleCellMemMapDataset(target, **kw)
+
+    def _refuse_chunked(self, what: str) -> None:
+        if self._is_chunked:
+            raise ValueError(f"{self.data_path} is a chunked archive (read-only here); {what} its flat source "
+                             "and partition it again")
 
     @property
     def header_path(self) -> str:
@@ -360,6 +396,7 @@ class SingleCellMemMapDataset(NeighborMixin, torch.utils.data.Dataset):
         """
         if output_path is not None:
             raise NotImplementedError("Saving to separate path is not yet implemented.")
+        self._refuse_chunked("save")
         path = Path(self.data_path)
         for arr in (self.data, self.row_index, self.col_index):
             if isinstance(arr, np.memmap) and arr.mode != "r":
@@ -419,6 +456,7 @@ class SingleCellMemMapDataset(NeighborMixin, torch.utils.data.Dataset):
         by more than ``data_dtype_tolerance`` (normalised floats into integers, float64 into
         float32), unless ``allow_lossy``: then it casts and warns, as upstream always does.
         """
+        self._refuse_chunked("cast")
         if self._writable_dirty():
             self.save()
         try:
@@ -437,6 +475,8 @@ class SingleCellMemMapDataset(NeighborMixin, torch.utils.data.Dataset):
 
         The result is written beside the target and swapped in when complete, so a failure
         leaves this archive as it was. With ``output_path`` the result goes there instead.
+        Chunked archives are read through their chunks; the result is always a flat archive
+        (``to_chunked`` partitions it again).
         """
         others = other_dataset if isinstance(other_dataset, list) else [other_dataset]
         if not all(isinstance(o, SingleCellMemMapDataset) for o in others):

@@ -16,7 +16,8 @@ from ._constants import (
 )
 from ._dtypes import determine_dtype, smallest_uint_dtype
 from ._feature_index import ObservedFeatureIndex, RowFeatureIndex, VariableFeatureIndex, are_dicts_equal
-from ._header import ArrayInfo, FeatureIndexInfo, SCDLHeader
+from ._header import ArrayInfo, ChunkedInfo, FeatureIndexInfo, SCDLHeader
+from ._partition import partition_scdl
 from ._reader import ArchiveArrays, open_arrays
 from ._summary import archive_summary, format_summary
 from ._checksums import verify_manifest, write_manifest
@@ -30,6 +31,7 @@ __all__ = [
     "ArrayDType",
     "ArrayInfo",
     "Backend",
+    "ChunkedInfo",
     "FLOAT_ORDER",
     "FeatureIndexInfo",
     "FileNames",
@@ -49,6 +51,7 @@ __all__ = [
     "determine_dtype",
     "format_summary",
     "open_arrays",
+    "partition_scdl",
     "smallest_uint_dtype",
     "validate_archive",
     "validation_report",

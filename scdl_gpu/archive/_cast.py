@@ -14,19 +14,23 @@ from ._atomic import rebuilt
 from ._concat import DEFAULT_CHUNK
 from ._constants import FileNames
 from ._dtypes import cast_checked, check_data_dtype
-from ._header import build_archive_header, feature_index_info
+from ._header import SCDLHeader, build_archive_header, feature_index_info
 from ._memmap import write_raw
 from ._reader import load_feature_index, open_arrays
 
 
-def write_header(path: Path, dtypes: dict[str, str], lengths: dict[str, int], target: Path | None = None) -> None:
-    """Rebuild ``header.sch`` from the arrays' dtypes and lengths and the feature indices on disk."""
+def archive_header(path: Path, dtypes: dict[str, str], lengths: dict[str, int]) -> SCDLHeader:
+    """A flat archive's header from the arrays' dtypes and lengths and the feature indices on disk."""
     infos = []
     for which in (FileNames.VAR_FEATURES, FileNames.OBS_FEATURES):
         index = load_feature_index(path, which)
         infos.append(feature_index_info(which.value, index.number_of_rows(), len(index)))
-    header = build_archive_header(dtypes=dtypes, lengths=lengths, feature_indices=infos)
-    header.save(str(target or path / FileNames.HEADER.value))
+    return build_archive_header(dtypes=dtypes, lengths=lengths, feature_indices=infos)
+
+
+def write_header(path: Path, dtypes: dict[str, str], lengths: dict[str, int], target: Path | None = None) -> None:
+    """Rebuild ``header.sch`` from the arrays' dtypes and lengths and the feature indices on disk."""
+    archive_header(path, dtypes, lengths).save(str(target or path / FileNames.HEADER.value))
 
 
 def cast_archive_data(
@@ -43,6 +47,8 @@ def cast_archive_data(
     path = Path(path)
     new = check_data_dtype(dtype)
     current = open_arrays(path)  # errors name the archive, not the sibling below
+    if current.chunks is not None:
+        raise ValueError(f"{path} is a chunked archive; cast the flat archive it was partitioned from")
     if current.header is not None and current.dtypes[FileNames.DATA.value] == new:
         return new
     del current

@@ -42,6 +42,11 @@ class NeighborSamplingStrategy(str, Enum):
 
 class Backend(IntEnum):
     MEMMAP_V0 = 1
+    CHUNKED_MEMMAP_V0 = 2  # upstream's chunked layout: chunk_{id:05d}/{data,row_ptr,col_ptr}.npy
+
+
+#: Directory of one chunk of a chunked archive (upstream's spelling).
+CHUNK_DIR_FORMAT = "chunk_{:05d}"
 
 
 class ArrayDType(IntEnum):

@@ -2,14 +2,22 @@
 
 The bytes written are identical to bionemo-scdl 0.1.3 ``SCDLHeader.serialize()`` for the same
 content. Reading is stricter than upstream so that a damaged header is reported instead of being
-half-parsed: truncation anywhere, a partial feature-index count, bad flag bytes and trailing bytes
-are all errors. Every failure is a :class:`~scdl_gpu.errors.HeaderSerializationError`.
+half-parsed: truncation anywhere, a partial feature-index count and bad flag bytes are errors.
+Every failure is a :class:`~scdl_gpu.errors.HeaderSerializationError`.
+
+Upstream's chunked layout (bionemo-framework PR #1424) appends a trailer after the feature
+indices: one ``has_chunked_info`` byte, then, when it is 1, :class:`ChunkedInfo` (chunk_size u32,
+num_chunks u32, total_rows u64, big-endian like every other field). A damaged trailer is an error;
+bytes that are not a trailer this reader knows are kept count of (``unknown_trailing_bytes``) and
+:meth:`SCDLHeader.load` warns once per file, so archives from newer writers still open.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import threading
+import warnings
 import operator
 import os
 import secrets
@@ -23,7 +31,7 @@ from ._constants import ArrayDType, Backend, FileNames
 
 __all__ = [
     "CORE_HEADER_SIZE", "CURRENT_SCDL_VERSION", "MAX_NAME_BYTES", "SCDL_MAGIC_NUMBER", "ArrayInfo",
-    "FeatureIndexInfo", "SCDLHeader", "SCDLVersion", "build_archive_header", "feature_index_info",
+    "ChunkedInfo", "FeatureIndexInfo", "SCDLHeader", "SCDLVersion", "build_archive_header", "feature_index_info",
 ]
 
 SCDL_MAGIC_NUMBER = b"SCDL"
@@ -40,6 +48,9 @@ _MIN_INDEX_BYTES = 4 + 8 + 4 + 4 + 1
 # Upstream emits the three CSR arrays in this order, named by enum member (not file) name.
 _ARRAY_ORDER = (FileNames.DATA, FileNames.ROWPTR, FileNames.COLPTR)
 _HSE = HeaderSerializationError  # every failure in this module is one of these
+_CHUNKED_INFO = struct.Struct(">IIQ")  # chunk_size, num_chunks, total_rows
+_warned_trailers: set[tuple[str, int]] = set()  # (file, byte count) already warned about
+_warned_lock = threading.Lock()
 
 
 def _uint(value: object, what: str, limit: int) -> int:
@@ -53,6 +64,13 @@ def _uint(value: object, what: str, limit: int) -> int:
     if v > limit:
         raise _HSE(f"{what} must be at most {limit}, got {v}")
     return v
+
+
+def _backend(value: object) -> Backend:
+    try:
+        return Backend(value)
+    except ValueError:
+        raise _HSE(f"unknown backend {value!r}, expected one of {[int(b) for b in Backend]}") from None
 
 
 def _dtype(value: object, what: str) -> ArrayDType:
@@ -243,14 +261,49 @@ class FeatureIndexInfo(_Descriptor):
         self.index_files = [_check_str(f, f"{what} {i}") for i, f in enumerate(self.index_files)]
 
 
+@dataclass(frozen=True)
+class ChunkedInfo:
+    """The trailer of a chunked archive's header: rows per chunk, chunk count, rows in all.
+
+    The last chunk holds the remainder, so ``num_chunks == ceil(total_rows / chunk_size)``
+    (0 chunks for 0 rows)."""
+
+    chunk_size: int
+    num_chunks: int
+    total_rows: int
+
+    def __post_init__(self) -> None:
+        for name, limit in (("chunk_size", _U32_MAX), ("num_chunks", _U32_MAX), ("total_rows", _U64_MAX)):
+            object.__setattr__(self, name, _uint(getattr(self, name), f"chunked info {name}", limit))
+        if self.chunk_size < 1:
+            raise _HSE("chunked info chunk_size must be at least 1, got 0")
+        expected = -(-self.total_rows // self.chunk_size)
+        if self.num_chunks != expected:
+            raise _HSE(f"chunked info says {self.num_chunks} chunks, but {self.total_rows} rows in chunks of "
+                       f"{self.chunk_size} make {expected}")
+
+    def serialize(self) -> bytes:
+        return _CHUNKED_INFO.pack(self.chunk_size, self.num_chunks, self.total_rows)
+
+    def rows_of(self, chunk: int) -> int:
+        """Rows in chunk number ``chunk`` (the last one holds the remainder)."""
+        return min(self.chunk_size, self.total_rows - chunk * self.chunk_size)
+
+
 @dataclass
 class SCDLHeader:
-    """Contents of ``header.sch``: schema version, backend, array and feature-index descriptors."""
+    """Contents of ``header.sch``: schema version, backend, array and feature-index descriptors,
+    and (chunked archives) :class:`ChunkedInfo`.
+
+    ``unknown_trailing_bytes`` counts bytes after the last field this reader knows (a newer
+    writer's); they are not written back."""
 
     version: SCDLVersion | None = None
     backend: Backend = Backend.MEMMAP_V0
     arrays: list[ArrayInfo] | None = None
     feature_indices: list[FeatureIndexInfo] | None = None
+    chunked_info: ChunkedInfo | None = None
+    unknown_trailing_bytes: int = field(default=0, compare=False)
 
     CORE_HEADER_SIZE: ClassVar[int] = CORE_HEADER_SIZE
 
@@ -258,12 +311,22 @@ class SCDLHeader:
         v = CURRENT_SCDL_VERSION if self.version is None else self.version
         # also accept upstream's mutable SCDLVersion (anything with the three fields)
         self.version = v if isinstance(v, SCDLVersion) else SCDLVersion(v.major, v.minor, v.point)
-        try:
-            self.backend = Backend(self.backend)
-        except ValueError:
-            raise _HSE(f"unknown backend {self.backend!r}, expected one of {[int(b) for b in Backend]}") from None
+        self.backend = _backend(self.backend)
         self.arrays = list(self.arrays or [])
         self.feature_indices = list(self.feature_indices or [])
+        self._check_chunked()
+
+    @property
+    def is_chunked(self) -> bool:
+        return self.backend is Backend.CHUNKED_MEMMAP_V0
+
+    def _check_chunked(self) -> None:
+        """The backend and the chunked info go together (upstream's partition sets both)."""
+        if self.chunked_info is not None and not isinstance(self.chunked_info, ChunkedInfo):
+            raise _HSE(f"chunked_info must be a ChunkedInfo, got {type(self.chunked_info).__name__}")
+        if self.is_chunked != (self.chunked_info is not None):
+            raise _HSE(f"backend {self.backend.name} " + ("needs chunked info" if self.is_chunked else
+                                                          "cannot carry chunked info"))
 
     def add_array(self, info: ArrayInfo) -> None:
         self.arrays.append(info)
@@ -298,6 +361,8 @@ class SCDLHeader:
             _no_duplicates([i.name for i in items], f"duplicate {kind} name")
         every_name = [i.name for i in self.arrays + self.feature_indices]
         _no_duplicates(every_name, "name used by an array and a feature index")
+        self.backend = _backend(self.backend)
+        self._check_chunked()
 
     def serialize(self) -> bytes:
         """Validate, then encode exactly as upstream does (big-endian, §2.4)."""
@@ -307,6 +372,8 @@ class SCDLHeader:
         parts = [SCDL_MAGIC_NUMBER, core, *(a.serialize() for a in self.arrays)]
         parts.append(struct.pack(">I", len(self.feature_indices)))
         parts.extend(f.serialize() for f in self.feature_indices)
+        if self.chunked_info is not None:  # flat headers end here, as 0.1.3 writes them
+            parts += [b"\x01", self.chunked_info.serialize()]
         return b"".join(parts)
 
     @classmethod
@@ -330,9 +397,11 @@ class SCDLHeader:
         if r.left:  # headers written before feature indices existed end right after the arrays
             n = r.count("feature index count", _MIN_INDEX_BYTES)
             indices = [FeatureIndexInfo._read(r, f"feature index {i}") for i in range(n)]
-        if r.left:
-            raise _HSE(f"expected end of header at offset {r.pos}, found {r.left} trailing byte(s)")
-        return cls(SCDLVersion(major, minor, point), Backend(backend), arrays, indices)
+        chunked, unknown = _read_trailer(r)
+        try:
+            return cls(SCDLVersion(major, minor, point), Backend(backend), arrays, indices, chunked, unknown)
+        except HeaderSerializationError as e:  # backend and trailer disagree
+            raise _HSE(f"backend at offset 8 and the trailer: {e}") from None
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write atomically: a temp file in the same directory, fsync, then ``os.replace``."""
@@ -360,13 +429,17 @@ class SCDLHeader:
         except OSError as e:
             raise _HSE(f"failed to read header {os.fspath(path)}: {e}") from e
         try:
-            return cls.deserialize(data)
+            header = cls.deserialize(data)
         except HeaderSerializationError as e:
             raise _HSE(f"invalid header {os.fspath(path)}: {e}") from e
+        if header.unknown_trailing_bytes:
+            _warn_trailer(os.path.abspath(path), header.unknown_trailing_bytes)
+        return header
 
     def calculate_total_size(self) -> int:
         """Encoded size in bytes (the feature-index count is always written)."""
-        return CORE_HEADER_SIZE + 4 + sum(d.calculate_size() for d in self.arrays + self.feature_indices)
+        trailer = 0 if self.chunked_info is None else 1 + _CHUNKED_INFO.size
+        return CORE_HEADER_SIZE + 4 + sum(d.calculate_size() for d in self.arrays + self.feature_indices) + trailer
 
     def to_json(self) -> str:
         """Human-readable JSON with upstream's ``to_json()`` keys and order (not a storage format)."""
@@ -378,7 +451,42 @@ class SCDLHeader:
         ]
         doc = {"version": {"major": v.major, "minor": v.minor, "point": v.point}, "endianness": "NETWORK",
                "backend": self.backend.name, "arrays": arrays, "feature_indices": indices}
+        if self.chunked_info is not None:
+            c = self.chunked_info
+            doc["chunked_info"] = {"chunk_size": c.chunk_size, "num_chunks": c.num_chunks, "total_rows": c.total_rows}
         return json.dumps(doc, indent=2)
+
+
+def _read_trailer(r: _Reader) -> tuple[ChunkedInfo | None, int]:
+    """``(chunked info or None, count of unknown trailing bytes)`` after the feature indices.
+
+    A flag of 0 or 1 is upstream's ``has_chunked_info``; with 1 the info must be complete and
+    sound. Any other flag, or bytes after a known trailer, belong to a writer newer than this
+    reader: counted, not parsed."""
+    if not r.left:
+        return None, 0
+    at, flag = r.pos, r.data[r.pos]
+    if flag not in (0, 1):
+        return None, r.left
+    r.take(1, "has_chunked_info")
+    info = None
+    if flag == 1:
+        raw = r.take(_CHUNKED_INFO.size, "chunked info (chunk_size u32, num_chunks u32, total_rows u64)")
+        try:
+            info = ChunkedInfo(*_CHUNKED_INFO.unpack(raw))
+        except HeaderSerializationError as e:
+            raise _HSE(f"chunked info at offset {at + 1}: {e}") from None
+    return info, r.left
+
+
+def _warn_trailer(path: str, n: int) -> None:
+    """Once per (file, byte count) in a process: every open of an archive reads its header."""
+    with _warned_lock:
+        if (path, n) in _warned_trailers:
+            return
+        _warned_trailers.add((path, n))
+    warnings.warn(f"{path}: ignoring {n} trailing byte(s) after the fields this reader knows "
+                  "(written by a newer SCDL writer?)", UserWarning, stacklevel=3)
 
 
 def _remove_named(items: list, name: str) -> bool:

@@ -36,6 +36,24 @@ def map_raw(path: Path, dtype: str | np.dtype, length: int, writable: bool = Fal
     return np.memmap(path, dtype=dt, mode="r+" if writable else "r", shape=(length,))
 
 
+def map_values(path: Path, dtype: str | np.dtype, nnz: int, pointers: str, writable: bool = False) -> np.ndarray:
+    """Map a value or column file that must hold exactly ``nnz`` items (the end of ``pointers``,
+    the row pointer file named in the error). Upstream writes a 1-byte placeholder for an empty
+    array (1 item for uint8 too): it reads as empty."""
+    from ._parse import parsing  # _parse maps .npy files through this module
+
+    if nnz == 0 and path.is_file() and path.stat().st_size < max(2, np.dtype(dtype).itemsize):
+        return np.empty(0, dtype)
+    n = raw_length(path, dtype)
+    if n != nnz:
+        raise ArchiveError(
+            f"{path} holds {n} {np.dtype(dtype).name} values but {pointers} ends at {nnz} "
+            f"({'truncated' if n < nnz else 'extra data'}; or the header's dtypes are wrong)"
+        )
+    with parsing(path):
+        return map_raw(path, dtype, n, writable)
+
+
 def write_raw(f, array: np.ndarray) -> None:
     """Append an array's bytes to an open binary file, little-endian as the format stores them."""
     arr = np.ascontiguousarray(array)

@@ -17,9 +17,10 @@ import numpy as np
 
 from ..errors import ArchiveError, ArchiveNotFoundError, HeaderSerializationError
 from ._constants import DEFAULT_DTYPES, FLOAT_ORDER, INT_ORDER, LAYOUT_FILE, FileNames
+from ._chunked import ChunkedStorage, open_chunked
 from ._feature_index import ObservedFeatureIndex, RowFeatureIndex, VariableFeatureIndex
 from ._header import SCDLHeader
-from ._memmap import map_raw, raw_length
+from ._memmap import map_raw, map_values, raw_length
 from ._parse import parsing, read_json
 from ._generation import pinned_open
 
@@ -42,6 +43,9 @@ class ArchiveArrays:
     neighbors: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     warnings: list[str] = field(default_factory=list)
     reserved: bool = False  # an unfilled preallocation: see unfilled_preallocation
+    #: the chunks of a chunked archive (``data``/``col_ptr`` are then :class:`ChunkedVector` and
+    #: ``row_ptr`` the global pointers, in memory); None for a flat one
+    chunks: ChunkedStorage | None = None
 
     @property
     def n_rows(self) -> int:
@@ -102,35 +106,14 @@ def open_arrays(path: str | Path, writable: bool = False, load_neighbors: bool =
         raise ArchiveError(f"{meta_path}: expected a JSON object, got {type(metadata).__name__}")
     dtypes, header = read_dtypes(path)
     notes: list[str] = []
-
-    rp_path = path / FileNames.ROWPTR.value
-    n_rowptr = raw_length(rp_path, dtypes[FileNames.ROWPTR.value])
-    if n_rowptr < 1:
-        raise ArchiveError(f"{rp_path} is empty; it needs at least one entry (0)")
-    with parsing(rp_path):
-        row_ptr = map_raw(rp_path, dtypes[FileNames.ROWPTR.value], n_rowptr, writable)
-    nnz = int(row_ptr[-1])
-    if int(row_ptr[0]) != 0:
-        raise ArchiveError(f"{rp_path} starts at {int(row_ptr[0])}, expected 0")
-    reserved = unfilled_preallocation(path, header, metadata, dtypes, row_ptr)
-    arrays = {}
-    for member in (FileNames.DATA, FileNames.COLPTR):
-        fpath = path / member.value
-        dt = dtypes[member.value]
-        if nnz == 0 and fpath.is_file() and fpath.stat().st_size < max(2, np.dtype(dt).itemsize):
-            # Upstream writes a 1-byte placeholder when an array is empty (1 item for uint8 too).
-            arrays[member] = np.empty(0, dt)
-            continue
-        n = raw_length(fpath, dt)
-        if n != nnz and not reserved:
-            raise ArchiveError(
-                f"{fpath} holds {n} {dt} values but {FileNames.ROWPTR.value} ends at {nnz} "
-                f"({'truncated' if n < nnz else 'extra data'}; or the header's dtypes are wrong)"
-            )
-        with parsing(fpath):
-            arrays[member] = map_raw(fpath, dt, n, writable)
-
-    n_rows = n_rowptr - 1
+    chunks, reserved = None, False
+    if header is not None and header.is_chunked:
+        if writable:
+            raise ArchiveError(f"{path} is a chunked archive; it opens read-only")
+        row_ptr, data, col_ptr, chunks = open_chunked(path, header, dtypes)
+    else:
+        row_ptr, data, col_ptr, reserved = _open_flat(path, header, metadata, dtypes, writable)
+    n_rows = len(row_ptr) - 1
     for member in (FileNames.VAR_FEATURES, FileNames.OBS_FEATURES, FileNames.FEATURES):
         fdir = path / member.value
         if fdir.is_dir() and (fdir / "cumulative_sum_index.npy").exists():
@@ -143,9 +126,8 @@ def open_arrays(path: str | Path, writable: bool = False, load_neighbors: bool =
                     f"the number of rows in the row_index ({n_rows})"
                 )
 
-    if header is not None:
-        expect = {m: len(arrays[m]) if reserved else nnz for m in (FileNames.DATA, FileNames.COLPTR)}
-        expect[FileNames.ROWPTR] = n_rowptr
+    if header is not None and chunks is None:  # a chunked archive's lengths were checked at open
+        expect = {FileNames.DATA: len(data), FileNames.COLPTR: len(col_ptr), FileNames.ROWPTR: len(row_ptr)}
         for member, n in expect.items():
             declared = header.get_array(member.name).length
             if declared != n:
@@ -158,16 +140,38 @@ def open_arrays(path: str | Path, writable: bool = False, load_neighbors: bool =
     neighbors = _open_neighbors(path, n_rows, writable) if load_neighbors else None
     return ArchiveArrays(
         path=path,
-        data=arrays[FileNames.DATA],
+        data=data,
         row_ptr=row_ptr,
-        col_ptr=arrays[FileNames.COLPTR],
+        col_ptr=col_ptr,
         dtypes=dtypes,
         header=header,
         metadata=metadata,
         neighbors=neighbors,
         warnings=notes,
+        chunks=chunks,
         reserved=reserved,
     )
+
+
+def _open_flat(path: Path, header, metadata: dict, dtypes: dict[str, str], writable: bool):
+    """``(row_ptr, data, col_ptr, reserved)`` of a flat archive, mapped and checked against each
+    other (an unfilled preallocation's value files keep their reserved length)."""
+    rp_path = path / FileNames.ROWPTR.value
+    n_rowptr = raw_length(rp_path, dtypes[FileNames.ROWPTR.value])
+    if n_rowptr < 1:
+        raise ArchiveError(f"{rp_path} is empty; it needs at least one entry (0)")
+    with parsing(rp_path):
+        row_ptr = map_raw(rp_path, dtypes[FileNames.ROWPTR.value], n_rowptr, writable)
+    nnz = int(row_ptr[-1])
+    if int(row_ptr[0]) != 0:
+        raise ArchiveError(f"{rp_path} starts at {int(row_ptr[0])}, expected 0")
+    reserved = unfilled_preallocation(path, header, metadata, dtypes, row_ptr)
+    data, col_ptr = (
+        map_values(path / m.value, dtypes[m.value], raw_length(path / m.value, dtypes[m.value]) if reserved else nnz,
+                   FileNames.ROWPTR.value, writable)
+        for m in (FileNames.DATA, FileNames.COLPTR)
+    )
+    return row_ptr, data, col_ptr, reserved
 
 
 def unfilled_preallocation(path: Path, header, metadata: dict, dtypes: dict, row_ptr: np.ndarray) -> bool:

@@ -35,7 +35,8 @@ def archive_summary(path: str | os.PathLike) -> dict:
     ``obs_columns``, ``neighbors`` (bool), ``neighbor_nnz`` (edges, or None), ``obsm`` (key ->
     ``[dtype, width]`` of each obsm array, None for a damaged one), ``header`` (whether
     ``header.sch`` exists), ``version`` (the string in ``version.json``, or None), ``row_order``
-    (``"input"``, ``"shuffle"``, or None when not recorded) and ``shuffle_seed``.
+    (``"input"``, ``"shuffle"``, or None when not recorded) ``shuffle_seed``, and ``chunks``
+    (``{"chunk_size", "num_chunks"}`` of a chunked archive, None for a flat one).
 
     ``density`` is ``nnz`` over the number of cells of the (ragged) matrix: the sum over var blocks
     of rows x genes, which is ``nnz / (n_rows * n_genes)`` for a single block; None when that sum
@@ -82,6 +83,8 @@ def archive_summary(path: str | os.PathLike) -> dict:
         "header": arrays.header is not None,
         "version": _version(path),
         **(row_order_of(layout_facts(path)) or {"row_order": None, "shuffle_seed": None}),
+        "chunks": None if arrays.chunks is None else {"chunk_size": arrays.chunks.chunk_size,
+                                                      "num_chunks": arrays.chunks.num_chunks},
     }
 
 
@@ -157,6 +160,13 @@ def _row_order_text(s: dict) -> str:
     return "input order" if order == "input" else "not recorded"
 
 
+def _layout(chunks: dict | None) -> str:
+    if not chunks:
+        return "flat"
+    n = chunks["num_chunks"]
+    return f"chunked, {n:,} chunk{'' if n == 1 else 's'} of {chunks['chunk_size']:,} rows"
+
+
 def format_summary(summary: dict) -> str:
     """A compact multi-line text of an :func:`archive_summary` dict, one aligned ``key: value`` a line.
 
@@ -184,6 +194,7 @@ def format_summary(summary: dict) -> str:
         ("neighbors", f"yes, {s['neighbor_nnz']:,} edges" if s["neighbors"] else "no"),
         ("obsm", _obsm_text(s.get("obsm") or {})),
         ("header", "yes" if s["header"] else "no (legacy layout, default dtypes)"),
+        ("layout", _layout(s.get("chunks"))),
         ("version", s["version"] if s["version"] is not None else "unknown"),
         ("row order", _row_order_text(s)),
         ("size", f"{human_bytes(s['total_bytes'])} in {n_files} file{'' if n_files == 1 else 's'}"),
@@ -194,6 +205,8 @@ def format_summary(summary: dict) -> str:
     entries: dict[str, list[int]] = {}  # top-level name -> [bytes, files]
     for rel, size in s["files"].items():
         top, sep, _ = rel.partition("/")
+        if sep and s.get("chunks") and top.startswith("chunk_"):
+            top = "chunk_*"  # one line for all chunks, however many
         e = entries.setdefault(top + sep, [0, 0])
         e[0] += size
         e[1] += 1

@@ -25,6 +25,7 @@ from ..errors import ArchiveError
 from ._atomic import _alive, _host, _owner
 from ._checksums import MANIFEST_FILE, has_manifest, is_temporary_name, verify_manifest, write_manifest
 from ._constants import DEFAULT_DTYPES, LAYOUT_FILE, FileNames
+from ._chunked import ChunkedStorage, open_chunked
 from ._feature_index import _BLOCK_RE, _NAMES_RE
 from ._header import SCDLHeader
 from ._memmap import map_raw, raw_length
@@ -203,6 +204,8 @@ class _Validator:
         self.header: SCDLHeader | None = None
         self.lengths: dict[FileNames, int | None] = {}
         self.reserved = False  # an unfilled preallocation: 0 rows, spare capacity (see _reader)
+        self.storage: ChunkedStorage | None = None  # a chunked archive's chunks (check_chunks)
+        self.global_row_ptr: np.ndarray | None = None
 
     def problem(self, msg: str) -> None:
         if msg not in self.problems:
@@ -225,14 +228,17 @@ class _Validator:
         if version is not _MISSING and version is not _BROKEN and not isinstance(version, str):
             self.problem(f"{p / FileNames.VERSION.value} holds {version!r}, expected a JSON string such as \"0.1.3\".")
         self._guard("header.sch", self.check_header)
-        if self.dtypes is not None:
+        if self.header is not None and self.header.is_chunked:
+            self._guard("chunks", self.check_chunks)
+        elif self.dtypes is not None:
             self._guard("array files", self.check_lengths)
-        if self.dtypes is not None and isinstance(metadata, dict) and self.lengths.get(FileNames.ROWPTR):
-            self._guard("array files", self.check_reserved, metadata)
-        if self.lengths.get(FileNames.ROWPTR) is not None:
-            self._guard(FileNames.ROWPTR.value, self.check_row_ptr)
+            if isinstance(metadata, dict) and self.lengths.get(FileNames.ROWPTR):
+                self._guard("array files", self.check_reserved, metadata)
+            if self.lengths.get(FileNames.ROWPTR) is not None:
+                self._guard(FileNames.ROWPTR.value, self.check_row_ptr)
         if self.dtypes is not None and self.lengths.get(FileNames.DATA):
-            self._guard(FileNames.DATA.value, self.check_values)
+            for fpath, n, _ in self._value_files(FileNames.DATA):
+                self._guard(str(fpath), self.check_values, fpath, n)
         var = self._guard(FileNames.VAR_FEATURES.value, self._index, FileNames.VAR_FEATURES)
         self._guard(FileNames.OBS_FEATURES.value, self._index, FileNames.OBS_FEATURES)
         if var is not None and len(var) and self.lengths.get(FileNames.COLPTR):
@@ -255,6 +261,26 @@ class _Validator:
     def check_header(self) -> None:
         # read_dtypes decodes the header and checks its dtypes; no header = legacy defaults.
         self.dtypes, self.header = read_dtypes(self.path)
+
+    def check_chunks(self) -> None:
+        """A chunked archive: every chunk's files against its row_ptr, the header and ChunkedInfo
+        (the open's checks, which read every row pointer); the first mismatch is the problem."""
+        row_ptr, data, _, self.storage = open_chunked(self.path, self.header, self.dtypes)
+        self.global_row_ptr, self.n_rows, self.nnz = row_ptr, len(row_ptr) - 1, data.size
+        self.lengths = {FileNames.DATA: self.nnz, FileNames.COLPTR: self.nnz, FileNames.ROWPTR: self.n_rows + 1}
+        self.row_ptr_ok = True
+
+    def _value_files(self, member: FileNames) -> list[tuple[Path, int, int]]:
+        """``(file, items, first global position)`` holding the values (or columns) of the archive."""
+        if self.storage is None:
+            return [(self.path / member.value, self.lengths[member], 0)]
+        off = self.storage.value_offsets
+        return [(self.storage.dir(k) / member.value, int(off[k + 1] - off[k]), int(off[k])) for k in range(len(off) - 1)]
+
+    def _ptr(self, row: int) -> int:
+        if self.storage is not None:
+            return int(self.global_row_ptr[row])
+        return _read_one(self.path / FileNames.ROWPTR.value, self.dtypes[FileNames.ROWPTR.value], row)
 
     def check_lengths(self) -> None:
         rp_last = None
@@ -319,14 +345,13 @@ class _Validator:
             ok = False
         self.row_ptr_ok = ok and self.nnz is not None
 
-    def check_values(self) -> None:
+    def check_values(self, fpath: Path, n: int) -> None:
         dt = np.dtype(self.dtypes[FileNames.DATA.value])
         if dt.kind != "f":
             return
-        fpath = self.path / FileNames.DATA.value
         n_nan = n_inf = 0
         first = None
-        for pos, a in _chunks(fpath, dt, 0, self.lengths[FileNames.DATA], self.chunk):
+        for pos, a in _chunks(fpath, dt, 0, n, self.chunk):
             finite = np.isfinite(a)
             if finite.all():
                 continue
@@ -341,7 +366,6 @@ class _Validator:
             )
 
     def check_columns(self, var) -> None:
-        fpath = self.path / FileNames.COLPTR.value
         dt = self.dtypes[FileNames.COLPTR.value]
         csum = np.asarray(var._cumulative_sum_index, dtype=np.int64)
         # A block without feature columns does not say how many genes it has: not checked.
@@ -352,25 +376,26 @@ class _Validator:
             # Rows cannot be mapped to values: check against the widest block only.
             blocks = [("the widest var block", 0, self.lengths[FileNames.COLPTR], max(dims.values()))]
         else:
-            rp = self.path / FileNames.ROWPTR.value
-            rdt = self.dtypes[FileNames.ROWPTR.value]
             blocks = []
             for b, genes in dims.items():
                 r0 = min(max(int(csum[b]), 0), self.n_rows)
                 r1 = min(max(int(csum[b + 1]), r0), self.n_rows)
                 if r1 > r0:
-                    blocks.append((f"var block {b} (rows {r0} to {r1 - 1})", _read_one(rp, rdt, r0), _read_one(rp, rdt, r1), genes))
+                    blocks.append((f"var block {b} (rows {r0} to {r1 - 1})", self._ptr(r0), self._ptr(r1), genes))
+        files = self._value_files(FileNames.COLPTR)
         for where, v0, v1, genes in blocks:
-            n_bad, first, largest = 0, None, 0
-            for pos, a in _chunks(fpath, dt, v0, v1, self.chunk):
-                top = int(a.max())
-                if top < genes:
-                    continue
-                bad = a >= genes
-                n_bad += int(bad.sum())
-                largest = max(largest, top)
-                if first is None:
-                    first = pos + int(np.argmax(bad))
+            n_bad, first, largest, fpath = 0, None, 0, files[0][0] if files else self.path / FileNames.COLPTR.value
+            for path, n, base in files:  # the block's values in each file (one file unless chunked)
+                lo, hi = max(v0 - base, 0), min(v1 - base, n)
+                for pos, a in _chunks(path, dt, lo, hi, self.chunk) if lo < hi else ():
+                    top = int(a.max())
+                    if top < genes:
+                        continue
+                    bad = a >= genes
+                    n_bad += int(bad.sum())
+                    largest = max(largest, top)
+                    if first is None:
+                        first, fpath = pos + int(np.argmax(bad)), path
             if n_bad:
                 self.problem(
                     f"{fpath} holds {n_bad} column index(es) not below the {genes} genes of {where}: "
@@ -471,14 +496,19 @@ class _Validator:
                 f"{self.n_rows} and {self.nnz}: its notes are out of date and unused."
             )
         elif facts["rows_sorted"] and self.row_ptr_ok and self.lengths.get(FileNames.COLPTR) == self.nnz:
-            self.check_sorted_rows(fpath)
+            if self.storage is None:
+                rp = map_raw(self.path / FileNames.ROWPTR.value, self.dtypes[FileNames.ROWPTR.value], self.n_rows + 1)
+                self.check_sorted_rows(fpath, self.path / FileNames.COLPTR.value, rp, self.nnz)
+            for k in range(self.storage.num_chunks if self.storage is not None else 0):
+                rp = self.storage.row_ptr[k]
+                self.check_sorted_rows(fpath, self.storage.dir(k) / FileNames.COLPTR.value, rp, int(rp[-1]),
+                                       k * self.storage.chunk_size)
 
-    def check_sorted_rows(self, layout: Path) -> None:
-        """Every row's column indices strictly increase (loaders trusting ``rows_sorted`` skip the sort)."""
-        fpath = self.path / FileNames.COLPTR.value
-        rp = map_raw(self.path / FileNames.ROWPTR.value, self.dtypes[FileNames.ROWPTR.value], self.n_rows + 1)
+    def check_sorted_rows(self, layout: Path, fpath: Path, rp: np.ndarray, nnz: int, first_row: int = 0) -> None:
+        """Every row's column indices strictly increase (loaders trusting ``rows_sorted`` skip the sort):
+        the columns in ``fpath`` (``nnz``) of the rows ``rp`` points into, the first being ``first_row``."""
         n_bad, first, prev = 0, None, None
-        for pos, a in _chunks(fpath, self.dtypes[FileNames.COLPTR.value], 0, self.nnz, self.chunk):
+        for pos, a in _chunks(fpath, self.dtypes[FileNames.COLPTR.value], 0, nnz, self.chunk):
             # bad[k]: a[k] does not exceed the value before it (across chunks too) ...
             bad = np.empty(len(a), dtype=bool)
             bad[0] = prev is not None and a[0] <= prev
@@ -491,7 +521,7 @@ class _Validator:
                 n_bad += int(bad.sum())
                 first = pos + int(np.argmax(bad)) if first is None else first
         if n_bad:
-            row = int(np.searchsorted(rp, first, side="right")) - 1
+            row = first_row + int(np.searchsorted(rp, first, side="right")) - 1
             self.problem(
                 f"{fpath} holds {n_bad} column index(es) not above the one before it in the same row (first in "
                 f"row {row}, at value position {first}), but {layout} records that every row strictly increases."

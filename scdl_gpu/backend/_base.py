@@ -39,9 +39,18 @@ class Backend(ABC):
         self.path = Path(archive)
         self.options = options or BatchOptions()
         arrays = open_arrays(self.path)
-        # Plain ndarray views: slicing an np.memmap costs microseconds per slice in Python.
-        self.data = arrays.data.view(np.ndarray)
-        self.col_ptr = arrays.col_ptr.view(np.ndarray)
+        self.chunks = arrays.chunks  # a chunked archive: rows are copied from their chunk's arrays
+        if self.chunks is None:
+            # Plain ndarray views: slicing an np.memmap costs microseconds per slice in Python.
+            self.data = arrays.data.view(np.ndarray)
+            self.col_ptr = arrays.col_ptr.view(np.ndarray)
+        else:
+            self.data, self.col_ptr = arrays.data, arrays.col_ptr  # ChunkedVector: dtype, size, slices
+            f16 = self.data.dtype == np.float16  # moves as its bits, as in gather()
+            # addresses of self.chunks' maps, which this backend holds while it gathers from them
+            self._chunk_pointers = _gather.chunk_pointers(
+                [d.view(np.uint16) if f16 else d for d in self.chunks.data], self.chunks.col_ptr,
+                self.chunks.value_offsets, np.uint16 if f16 else self.data.dtype, self.col_ptr.dtype)
         self.row_ptr = arrays.row_ptr.view(np.ndarray)
         self.dtypes = arrays.dtypes
         self.n_rows = arrays.n_rows
@@ -54,7 +63,8 @@ class Backend(ABC):
         if remap is not None and len(remap) < self.archive_cols:
             raise ValueError(f"gene_remap has {len(remap)} entries but the archive has {self.archive_cols} columns")
         if warm_maps or (warm_maps is None and _fits_in_memory(self.data.nbytes + self.col_ptr.nbytes)):
-            threading.Thread(target=_touch_pages, args=((self.data, self.col_ptr),), name="scdl-warm-maps", daemon=True).start()
+            maps = (self.data, self.col_ptr) if self.chunks is None else (*self.chunks.data, *self.chunks.col_ptr)
+            threading.Thread(target=_touch_pages, args=(maps,), name="scdl-warm-maps", daemon=True).start()
         if remap is None and self.width < self.archive_cols:
             # the kernels write column j of row i at i * width + j: a narrower output would overflow
             raise ValueError(f"n_cols={self.width} is narrower than the archive's {self.archive_cols} genes; "
@@ -73,7 +83,13 @@ class Backend(ABC):
         if data.dtype == np.float16:
             if values.dtype != np.float16:
                 raise TypeError("float16 archives are gathered as float16 (then cast)")
-            data, values = data.view(np.uint16), values.view(np.uint16)
+            values = values.view(np.uint16)
+            if self.chunks is None:
+                data = data.view(np.uint16)
+        if self.chunks is not None:
+            _gather.gather_chunked(self.chunks, self._chunk_pointers, plan.rows, plan.starts, plan.in_ptr,
+                                   self.archive_cols, values, col, sort=sort)
+            return
         _gather.gather(data, self.col_ptr, plan.starts, plan.in_ptr, self.archive_cols, values, col,
                        sort=sort, archive=self.path, rows=plan.rows)
 
@@ -93,7 +109,7 @@ class Backend(ABC):
             # a batch's index dtype follows the batch's nnz, not the archive's: int32 unless the width
             # (or the options) need int64; a batch beyond 2**31 values compiles its own, once
             outputs.append((self.options.value_dtype, self.options.index_dtype_for(self.width, 0)))
-        _gather.warm_up(data_dt, self.col_ptr.dtype, self.row_ptr.dtype, outputs)
+        _gather.warm_up(data_dt, self.col_ptr.dtype, self.row_ptr.dtype, outputs, chunked=self.chunks is not None)
 
     @abstractmethod
     def batch(self, rows) -> Batch: ...

@@ -172,7 +172,8 @@ class GPUBackend(Backend):
 
     # -- streaming ---------------------------------------------------------------------------------
     def _use_kvikio(self, plan: RowPlan) -> bool:
-        if self.reader != "kvikio" or not len(plan.span_len):
+        # kvikio reads spans of the flat value file; a chunked archive's rows go through the host gather
+        if self.reader != "kvikio" or self.chunks is not None or not len(plan.span_len):
             return False
         return plan.nnz * self.data.itemsize / len(plan.span_len) >= self.kvikio_min_span
 

@@ -1,4 +1,4 @@
-"""``scdl-gpu info | validate | cast``: inspect, check and re-type an existing archive."""
+"""``scdl-gpu info | validate | cast | chunk``: inspect, check, re-type and partition an existing archive."""
 
 from __future__ import annotations
 
@@ -46,6 +46,18 @@ def register(sub) -> None:
     p.add_argument("--allow-lossy", action="store_true", help="cast even when values change (by more than --tolerance); warns")
     p.add_argument("--tolerance", type=float, default=1e-08, help="the largest change that is not a loss [%(default)s]")
     p.set_defaults(handler=cast)
+
+    p = sub.add_parser(
+        "chunk",
+        help="write an archive in bionemo-scdl's chunked layout (chunk_NNNNN/ directories of N rows)",
+        description="Partition a flat archive into chunks of --chunk-size rows (upstream's partition_scdl). "
+        "The output is written beside its destination and renamed into place when complete.",
+    )
+    p.add_argument("archive")
+    p.add_argument("-o", "--output", required=True, help="the chunked archive to create (must not exist)")
+    p.add_argument("--chunk-size", type=int, default=100_000, help="rows per chunk [%(default)s]")
+    p.add_argument("--delete-original", action="store_true", help="remove the input once the output is complete")
+    p.set_defaults(handler=chunk)
 
 
 def info(args) -> int:
@@ -97,4 +109,14 @@ def cast(args) -> int:
 
     old = cast_archive_data(args.archive, args.dtype, args.tolerance, allow_lossy=args.allow_lossy)
     print(f"{args.archive}: data {old} -> {args.dtype}")
+    return 0
+
+
+def chunk(args) -> int:
+    from ..archive._partition import partition_scdl
+
+    header = partition_scdl(args.archive, args.output, args.chunk_size, args.delete_original)
+    info = header.chunked_info
+    print(f"{args.output}: {info.total_rows:,} rows in {info.num_chunks:,} chunk{'' if info.num_chunks == 1 else 's'} "
+          f"of {info.chunk_size:,}" + (f"; {args.archive} deleted" if args.delete_original else ""))
     return 0

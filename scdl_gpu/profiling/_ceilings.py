@@ -127,7 +127,9 @@ def _timed(fn) -> float:
 
 def measure_ceilings(archive: Path, device: str, cold: bool = True, max_bytes: int = 4 << 30) -> dict:
     """Every ceiling that applies to ``device`` for this archive (bytes/s; see the module notes)."""
-    files = [Path(archive) / "data.npy", Path(archive) / "col_ptr.npy"]
+    from ..archive._chunked import value_files
+
+    files = value_files(archive)
     read_bandwidth(files, max_bytes=max_bytes)  # bring them into the page cache first
     out = dict(page_cache_read=read_bandwidth(files, max_bytes=max_bytes, repeats=3), memcpy=memcpy_bandwidth())
     if cold:

@@ -20,6 +20,7 @@ from scdl_gpu.archive._header import (
     CORE_HEADER_SIZE,
     CURRENT_SCDL_VERSION,
     ArrayInfo,
+    ChunkedInfo,
     FeatureIndexInfo,
     SCDLHeader,
     SCDLVersion,
@@ -245,11 +246,90 @@ def test_partial_feature_index_count_is_an_error(extra):
         SCDLHeader.deserialize(data[: arrays_end + extra])
 
 
-@pytest.mark.parametrize("tail", [pytest.param(b"\x00", id="zero"), pytest.param(b"junk" * 10, id="junk")])
-def test_trailing_bytes_are_an_error(tail):
+# ---------------------------------------------------------------- trailer (upstream PR #1424)
+
+
+def _chunked_appendix(info: ChunkedInfo) -> SCDLHeader:
+    h = appendix_header()
+    h.backend, h.chunked_info = Backend.CHUNKED_MEMMAP_V0, info
+    return h
+
+
+def test_flag_zero_is_a_flat_header_and_is_not_written_back():
     data = appendix_header().serialize()
-    with pytest.raises(HeaderSerializationError, match=rf"expected end of header at offset 417, found {len(tail)}"):
-        SCDLHeader.deserialize(data + tail)
+    h = SCDLHeader.deserialize(data + b"\x00")  # what upstream's new writer emits for flat archives
+    assert h == appendix_header() and h.chunked_info is None and h.unknown_trailing_bytes == 0
+    assert h.serialize() == data  # flat archives keep the 0.1.3 bytes
+
+
+def test_chunked_trailer_bytes_built_from_the_spec():
+    flat = appendix_header().serialize()
+    h = _chunked_appendix(ChunkedInfo(chunk_size=128, num_chunks=3, total_rows=300))
+    data = h.serialize()
+    # backend u32 at offset 8 is 2; after the feature indices: flag 1, then >IIQ
+    expected = flat[:8] + struct.pack(">I", 2) + flat[12:] + b"\x01" + struct.pack(">IIQ", 128, 3, 300)
+    assert data == expected
+    assert data[-17:].hex() == "01" "00000080" "00000003" "000000000000012c"
+    assert h.calculate_total_size() == len(data)
+    back = SCDLHeader.deserialize(data)
+    assert back == h and back.is_chunked and back.chunked_info.rows_of(2) == 44
+    assert json.loads(back.to_json())["chunked_info"] == {"chunk_size": 128, "num_chunks": 3, "total_rows": 300}
+
+
+def test_chunked_trailer_truncated_at_every_offset_is_an_error():
+    data = _chunked_appendix(ChunkedInfo(100, 3, 300)).serialize()
+    for cut in range(len(data) - 16, len(data)):  # the flag is there, the info is not complete
+        with pytest.raises(HeaderSerializationError, match="chunked info"):
+            SCDLHeader.deserialize(data[:cut])
+
+
+@pytest.mark.parametrize(("info", "message"), [
+    pytest.param((100, 2, 300), "says 2 chunks, but 300 rows in chunks of 100 make 3", id="wrong-count"),
+    pytest.param((0, 0, 0), "chunk_size must be at least 1", id="zero-chunk-size"),
+])
+def test_unsound_chunked_info_is_an_error(info, message):
+    data = appendix_header().serialize()
+    data = data[:8] + struct.pack(">I", 2) + data[12:] + b"\x01" + struct.pack(">IIQ", *info)
+    with pytest.raises(HeaderSerializationError, match=message):
+        SCDLHeader.deserialize(data)
+
+
+def test_backend_and_trailer_must_agree():
+    flat = appendix_header().serialize()
+    with pytest.raises(HeaderSerializationError, match="MEMMAP_V0 cannot carry chunked info"):
+        SCDLHeader.deserialize(flat + b"\x01" + struct.pack(">IIQ", 100, 3, 300))
+    chunked_backend = flat[:8] + struct.pack(">I", 2) + flat[12:]
+    for tail in (b"", b"\x00"):
+        with pytest.raises(HeaderSerializationError, match="CHUNKED_MEMMAP_V0 needs chunked info"):
+            SCDLHeader.deserialize(chunked_backend + tail)
+    h = appendix_header()
+    h.chunked_info = ChunkedInfo(100, 3, 300)  # mutated after construction: caught on serialize
+    with pytest.raises(HeaderSerializationError, match="cannot carry"):
+        h.serialize()
+
+
+@pytest.mark.parametrize("tail", [pytest.param(b"\x07", id="unknown-flag"), pytest.param(b"junk" * 10, id="junk"),
+                                  pytest.param(b"\x00\x00\x00", id="flag-then-more")])
+def test_unknown_trailing_bytes_are_counted_not_parsed(tail):
+    data = appendix_header().serialize()
+    h = SCDLHeader.deserialize(data + tail)
+    assert h == appendix_header()
+    assert h.unknown_trailing_bytes == (len(tail) - 1 if tail.startswith(b"\x00") else len(tail))
+    assert h.serialize() == data
+    chunked = _chunked_appendix(ChunkedInfo(10, 30, 300)).serialize()
+    assert SCDLHeader.deserialize(chunked + tail).unknown_trailing_bytes == len(tail)
+
+
+def test_unknown_trailing_bytes_warn_once_per_file(tmp_path):
+    path = tmp_path / "header.sch"
+    path.write_bytes(appendix_header().serialize() + b"future")
+    with pytest.warns(UserWarning, match=rf"{path}: ignoring 6 trailing byte\(s\)"):
+        assert SCDLHeader.load(path) == appendix_header()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SCDLHeader.load(path)  # the same file again: no second warning
 
 
 def _offsets():
@@ -266,7 +346,9 @@ CORRUPTIONS = [
     pytest.param(0, b"scdl", "expected magic", id="lowercase-magic"),
     pytest.param(7, b"\x00", "endianness byte at offset 7: expected 1 \\(NETWORK\\), found 0", id="endianness-0"),
     pytest.param(7, b"\x02", "endianness .* found 2", id="endianness-2"),
-    pytest.param(8, b"\x00\x00\x00\x02", "backend at offset 8: expected one of \\[1\\], found 2", id="backend"),
+    pytest.param(8, b"\x00\x00\x00\x03", "backend at offset 8: expected one of \\[1, 2\\], found 3", id="backend"),
+    pytest.param(8, b"\x00\x00\x00\x02", "backend at offset 8 and the trailer: .*needs chunked info",
+                 id="chunked-backend-without-info"),
     pytest.param(12, b"\xff\xff\xff\xff", "array count at offset 12 is 4294967295", id="absurd-array-count"),
     pytest.param(16, b"\xff\xff\xff\xff", "byte length of name of array 0 .* 4294967295", id="absurd-name-length"),
     pytest.param(20, b"\xff\xfe", "not valid UTF-8", id="bad-utf8-name"),
@@ -280,7 +362,6 @@ CORRUPTIONS = [
     pytest.param(OFF["array0_has_shape"], b"\x01", "array 'DATA' shape dimension 2 must be positive",
                  id="has-shape-reads-zero-dim"),
     pytest.param(OFF["fi_count"], b"\x00\x00\x01\x00", "feature index count .* is 256", id="absurd-index-count"),
-    pytest.param(OFF["fi_count"], b"\x00\x00\x00\x01", "expected end of header", id="index-count-too-small"),
     pytest.param(OFF["fi0_dtype"], b"\x00\x00\x00\x63", "dtype of feature index 0 .* unknown dtype code 99",
                  id="index-dtype"),
     pytest.param(OFF["fi0_files_count"], b"\x7f\xff\xff\xff", "files_count of feature index 0", id="absurd-files"),

@@ -74,7 +74,7 @@ def test_unparseable_metadata(archive):
         pytest.param(lambda b: b"XXXX" + b[4:], id="magic"),
         pytest.param(lambda b: b[:7] + b"\x02" + b[8:], id="endianness"),
         pytest.param(lambda b: b[:40], id="truncated"),
-        pytest.param(lambda b: b + b"junk", id="trailing"),
+        pytest.param(lambda b: b + b"\x01\x00\x00", id="truncated-chunked-trailer"),
     ],
 )
 def test_corrupted_header(archive, mutate):
@@ -82,6 +82,16 @@ def test_corrupted_header(archive, mutate):
     h.write_bytes(mutate(h.read_bytes()))
     with pytest.raises(ArchiveError, match="header.sch is corrupted"):
         SingleCellMemMapDataset(archive)
+
+
+def test_unknown_header_trailer_warns_once_and_opens(archive):
+    h = archive / "header.sch"
+    h.write_bytes(h.read_bytes() + b"junk")
+    with pytest.warns(UserWarning, match=r"header.sch: ignoring 4 trailing byte\(s\)") as caught:
+        ds = SingleCellMemMapDataset(archive)
+        SingleCellMemMapDataset(archive)  # the same archive again: no second warning
+    assert sum("trailing byte" in str(w.message) for w in caught) == 1
+    assert len(ds) == open_arrays(archive).n_rows > 0
 
 
 def test_header_with_wrong_dtype_is_caught_by_sizes(archive):
