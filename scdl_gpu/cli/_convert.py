@@ -82,7 +82,8 @@ def register(sub) -> None:
         "--max-memory",
         default=None,
         metavar="SIZE",
-        help="memory the shuffle may use, in bytes or as '1GB', '512MiB' [2GiB]; it never changes the order",
+        help="memory the converting process may hold during the shuffle, in bytes or as '1GB', '512MiB' "
+        "[without it: 2GiB for the shuffle]; it never changes the order",
     )
     p.add_argument(
         "--overwrite", action="store_true", help="replace an existing archive at the output path (atomically, once complete)"

@@ -81,6 +81,8 @@ MODULES: dict[str, Stand] = {
     f"{ROOT}.schema.version": Stand({**_from(_HEADER, "SCDLVersion"), **_from(_API, "CurrentSCDLVersion")}, missing=("Version",)),
     f"{ROOT}.scripts": Stand(package=True),
     f"{ROOT}.scripts.convert_h5ad_to_scdl": Stand(_from("scdl_gpu.cli.upstream", "main")),
+    # from upstream's open chunked-archive change (not in a release yet)
+    f"{ROOT}.scripts.partition_scdl": Stand(_from("scdl_gpu.archive", "partition_scdl")),
     f"{ROOT}.util": Stand(package=True),
     f"{ROOT}.util.async_worker_queue": Stand(
         absent="upstream's thread/process pool helper; scdl_gpu's conversion runs its own workers"

@@ -300,7 +300,7 @@ def convert_many(
         ``"input"`` (default): rows input after input. ``"shuffle"``: every row of every input
         at a uniformly random position, the permutation fixed by ``seed`` (drawn and recorded
         when None) and independent of ``max_memory``, which bounds the shuffle's memory (bytes
-        or a size such as ``"1GB"``; default 2 GiB): see :mod:`scdl_gpu.convert._shuffle`.
+        or a size such as ``"1GB"``, for the whole process; without it the shuffle adds at most 2 GiB): see :mod:`scdl_gpu.convert._shuffle`.
         Obs gains ``source_row`` (the row within its input) and, with several inputs,
         ``source_file``; row names and the neighbor graph follow their rows. Several inputs
         need one gene space (``gene_vocab``, or identical var tables). ``scdl_gpu.json``
@@ -421,7 +421,7 @@ def convert_many(
         if data_dtype == AUTO:
             w.set_data_dtype(stats.smallest_dtype())
         if shuffle:
-            buckets = _append_shuffled(w, held, probes, vocab is not None, seed, memory)
+            buckets = _append_shuffled(w, held, probes, vocab is not None, seed, None if max_memory is None else memory)
         else:
             for r in held:
                 _append(w, r, probes[r.index], vocab is not None)
@@ -549,7 +549,8 @@ _ONE_GENE_SPACE = (
 )
 
 
-def _append_shuffled(w: ArchiveWriter, results: list[_Result], probes: list[_Probe], aligned: bool, seed: int, memory: int) -> int:
+def _append_shuffled(w: ArchiveWriter, results: list[_Result], probes: list[_Probe], aligned: bool, seed: int,
+                     memory: int | None) -> int:
     """Every input's rows in the seeded random order, one obs block (and var block) for all; the bucket count."""
     if not aligned:
         first = results[0]

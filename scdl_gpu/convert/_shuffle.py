@@ -101,10 +101,13 @@ def check_row_order(row_order: str, seed: int | None) -> int | None:
 
 
 def process_rss() -> int:
-    """This process's resident memory in bytes (0 where ``/proc`` is missing)."""
+    """This process's resident anonymous memory in bytes (0 where ``/proc`` is missing): resident
+    pages less the file-backed ones, which are page cache the kernel reclaims (a process that has
+    read archives through memory maps counts them in its RSS without holding them)."""
     try:
         with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            fields = f.read().split()
+            return max(0, int(fields[1]) - int(fields[2])) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, IndexError, ValueError):
         return 0
 
@@ -178,14 +181,18 @@ def _gather(starts: np.ndarray, lens: np.ndarray, rows: np.ndarray) -> tuple[np.
     return ptr, np.repeat(starts[rows] - ptr[:-1], ln) + np.arange(ptr[-1], dtype=np.int64)
 
 
-def plan_buckets(total_bytes: int, n_rows: int, max_memory: int, neighbors: bool) -> tuple[int, int]:
+def plan_buckets(total_bytes: int, n_rows: int, max_memory: int | None, neighbors: bool) -> tuple[int, int]:
     """``(buckets, values per dealing step)`` so that one bucket fits what ``max_memory`` leaves.
 
     The working budget is ``max_memory`` minus what the process holds now (Python, libraries, the
     obs tables) and the per-row order arrays; a bucket gets a third of it (pass 2 holds a bucket,
     its sort order and one gathered output step), with room for buckets drawn larger than average.
+    Without a budget (``None``) the shuffle may add ``DEFAULT_MAX_MEMORY`` to what the process
+    holds: a session that already holds more than that (a notebook with data loaded) still works.
     """
-    held = process_rss()
+    held = process_rss() if max_memory is not None else 0
+    if max_memory is None:
+        max_memory = DEFAULT_MAX_MEMORY
     working = max_memory - held - n_rows * 8 * (2 if neighbors else 1) - _MARGIN
     if working < (1 << 16):
         raise ConversionError(
@@ -200,7 +207,7 @@ def plan_buckets(total_bytes: int, n_rows: int, max_memory: int, neighbors: bool
     return k, max(1 << 12, working // 64)
 
 
-def shuffle_rows(w, inputs: list[ShuffleInput], seed: int, max_memory: int) -> ShuffleResult:
+def shuffle_rows(w, inputs: list[ShuffleInput], seed: int, max_memory: int | None) -> ShuffleResult:
     """Append every input's rows to the archive writer ``w`` in the seeded random order.
 
     Each input's segment (and neighbor segment) is removed once dealt. The neighbor graph, when
