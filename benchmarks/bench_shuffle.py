@@ -216,7 +216,7 @@ def main(argv=None) -> int:
     archives = {"input order": outdir / "input.scdl", "shuffled": outdir / "shuffled.scdl"}
     load = loader_runs(archives, a.repeats, a.seconds, a.label) if all(p.exists() for p in archives.values()) else []
     result = dict(system=_report.system_info(),
-                  settings=dict(inputs=str(inputs), repeats=a.repeats, seconds=a.seconds, max_memory=a.max_memory,
+                  settings=dict(inputs=inputs.name, repeats=a.repeats, seconds=a.seconds, max_memory=a.max_memory,
                                 label=a.label),
                   conversions=conv, loading=load, summary=summarize(conv, load, parse_memory(a.max_memory)))
     if a.big:
