@@ -30,6 +30,7 @@ Example (``make bench-shuffle``)::
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import shutil
 import statistics
@@ -154,7 +155,7 @@ def markdown(result: dict) -> str:
     sm = result["summary"]
     lines = [f"# Pre-shuffled archives: conversion cost and block-order batch quality ({s['date']})", "",
              f"- machine: {s['cpu']}, {s['cpu_count']} CPUs ({s['cpu_affinity']} usable), {s['ram_gib']} GiB RAM; "
-             f"shared with other jobs while measured; repo git {s['git']}",
+             f"load average {result.get('load_before', '?')} before, {result.get('load_after', '?')} after; repo git {s['git']}",
              f"- input: {a['inputs']} (10 files x 20,000 cells, rows grouped by plate then drug); "
              f"budget `--max-memory {a['max_memory']}`; {a['repeats']} interleaved repeats, medians; "
              f"loading: CPU, {a['seconds']:g} s per configuration, labels `{a['label']}`; block order's default "
@@ -212,16 +213,23 @@ def main(argv=None) -> int:
     inputs = a.inputs or default_inputs(a.workdir)
     outdir = a.workdir / "shuffle"
     outdir.mkdir(exist_ok=True)
+    load_before = _loadavg()
     conv = convert_runs(inputs, outdir, a.repeats, a.max_memory, a.timeout)
     archives = {"input order": outdir / "input.scdl", "shuffled": outdir / "shuffled.scdl"}
     load = loader_runs(archives, a.repeats, a.seconds, a.label) if all(p.exists() for p in archives.values()) else []
     result = dict(system=_report.system_info(),
                   settings=dict(inputs=inputs.name, repeats=a.repeats, seconds=a.seconds, max_memory=a.max_memory,
                                 label=a.label),
-                  conversions=conv, loading=load, summary=summarize(conv, load, parse_memory(a.max_memory)))
+                  conversions=conv, loading=load, summary=summarize(conv, load, parse_memory(a.max_memory)),
+                  load_before=load_before, load_after=_loadavg())
     if a.big:
         result["big"] = big_run(a.workdir, outdir, a.big, a.big_nnz, a.max_memory, a.timeout)
     return _write(result, a)
+
+
+def _loadavg() -> str:
+    """The 1/5/15-minute load averages: whether the machine was quiet while measured."""
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def _write(result: dict, a) -> int:
