@@ -22,6 +22,15 @@ def test_license_is_an_spdx_string_the_build_backend_supports():
     assert int(re.fullmatch(r"setuptools>=(\d+)(\.\d+)*", setuptools).group(1)) >= 77  # PEP 639 strings from 77
 
 
+def test_every_subpackage_is_in_the_wheel():
+    """An editable install finds any subpackage; a wheel carries only the listed ones (scdl_gpu.compat
+    was missing: `pip install .` then had no compatibility layer)."""
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "scdl_gpu").rglob("__init__.py")}
+    listed = set(meta["tool"]["setuptools"]["packages"])
+    assert on_disk <= listed, sorted(on_disk - listed)
+
+
 def test_every_install_of_bionemo_scdl_is_followed_by_ours():
     """The test and bench extras bring bionemo-scdl, whose convert_h5ad_to_scdl may be written after ours."""
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
