@@ -214,6 +214,6 @@ def format_summary(summary: dict) -> str:
         name_w = max(len(k) for k in entries) + 1
         size_w = max(len(human_bytes(b)) for b, _ in entries.values())
         for name, (size, count) in entries.items():
-            extra = f"  ({count} files)" if name.endswith("/") else ""
+            extra = f"  ({count} file{'' if count == 1 else 's'})" if name.endswith("/") else ""
             lines.append(f"  {name:<{name_w}} {human_bytes(size):>{size_w}}{extra}")
     return "\n".join(lines)

@@ -181,6 +181,7 @@ def test_summary_lists_obsm(archive):
     s = archive_summary(path)
     assert s["obsm"] == {"X_emb": ["float32", 5]}
     assert "obsm:      X_emb (5 x float32)" in format_summary(s).splitlines()
+    assert any(line.strip().startswith("obsm/") and line.endswith("(1 file)") for line in format_summary(s).splitlines())
     _damage(path, "truncated")
     assert archive_summary(path)["obsm"] == {"X_emb": None}
 
