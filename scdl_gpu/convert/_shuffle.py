@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import secrets
 import shutil
@@ -45,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .._memory import host_memory
 from ..archive._concat import row_chunks
 from ..archive._constants import FileNames
 from ..archive._memmap import write_raw
@@ -101,15 +101,10 @@ def check_row_order(row_order: str, seed: int | None) -> int | None:
 
 
 def process_rss() -> int:
-    """This process's resident anonymous memory in bytes (0 where ``/proc`` is missing): resident
-    pages less the file-backed ones, which are page cache the kernel reclaims (a process that has
-    read archives through memory maps counts them in its RSS without holding them)."""
-    try:
-        with open("/proc/self/statm") as f:
-            fields = f.read().split()
-            return max(0, int(fields[1]) - int(fields[2])) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, IndexError, ValueError):
-        return 0
+    """This process's resident anonymous memory in bytes (0 where ``/proc`` is missing): mapped
+    file pages are page cache the kernel reclaims (a process that has read archives through memory
+    maps counts them in its RSS without holding them)."""
+    return host_memory()[1]
 
 
 @dataclass
