@@ -92,7 +92,7 @@ def random_csr(n_rows, n_cols, density=0.1, seed=0, dtype=np.float32, empty_rows
     return m
 
 
-def make_adata(X, raw_X=None, obsp=None, seed=0) -> ad.AnnData:
+def make_adata(X, raw_X=None, obsp=None, seed=0, obsm=None) -> ad.AnnData:
     import anndata as ad
     import pandas as pd
 
@@ -118,7 +118,15 @@ def make_adata(X, raw_X=None, obsp=None, seed=0) -> ad.AnnData:
     if obsp is not None:
         for k, v in obsp.items():
             a.obsp[k] = v
+    for k, v in (obsm or {}).items():
+        a.obsm[k] = v
     return a
+
+
+def write_obsm_h5ad(path: Path, n: int, obsm: dict, seed: int = 0, n_genes: int = 12) -> Path:
+    """A small h5ad of ``n`` cells with the given ``.obsm`` arrays."""
+    make_adata(random_csr(n, n_genes, density=0.3, seed=seed), seed=seed, obsm=obsm).write_h5ad(path)
+    return path
 
 
 @pytest.fixture

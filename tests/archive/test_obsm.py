@@ -14,15 +14,7 @@ from scdl_gpu import SingleCellMemMapDataset, convert_h5ad
 from scdl_gpu.archive import concat_archives, validate_archive, verify_manifest
 from scdl_gpu.archive._obsm import check_key, create_obsm, merge_obsm, obsm_keys, open_obsm
 from scdl_gpu.errors import ArchiveError
-from tests.conftest import make_adata, random_csr
-
-
-def _h5ad(path: Path, n: int, obsm: dict, seed: int = 0) -> Path:
-    a = make_adata(random_csr(n, 12, density=0.3, seed=seed), seed=seed)
-    for k, v in obsm.items():
-        a.obsm[k] = v
-    a.write_h5ad(path)
-    return path
+from tests.conftest import write_obsm_h5ad as _h5ad
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ ones densified by row blocks, inputs without a key aligned with NaN rows, bad re
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -20,17 +21,10 @@ from scdl_gpu import SingleCellMemMapDataset, convert_h5ad
 from scdl_gpu.archive import validate_archive
 from scdl_gpu.convert import convert_many
 from scdl_gpu.errors import ConversionError
-from tests.conftest import BUNDLED, SHARED_REAL, make_adata, random_csr
+from tests.conftest import BUNDLED, SHARED_REAL, write_obsm_h5ad
 
 REAL = SHARED_REAL if SHARED_REAL.is_dir() else BUNDLED
-
-
-def _h5ad(path: Path, n: int, obsm: dict, seed: int = 0) -> Path:
-    a = make_adata(random_csr(n, 10, density=0.3, seed=seed), seed=seed)
-    for k, v in obsm.items():
-        a.obsm[k] = v
-    a.write_h5ad(path)
-    return path
+_h5ad = functools.partial(write_obsm_h5ad, n_genes=10)
 
 
 DTYPES = [np.float16, np.float32, np.float64, np.int8, np.int32, np.int64, np.uint8, np.uint16, np.bool_]
