@@ -12,6 +12,8 @@ import os
 
 from .._hints import GPU
 
+from .._hints import GPU
+
 
 @functools.cache
 def gpu_available() -> bool:
@@ -120,7 +122,7 @@ def _why(r: dict) -> str:
             return "CuPy sees a GPU but torch does not (a CPU build of torch?): batches cannot reach torch on the device"
         return "CuPy sees a usable GPU"
     if r.get("cuda_error", "").startswith(("ModuleNotFoundError", "ImportError")):
-        return "CuPy is not installed (pip install -e '.[gpu-cu13]' or '.[gpu-cu12]')"
+        return f"CuPy is not installed: {GPU}"
     return f"CuPy finds no usable GPU ({r.get('cuda_error') or 'cupy.is_available() is False'})"
 
 
