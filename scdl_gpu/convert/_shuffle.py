@@ -163,7 +163,7 @@ class _Buckets:
 
 
 def _read(path: Path, dtype, start: int, stop: int) -> np.ndarray:
-    """Items ``[start, stop)`` of a raw file, read (not mapped: mapped pages would count as resident)."""
+    """Items ``[start, stop)`` of a raw file, read into memory the bucket budget accounts for."""
     dt = np.dtype(dtype)
     return np.fromfile(path, dtype=dt, count=stop - start, offset=start * dt.itemsize)
 
