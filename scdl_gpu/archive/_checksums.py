@@ -240,3 +240,13 @@ def verify_manifest(archive_dir: str | os.PathLike, *, contents: bool = True) ->
     for rel in sorted(set(present) - set(recorded)):
         problems.append(f"{present[rel]} is not listed in the checksum manifest {mpath} (added after the archive was written).")
     return problems
+
+
+def recorded_checksum(archive_dir: str | os.PathLike) -> str | None:
+    """The checksum of the archive's checksum manifest (one string that changes whenever any
+    recorded file does): how an atlas notices a member replaced under it. None without a manifest."""
+    root = Path(archive_dir)
+    try:
+        return _files_checksum(_read_manifest(root))
+    except FileNotFoundError:
+        return None

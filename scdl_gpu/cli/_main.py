@@ -20,9 +20,9 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from . import _archive, _bench, _convert
+from . import _archive, _atlas, _bench, _convert
 
-COMMANDS = (_convert, _archive, _bench)
+COMMANDS = (_convert, _archive, _atlas, _bench)
 
 
 class CommandError(Exception):
