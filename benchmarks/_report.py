@@ -119,10 +119,31 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(result: dict, text: str, json_path=None, markdown_path=None) -> None:
-    """Print the markdown table and write the JSON and markdown files asked for."""
+def portable(value, roots) -> object:
+    """``value`` with every path under one of ``roots`` (``{"<workdir>": path, ...}``, or one path
+    meaning ``<workdir>``) written under its label: committed results must not carry the measuring
+    machine's directories."""
+    if not isinstance(roots, dict):
+        roots = {"<workdir>": roots}
+    if isinstance(value, str):
+        for label, root in roots.items():
+            if root is not None and Path(root).is_absolute():  # relative paths name no machine
+                value = value.replace(str(root).rstrip("/"), label)
+        return value
+    if isinstance(value, dict):
+        return {k: portable(v, roots) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(v, roots) for v in value]
+    return value
+
+
+def write_outputs(result: dict, text: str, json_path=None, markdown_path=None, workdir=None) -> None:
+    """Print the markdown table and write the JSON and markdown files asked for (paths under
+    ``workdir`` written as ``<workdir>``; ``workdir`` may be a mapping as :func:`portable` takes)."""
     import json
 
+    if workdir is not None:
+        result, text = portable(result, workdir), portable(text, workdir)
     print(text)
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)

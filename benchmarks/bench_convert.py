@@ -270,7 +270,7 @@ def main(argv=None) -> int:
                   config=dict(repeats=a.repeats, runners=names, page_cache="warm", workdir=str(a.workdir),
                               keep=a.keep, runner_code={n: RUNNERS[n].convert for n in names}),
                   runs=runs, summary=summary, comparison=_report.compare(summary))
-    _report.write_outputs(result, _report.markdown(result), a.json, a.markdown)
+    _report.write_outputs(result, _report.markdown(result), a.json, a.markdown, workdir=a.workdir)
     failed = [r for r in runs if not r["ok"]]
     if failed:
         print(f"ERROR: {len(failed)} run(s) failed: " + "; ".join(f"{r['runner']} r{r['repeat']}" for r in failed),

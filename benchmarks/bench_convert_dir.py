@@ -162,7 +162,7 @@ def main(argv=None) -> int:
         config=dict(repeats=a.repeats, runners=a.runners, runner_code={n: RUNNERS[n].convert for n in a.runners}),
         runs=runs, summary=summary, comparison=compare(summary),
     )
-    _report.write_outputs(result, markdown(result), a.json, a.markdown)
+    _report.write_outputs(result, markdown(result), a.json, a.markdown, workdir=a.workdir)
     return 1 if any(not r["ok"] for r in runs) else 0
 
 

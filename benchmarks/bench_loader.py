@@ -514,7 +514,7 @@ def run_profiles(specs: list[str], archive: Path, device: str, prefetch: int, se
         if out is not None:
             plot_profile(p, out / fig)
     if out is not None and profiles:
-        (out / f"profile_{device}.json").write_text(json.dumps(profiles, indent=2) + "\n")
+        (out / f"profile_{device}.json").write_text(json.dumps(_report.portable(profiles, archive.parent), indent=2) + "\n")
         (out / f"profile_{device}.md").write_text(f"# `scdl-gpu profile` on {device} ({profiles[0]['system']['date']})\n\n"
                                                   "Written by `benchmarks/bench_loader.py` after its repeats, on the "
                                                   "`scdl_gpu` archive.\n\n" + "\n".join(texts))
@@ -679,7 +679,8 @@ def main(argv=None) -> int:
     if a.out:
         a.out.mkdir(parents=True, exist_ok=True)
     stem = a.out / f"loader_{a.device}" if a.out else None
-    _report.write_outputs(result, markdown(result), stem and stem.with_suffix(".json"), stem and stem.with_suffix(".md"))
+    _report.write_outputs(result, markdown(result), stem and stem.with_suffix(".json"), stem and stem.with_suffix(".md"),
+                          workdir={"<workdir>": a.workdir, "<inputs>": inputs, "<out>": a.out})
     if stem:
         plot(result, stem.with_suffix(".png"))
     if a.profile:

@@ -187,6 +187,7 @@ def test_bench_convert_dir_end_to_end(tmp_path):
     assert theirs["metadata_num_rows"] == 200  # upstream's stale row count after concatenation, recorded
     assert res["comparison"]["speedup"] > 0 and res["comparison"]["rss_ratio"] > 0
     assert "Directory -> one SCDL archive" in out_md.read_text()
+    assert str(tmp_path / "work") not in out_json.read_text() + out_md.read_text()
 
 
 def _tiny_inputs(ms, directory: Path) -> Path:
@@ -218,7 +219,8 @@ def test_bench_loader_end_to_end(ms, tmp_path):
     arc = res["archives"]
     assert list(arc) == ["scdl_gpu", "bionemo", "aligned"] and all(a["n_rows"] == 300 for a in arc.values())
     assert arc["bionemo"]["dtypes"]["data.npy"] == "float32" and arc["scdl_gpu"]["dtypes"]["data.npy"] == "uint16"
-    ours, aligned = (open_arrays(arc[k]["path"]) for k in ("scdl_gpu", "aligned"))
+    assert str(tmp_path) not in (tmp_path / "out" / "loader_cpu.json").read_text()  # results name no machine's paths
+    ours, aligned = (open_arrays(arc[k]["path"].replace("<workdir>", str(tmp_path / "work"))) for k in ("scdl_gpu", "aligned"))
     assert ours.nnz == aligned.nnz and not np.array_equal(ours.col_ptr, aligned.col_ptr)  # columns remapped
     peers = {("AnnLoader", None, "shuffle")} | ({("scDataset", None, "block")} if importlib.util.find_spec("scdataset") else set())
     assert {(r["runner"], r["archive"], r["order"]) for r in res["runs"]} == peers | {
