@@ -230,7 +230,8 @@ class SingleCellLoader:
     def _shard(self, epoch: int) -> Shard:
         if self._weights is not None:  # a global draw with replacement, dealt to ranks like any order
             drawn = self._weights.draw(self.epoch_rows, rng_for(self.seed, epoch, 5))
-            return shard(drawn, self.rank, self.world_size, self.batch_size, self.drop_last)
+            sh = shard(drawn, self.rank, self.world_size, self.batch_size, self.drop_last)
+            return Shard(sh.rows.astype(np.int64), sh.batch_size, sh.n_batches)  # only this rank's part widened
         if self._share is not None:
             return resident_shard(self._share, self.order, self.seed, epoch, self.rank, self.batch_size,
                                   self.block_size, self.drop_last)

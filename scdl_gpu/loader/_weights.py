@@ -31,10 +31,18 @@ class Weighting:
     p: np.ndarray  # float64 per cell, sums to 1; 0 for cells never drawn
 
     def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """``n`` rows (int64) drawn with replacement: a cell by its share, then a row uniformly in it."""
-        cells = rng.choice(len(self.p), size=n, p=self.p)
-        lo = self.starts[cells]
-        return self.rows_by_cell[lo + rng.integers(0, self.starts[cells + 1] - lo)].astype(np.int64)
+        """``n`` rows drawn with replacement, in random order (``rows_by_cell``'s dtype): how
+        many draws each cell gets (multinomial in the shares), that many positions uniformly
+        inside the cell, then one shuffle of the rows (no per-draw gather of cell bounds)."""
+        counts = rng.multinomial(n, self.p)
+        pos = np.empty(n, np.int64)
+        at = 0
+        for c in np.flatnonzero(counts):
+            pos[at : at + counts[c]] = rng.integers(self.starts[c], self.starts[c + 1], counts[c])
+            at += counts[c]
+        rows = self.rows_by_cell[pos]
+        rng.shuffle(rows)
+        return rows
 
 
 def class_codes(values: np.ndarray, categories: list | None) -> tuple[list, np.ndarray]:
