@@ -38,7 +38,7 @@ def plates(tmp_path_factory):
 
 def _epoch(loader, epoch: int = 0) -> np.ndarray:
     loader.set_epoch(epoch)
-    return np.concatenate([b["rows"].numpy() for b in loader])
+    return np.concatenate([b["rows"].cpu().numpy() for b in loader])
 
 
 def _shares(labels: np.ndarray) -> dict:
@@ -222,3 +222,25 @@ def test_rows_by_cell_use_int32_and_draws_stay_in_their_cells():
     rows = w.draw(60_000, np.random.default_rng(1))
     cell = groups[1][rows] * 3 + classes[1][rows]
     assert np.abs(np.bincount(cell, minlength=6) / len(rows) - 1 / 6).max() < 0.01
+
+
+def test_an_atlas_backend_s_groups_are_its_members(plates, monkeypatch):
+    """An atlas backend exposes ``groups`` = (member names, row offsets): those are the groups."""
+    from scdl_gpu.backend._cpu import CPUBackend
+
+    path, _ = plates
+    monkeypatch.setattr(CPUBackend, "groups", (["m0", "m1"], np.array([0, 100, 180])), raising=False)
+    loader = SingleCellLoader(path, batch_size=1000, group_weights={"m0": 1, "m1": 3}, epoch_length=DRAWS, device="cpu")
+    assert np.mean(_epoch(loader) >= 100) == pytest.approx(0.75, abs=0.015)
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_weights_stream_and_refuse_a_resident_share(plates):
+    path, _ = plates
+    loader = SingleCellLoader(path, batch_size=64, balance="cell_type", device="cuda")
+    assert loader.residency == "stream" and loader.partition == "global"
+    rows = _epoch(loader)
+    assert len(rows) == loader.n_rows
+    for residency in ("device", "pinned"):
+        with pytest.raises(ValueError, match="weighted sampling reads rows outside a rank's resident share"):
+            SingleCellLoader(path, balance="cell_type", device="cuda", residency=residency)
