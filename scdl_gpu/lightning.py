@@ -9,7 +9,7 @@ from pathlib import Path
 
 try:
     from lightning.pytorch import LightningDataModule
-except ImportError as e:  # pragma: no cover - exercised only without the extra
+except ImportError as e:
     raise ImportError("scdl_gpu.lightning needs Lightning: pip install 'lightning>=2.3' "
                       "(from a scdl-gpu checkout: pip install -e '.[lightning]')") from e
 
@@ -33,7 +33,7 @@ class SCDLDataModule(LightningDataModule):
     (``trainer.current_epoch``); the loader also moves to the next epoch when one ends, so a
     shortened epoch (``limit_train_batches``) still leads to a new order.
 
-    Checkpoints: Lightning (>= 2.3) saves the train iterable's ``state_dict`` with the fit loop
+    Checkpoints: Lightning (2.6 checked) saves the train iterable's ``state_dict`` with the fit loop
     and restores it on ``Trainer.fit(ckpt_path=...)``, so a run resumed from a mid-epoch
     checkpoint continues with the batch after the last one trained, in the same order (Lightning
     fetches no batch ahead from an iterable with a length, so the state counts batches trained).

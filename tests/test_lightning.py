@@ -102,6 +102,22 @@ def test_mid_epoch_checkpoint_resumes_with_the_next_batch(archive, tmp_path, sto
     assert whole.seen[:stop_at] + resumed.seen == whole.seen
 
 
+def test_without_lightning_the_import_error_names_the_extra(monkeypatch):
+    import importlib
+
+    monkeypatch.delitem(sys.modules, "scdl_gpu.lightning")
+    monkeypatch.setitem(sys.modules, "lightning.pytorch", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"scdl_gpu.lightning needs Lightning.*\[lightning\]"):
+        importlib.import_module("scdl_gpu.lightning")
+
+
+def test_rank_and_world_size_come_from_the_trainer(archive):
+    with pytest.raises(ValueError, match="rank comes from the trainer"):
+        SCDLDataModule(archive, rank=0)
+    with pytest.raises(ValueError, match="given no test archive"):
+        SCDLDataModule(archive).test_dataloader()
+
+
 WORKER = r"""
 import sys, json, torch, lightning.pytorch as pl
 from scdl_gpu.lightning import SCDLDataModule
