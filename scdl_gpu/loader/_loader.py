@@ -66,7 +66,10 @@ class SingleCellLoader:
         Weighted epochs draw with replacement: a pure function of (seed, epoch), dealt to ranks
         and cut into batches like any order (``drop_last`` as there), resumable with
         ``state_dict``. They stream rows, so on a GPU ``residency`` ``"auto"`` means
-        ``"stream"`` and ``"device"``/``"pinned"`` are refused.
+        ``"stream"`` and ``"device"``/``"pinned"`` are refused. Memory: the rows sorted by
+        (group, class), 4 bytes per row (8 from 2**31 rows), and each epoch's draw while it is
+        dealt (10^8 rows, 700 cells, 2 busy cores: 4.7 s to sort once, 9.5 s per epoch's draw,
+        where a plain permutation took 5.9 s).
     seed, rank, world_size
         Every order is a pure function of (seed, epoch, rank, world_size). Rank and world size
         default to ``torch.distributed``'s when it is initialised, else 0 and 1. Rows are dealt to
@@ -217,7 +220,11 @@ class SingleCellLoader:
             found = getattr(self.backend, "groups", None)  # an atlas: its members, by row offsets
             if found is not None:
                 names, offsets = found
-                groups = list(names), np.repeat(np.arange(len(names), dtype=np.int32), np.diff(np.asarray(offsets, np.int64)))
+                sizes = np.diff(np.asarray(offsets, np.int64))
+                if len(sizes) != len(names) or sizes.sum() != self.n_rows or (sizes < 0).any():
+                    raise ValueError(f"{self.path}: the backend's groups ({len(names)} names, offsets {offsets!r}) "
+                                     f"do not cover its {self.n_rows} rows")
+                groups = list(names), np.repeat(np.arange(len(names), dtype=np.int32), sizes)
             else:
                 groups = input_groups(self.path, self.n_rows)
         classes = None

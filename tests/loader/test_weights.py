@@ -232,6 +232,9 @@ def test_an_atlas_backend_s_groups_are_its_members(plates, monkeypatch):
     monkeypatch.setattr(CPUBackend, "groups", (["m0", "m1"], np.array([0, 100, 180])), raising=False)
     loader = SingleCellLoader(path, batch_size=1000, group_weights={"m0": 1, "m1": 3}, epoch_length=DRAWS, device="cpu")
     assert np.mean(_epoch(loader) >= 100) == pytest.approx(0.75, abs=0.015)
+    monkeypatch.setattr(CPUBackend, "groups", (["m0", "m1"], np.array([0, 100, 150])), raising=False)
+    with pytest.raises(ValueError, match="do not cover its 180 rows"):
+        SingleCellLoader(path, group_weights={"m0": 1}, device="cpu")
 
 
 @pytest.mark.gpu
