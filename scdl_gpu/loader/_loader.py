@@ -407,7 +407,10 @@ def _plain(weights: dict | None) -> dict | None:
     """Weights as plain Python values (kept in state_dict, which checkpoints load without pickle)."""
     if weights is None or not isinstance(weights, dict):
         return weights
-    return {(k.item() if isinstance(k, np.generic) else k): (v.item() if isinstance(v, np.generic) else v) for k, v in weights.items()}
+    def plain(x):
+        return x.item() if isinstance(x, np.generic) else x
+
+    return {plain(k): plain(v) for k, v in weights.items()}
 
 
 def _distributed(rank: int | None, world_size: int | None) -> tuple[int, int]:

@@ -80,7 +80,8 @@ def build_weighting(
     """
     g_names, g_ids = groups if group_weights is not None and groups is not None else (["all rows"], None)
     c_labels, c_ids = classes if classes is not None else ([None], None)
-    g_share = _shares(group_weights, g_names, "group_weights", "group", _name_matches) if group_weights is not None else np.ones(1)
+    g_share = (_shares(group_weights, g_names, "group_weights", "group", _name_matches)
+               if group_weights is not None else np.ones(1))
     c_share = (_shares(class_weights, c_labels, "class_weights", f"label of obs column {column!r}", _label_matches)
                if class_weights is not None else np.ones(len(c_labels)))
     n_cells = len(g_names) * len(c_labels)
@@ -92,8 +93,9 @@ def build_weighting(
     for g in np.flatnonzero((g_share > 0) & (totals == 0)):
         what = "rows" if counts[g].sum() == 0 else "rows of a class with a positive weight"
         raise ValueError(f"group {g_names[g]!r} has a positive weight but no {what}")
-    p = (g_share[:, None] / g_share.sum()) * np.divide(within, totals[:, None], out=np.zeros_like(within), where=totals[:, None] > 0)
-    p = p.ravel() / p.sum()
+    in_group = np.divide(within, totals[:, None], out=np.zeros_like(within), where=totals[:, None] > 0)
+    p = (g_share[:, None] / g_share.sum() * in_group).ravel()
+    p /= p.sum()
     index_dtype = np.int32 if n_rows < 2**31 else np.int64
     if cell is None:
         rows = np.arange(n_rows, dtype=index_dtype)
