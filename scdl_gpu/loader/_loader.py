@@ -12,10 +12,11 @@ import torch
 from ..archive._reader import open_arrays
 from ..backend import Batch, BatchOptions, get_backend, resolve_device
 from ._csr import sort_rows, take_rows, to_scipy
-from ._obs import ObsColumns, ObsmArrays
+from ._obs import ObsColumns, ObsmArrays, input_groups
 from ._order import (ORDERS, Shard, epoch_order, fetch_permutation, resident_shard, resident_share, rng_for,
                      rows_and_batches_per_rank, shard)
 from ._prefetch import prefetch as run_ahead
+from ._weights import Weighting, build_weighting, class_codes
 
 OUTPUTS = ("csr", "dense")
 
@@ -45,7 +46,30 @@ class SingleCellLoader:
         donor, drug) block batches hold fewer distinct groups than random ones. Convert with
         ``row_order="shuffle"`` (``scdl-gpu convert --row-order shuffle``) to get block order's
         speed with random order's batch variety.
-        ``True``/``False`` mean ``"random"``/``"sequential"``.
+        ``True``/``False`` mean ``"random"``/``"sequential"``. Default: ``"block"``, or
+        ``"random"`` with weights (the only order weighted sampling has).
+    balance, class_weights
+        Weighted sampling by an obs column: with ``balance`` alone every class (value) of the
+        column is drawn equally often; ``class_weights`` (label → weight) sets each class's share
+        of the draws instead (relative: ``{"T": 2, "B": 1}`` draws T twice as often as B), and a
+        label left out of it is never drawn; a label the column lacks is an error. Rows without a
+        value (code -1 or NaN) are a class of their own, labelled ``None``.
+    group_weights
+        Each group's share of the draws (name → weight; groups left out are never drawn). The
+        groups are an atlas's members, or for one archive the inputs it records: its obs blocks
+        (named by their label, an input's path, or ``input_<k>``; the writer merges consecutive
+        inputs with the same obs columns into one block), or the ``source_file`` column of a
+        shuffled conversion. A name may be given as the full name, the file name or its stem.
+        With ``balance`` too, classes are balanced (or weighted) inside each group.
+    epoch_length
+        Rows drawn per epoch over all ranks with weights (default: the archive's row count).
+        Weighted epochs draw with replacement: a pure function of (seed, epoch), dealt to ranks
+        and cut into batches like any order (``drop_last`` as there), resumable with
+        ``state_dict``. They stream rows, so on a GPU ``residency`` ``"auto"`` means
+        ``"stream"`` and ``"device"``/``"pinned"`` are refused. Memory: the rows sorted by
+        (group, class), 4 bytes per row (8 from 2**31 rows), and each epoch's draw while it is
+        dealt (10^8 rows, 700 cells, 2 busy cores: 4.7 s to sort once, 9.5 s per epoch's draw,
+        where a plain permutation took 5.9 s).
     seed, rank, world_size
         Every order is a pure function of (seed, epoch, rank, world_size). Rank and world size
         default to ``torch.distributed``'s when it is initialised, else 0 and 1. Rows are dealt to
@@ -85,7 +109,7 @@ class SingleCellLoader:
         self,
         data,
         batch_size: int = 4096,
-        shuffle: str | bool = "block",
+        shuffle: str | bool | None = None,
         *,
         block_size: int | None = None,
         fetch_factor: int = 1,
@@ -102,12 +126,21 @@ class SingleCellLoader:
         neighbors: bool = False,
         options: BatchOptions | None = None,
         residency: str = "auto",
+        balance: str | None = None,
+        class_weights: dict | None = None,
+        group_weights: dict[str, float] | None = None,
+        epoch_length: int | None = None,
     ) -> None:
         self.path = Path(getattr(data, "data_path", data))
+        weighted = _check_weighting(balance, class_weights, group_weights, epoch_length)
         if isinstance(shuffle, bool):
             shuffle = "random" if shuffle else "sequential"
+        if shuffle is None:
+            shuffle = "random" if weighted else "block"
         if shuffle not in ORDERS:
             raise ValueError(f"shuffle must be one of {ORDERS} (or a bool), got {shuffle!r}")
+        if weighted and shuffle != "random":
+            raise ValueError(f"weighted sampling draws rows in random order; shuffle={shuffle!r} cannot apply (leave it unset)")
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         if block_size is None:  # at least 64 blocks per batch: contiguous reads, yet well mixed
@@ -125,11 +158,13 @@ class SingleCellLoader:
             opts = BatchOptions(**{**opts.__dict__, "dense": True})
         self._share = None
         if resolve_device(device) == "cuda" and residency != "stream":
-            if neighbors and residency in ("device", "pinned"):
-                raise ValueError("neighbors=True reads rows outside a rank's resident share; use residency='stream'")
+            for asked, what in ((neighbors, "neighbors=True"), (weighted, "weighted sampling")):
+                if asked and residency in ("device", "pinned"):
+                    raise ValueError(f"{what} reads rows outside a rank's resident share; use residency='stream'")
+            streams = neighbors or weighted
             n_rows = open_arrays(self.path).n_rows
-            share = None if neighbors else resident_share(n_rows, self.seed, self.rank, self.world_size, self.drop_last)
-            residency = "stream" if neighbors else residency
+            share = None if streams else resident_share(n_rows, self.seed, self.rank, self.world_size, self.drop_last)
+            residency = "stream" if streams else residency
             self.backend = get_backend(self.path, device=device, options=opts, residency=residency, resident_rows=share)
             if self.backend.residency in ("device", "pinned"):
                 self._share = share
@@ -141,6 +176,9 @@ class SingleCellLoader:
         self.n_genes = self.backend.width
         self.obs = ObsColumns(self.path, list(obs_columns or []), self.n_rows)
         self.obsm = ObsmArrays(self.path, list(obsm_keys), self.n_rows) if obsm_keys else None
+        self.weighting = dict(balance=balance, class_weights=_plain(class_weights), group_weights=_plain(group_weights),
+                              epoch_length=None if epoch_length is None else int(epoch_length)) if weighted else None
+        self._weights = self._build_weights() if weighted else None
         self.neighbors = None
         if neighbors:
             arrays = open_arrays(self.path, load_neighbors=True)
@@ -170,7 +208,37 @@ class SingleCellLoader:
         """
         return self.obs.categories
 
+    @property
+    def epoch_rows(self) -> int:
+        """Rows drawn per epoch over all ranks: ``epoch_length`` when weighted, else every row once."""
+        return self.n_rows if self.weighting is None or self.weighting["epoch_length"] is None else self.weighting["epoch_length"]
+
+    def _build_weights(self) -> Weighting:
+        spec = self.weighting
+        groups = None
+        if spec["group_weights"] is not None:
+            found = getattr(self.backend, "groups", None)  # an atlas: its members, by row offsets
+            if found is not None:
+                names, offsets = found
+                sizes = np.diff(np.asarray(offsets, np.int64))
+                if len(sizes) != len(names) or sizes.sum() != self.n_rows or (sizes < 0).any():
+                    raise ValueError(f"{self.path}: the backend's groups ({len(names)} names, offsets {offsets!r}) "
+                                     f"do not cover its {self.n_rows} rows")
+                groups = list(names), np.repeat(np.arange(len(names), dtype=np.int32), sizes)
+            else:
+                groups = input_groups(self.path, self.n_rows)
+        classes = None
+        if spec["balance"] is not None:
+            col = spec["balance"]
+            obs = self.obs if col in self.obs.columns else ObsColumns(self.path, [col], self.n_rows)
+            classes = class_codes(obs.values[col], obs.categories.get(col))
+        return build_weighting(self.n_rows, groups, spec["group_weights"], classes, spec["class_weights"], spec["balance"] or "")
+
     def _shard(self, epoch: int) -> Shard:
+        if self._weights is not None:  # a global draw with replacement, dealt to ranks like any order
+            drawn = self._weights.draw(self.epoch_rows, rng_for(self.seed, epoch, 5))
+            sh = shard(drawn, self.rank, self.world_size, self.batch_size, self.drop_last)
+            return Shard(sh.rows.astype(np.int64), sh.batch_size, sh.n_batches)  # only this rank's part widened
         if self._share is not None:
             return resident_shard(self._share, self.order, self.seed, epoch, self.rank, self.batch_size,
                                   self.block_size, self.drop_last)
@@ -179,7 +247,8 @@ class SingleCellLoader:
 
     def __len__(self) -> int:
         """Batches per epoch on this rank (the same on every rank; computed without the order)."""
-        return rows_and_batches_per_rank(self.n_rows, self.world_size, self.batch_size, self.drop_last)[1] if self.n_rows else 0
+        n = self.epoch_rows
+        return rows_and_batches_per_rank(n, self.world_size, self.batch_size, self.drop_last)[1] if n else 0
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose order the next iteration follows (as ``DistributedSampler``)."""
@@ -189,7 +258,7 @@ class SingleCellLoader:
         """Where the iteration stands: load it into a fresh loader to continue with the next batch."""
         return dict(epoch=self.epoch, batches_done=self._done, seed=self.seed, order=self.order,
                     batch_size=self.batch_size, world_size=self.world_size, rank=self.rank, n_rows=self.n_rows,
-                    partition=self.partition)
+                    partition=self.partition, weighting=self.weighting)
 
     @property
     def partition(self) -> str:
@@ -198,8 +267,9 @@ class SingleCellLoader:
         return "resident" if self._share is not None else "global"
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "order", "batch_size", "world_size", "n_rows", "partition"):
-            if state.get(key, "global" if key == "partition" else None) != getattr(self, key):
+        defaults = {"partition": "global", "weighting": None}  # states saved before these keys existed
+        for key in ("seed", "order", "batch_size", "world_size", "n_rows", "partition", "weighting"):
+            if state.get(key, defaults.get(key)) != getattr(self, key):
                 raise ValueError(f"state_dict was taken with {key}={state.get(key)!r}, this loader has {getattr(self, key)!r}")
         self.epoch, self._resume_at, self._done = int(state["epoch"]), int(state["batches_done"]), int(state["batches_done"])
 
@@ -316,6 +386,31 @@ def _silence_csr_beta_warning() -> None:
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
         Batch(np.zeros(0, np.int64), (0, 0), crow=torch.zeros(1, dtype=torch.int32), col=torch.zeros(0, dtype=torch.int32),
               values=torch.zeros(0)).to_sparse_csr()
+
+
+def _check_weighting(balance, class_weights, group_weights, epoch_length) -> bool:
+    """Whether the loader is weighted; errors for parameters that do not go together."""
+    if balance is not None and not isinstance(balance, str):
+        raise ValueError(f"balance must be the name of an obs column, got {balance!r}")
+    if class_weights is not None and balance is None:
+        raise ValueError("class_weights needs balance=COLUMN: the obs column whose values it weights")
+    weighted = balance is not None or group_weights is not None
+    if epoch_length is not None:
+        if not weighted:
+            raise ValueError("epoch_length applies to weighted sampling (balance= or group_weights=)")
+        if isinstance(epoch_length, bool) or not isinstance(epoch_length, (int, np.integer)) or epoch_length < 1:
+            raise ValueError(f"epoch_length must be a positive integer, got {epoch_length!r}")
+    return weighted
+
+
+def _plain(weights: dict | None) -> dict | None:
+    """Weights as plain Python values (kept in state_dict, which checkpoints load without pickle)."""
+    if weights is None or not isinstance(weights, dict):
+        return weights
+    def plain(x):
+        return x.item() if isinstance(x, np.generic) else x
+
+    return {plain(k): plain(v) for k, v in weights.items()}
 
 
 def _distributed(rank: int | None, world_size: int | None) -> tuple[int, int]:

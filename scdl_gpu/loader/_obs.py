@@ -69,3 +69,28 @@ class ObsmArrays:
     def take(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
         """``(len(rows), width)`` tensors of the batch's rows (copies: the maps stay read-only)."""
         return {key: torch.from_numpy(np.ascontiguousarray(a[rows])) for key, a in self.arrays.items()}
+
+
+def input_groups(path: str | Path, n_rows: int) -> tuple[list[str], np.ndarray]:
+    """The inputs an archive's rows came from, as far as it records them: (names, each row's index).
+
+    Its obs blocks when it has several (the writer merges consecutive inputs with the same obs
+    columns into one block, so these are runs of inputs; a block is named by its label, else
+    ``input_<k>``); else the ``source_file`` column a shuffled conversion of several inputs writes;
+    else one group.
+    """
+    from ..convert._shuffle import SOURCE_FILE  # the column's one definition (convert writes it)
+
+    index = load_feature_index(path, FileNames.OBS_FEATURES)
+    blocks = index._feature_arr
+    names = [lab if lab is not None else f"input_{k}" for k, lab in enumerate(index._labels)] or ["input_0"]
+    if len(blocks) > 1 or not (blocks and SOURCE_FILE in blocks[0]):
+        sizes = [index._block_rows(b) for b in range(len(blocks))] or [n_rows]
+        if sum(sizes) != n_rows:
+            raise ArchiveError(f"{path}: the obs index covers {sum(sizes)} rows, expected the archive's {n_rows}")
+        return names, np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
+    source = ObsColumns(path, [SOURCE_FILE], n_rows)
+    codes = source.values[SOURCE_FILE]
+    if (codes < 0).any():
+        raise ArchiveError(f"{path}: obs column {SOURCE_FILE!r} has rows without a value")
+    return [str(c) for c in source.categories[SOURCE_FILE]], codes
