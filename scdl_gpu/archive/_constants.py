@@ -119,3 +119,8 @@ DEFAULT_DTYPES = {
 #: scdl_gpu's own notes about an archive (upstream ignores the file): facts learned while writing
 #: it, valid only while ``n_rows`` and ``nnz`` still match the arrays.
 LAYOUT_FILE = "scdl_gpu.json"
+
+#: obs columns a shuffled conversion adds: each row's position in its input, and (several inputs)
+#: the input it came from
+SOURCE_ROW = "source_row"
+SOURCE_FILE = "source_file"

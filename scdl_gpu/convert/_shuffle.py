@@ -46,7 +46,7 @@ import pandas as pd
 
 from .._memory import host_memory
 from ..archive._concat import row_chunks
-from ..archive._constants import FileNames
+from ..archive._constants import SOURCE_FILE, SOURCE_ROW, FileNames
 from ..archive._memmap import write_raw
 from ..archive._rowfiles import ROWPTR_PARTIAL, Segment
 from ..errors import ConversionError
@@ -55,8 +55,6 @@ from ._cancel import check_cancelled
 log = logging.getLogger(__name__)
 
 ROW_ORDERS = ("input", "shuffle")
-SOURCE_ROW = "source_row"  # obs column: the row's position in its input
-SOURCE_FILE = "source_file"  # obs column (several inputs): the input it came from
 DEFAULT_MAX_MEMORY = 2 << 30
 BUCKET_DIR = ".shuffle"  # inside the writer's partial directory: removed with it on any failure
 MAX_BUCKETS = 1 << 16

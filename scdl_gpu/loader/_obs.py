@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..archive._constants import FileNames
+from ..archive._constants import SOURCE_FILE, FileNames
 from ..archive._obsm import open_obsm
 from ..archive._reader import load_feature_index
 from ..errors import ArchiveError
@@ -79,7 +79,6 @@ def input_groups(path: str | Path, n_rows: int) -> tuple[list[str], np.ndarray]:
     ``input_<k>``); else the ``source_file`` column a shuffled conversion of several inputs writes;
     else one group.
     """
-    from ..convert._shuffle import SOURCE_FILE  # the column's one definition (convert writes it)
 
     index = load_feature_index(path, FileNames.OBS_FEATURES)
     blocks = index._feature_arr
