@@ -195,7 +195,7 @@ def _prepare(root: Path, append: bool, resume: bool, overwrite: bool) -> Atlas |
             _delete_atlas(root)
             return None
         if not append:
-            raise FileExistsError(f"{root} is already an atlas; pass append=True to add members, or overwrite=True to convert anew")
+            raise FileExistsError(f"{root} is already an atlas; pass append=True to add members, or pass overwrite=True to convert anew")
         return read_manifest(root)
     if append:
         raise FileNotFoundError(f"{root} is not an atlas to append to (no {MANIFEST})")
@@ -205,7 +205,7 @@ def _prepare(root: Path, append: bool, resume: bool, overwrite: bool) -> Atlas |
         elif not resume:
             raise FileExistsError(
                 f"{root} holds the members of a conversion that did not finish (no {MANIFEST}); pass resume=True to keep "
-                "them and convert the rest, or overwrite=True to convert anew"
+                "them and convert the rest, or pass overwrite=True to convert anew"
             )
     return None
 
