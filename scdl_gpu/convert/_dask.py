@@ -9,12 +9,15 @@ worker does not make Dask recompute members that are already written.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable, Sequence
 
 from ._atlas import MemberResult, MemberTask, clean_members, convert_member
 
 LOCAL = "local"
+
+log = logging.getLogger(__name__)
 
 
 def check_scheduler(scheduler: str) -> None:
@@ -36,7 +39,8 @@ def _client(scheduler: str, workers: int, memory: int | None):
     if scheduler != LOCAL:
         return Client(scheduler), None
     cluster = LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+        # port 0: a free port (the default 8787 warns when taken, e.g. by a second run on this machine)
+        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
         memory_limit=memory if memory is not None else "auto",
     )
     try:
@@ -58,6 +62,7 @@ def run_dask(tasks: Sequence[MemberTask], scheduler: str, workers: int, memory: 
 
     client, cluster = _client(scheduler, workers, memory)
     try:
+        log.info("converting %d members on %s (dashboard: %s)", len(tasks), client.scheduler.address, client.dashboard_link)
         run = uuid.uuid4().hex[:8]
         futures = client.map(convert_member, list(tasks), [True] * len(tasks), pure=False,
                              key=[f"scdl-member-{t.name}-{run}" for t in tasks])
@@ -66,11 +71,11 @@ def run_dask(tasks: Sequence[MemberTask], scheduler: str, workers: int, memory: 
         try:
             for fut, result in as_completed(futures, with_results=True, raise_errors=False):
                 task = by_key[fut.key]
-                fut.release()  # written: never recomputed if the worker holding the result is lost
-                if isinstance(result, BaseException):
-                    failures.append((task, result))
+                if fut.status == "error":
+                    failures.append((task, fut.exception()))
                 else:
                     done(result)
+                fut.release()  # written: never recomputed if the worker holding the result is lost
         except BaseException:
             client.cancel(futures)
             raise
