@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 
@@ -119,27 +120,7 @@ def convert(args) -> int:
         raise CommandError(f"{', '.join(given)} need --atlas")
     if os.path.exists(args.output) and not args.overwrite:
         raise CommandError(f"output {args.output} already exists; choose another path or pass --overwrite")
-    report = convert_many(
-        args.inputs,
-        args.output,
-        workers=args.workers,
-        use_processes=args.use_processes,
-        data_dtype=args.data_dtype,
-        use_X_not_raw=args.use_X_not_raw,
-        neighbor_key=args.neighbor_key,
-        allow_missing_neighbors=args.allow_missing_neighbors,
-        gene_vocab=args.gene_vocab,
-        gene_key=args.gene_key,
-        genome=args.genome,
-        keep_column_order=args.keep_column_order,
-        allow_nonfinite=args.allow_nonfinite,
-        obsm_keys=args.obsm_keys,
-        row_order=args.row_order,
-        seed=args.seed,
-        max_memory=args.max_memory,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-    )
+    report = convert_many(args.inputs, args.output, row_order=args.row_order, seed=args.seed, **shared_options(args))
     if args.report:
         write_report(report, args.report)
     if not args.quiet:
@@ -150,6 +131,17 @@ def convert(args) -> int:
         if report.vocabulary_size is not None:
             print(report.alignment_table(), file=sys.stderr)
     return 0
+
+
+def shared_options(args) -> dict:
+    """The options of both ``convert`` and ``convert --atlas``, as keywords of the library calls."""
+    return dict(
+        workers=args.workers, use_processes=args.use_processes, data_dtype=args.data_dtype,
+        use_X_not_raw=args.use_X_not_raw, neighbor_key=args.neighbor_key,
+        allow_missing_neighbors=args.allow_missing_neighbors, gene_vocab=args.gene_vocab, gene_key=args.gene_key,
+        genome=args.genome, keep_column_order=args.keep_column_order, allow_nonfinite=args.allow_nonfinite,
+        obsm_keys=args.obsm_keys, max_memory=args.max_memory, overwrite=args.overwrite, progress=not args.quiet,
+    )
 
 
 def summary_line(report) -> str:
@@ -181,28 +173,16 @@ def convert_atlas(args) -> int:
 
     if args.row_order != "input" or args.seed is not None:
         raise CommandError("--atlas keeps each member in input order; shuffle at load time instead of --row-order/--seed")
+    if args.scheduler is not None and not getattr(args, "debug", False):
+        # distributed logs every worker and connection at INFO (set when it is imported); the progress bar says enough
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            pass  # the conversion says what to install
+        logging.getLogger("distributed").setLevel(logging.WARNING)
     report = convert_to_atlas(
-        args.inputs,
-        args.output,
-        workers=args.workers,
-        use_processes=args.use_processes,
-        scheduler=args.scheduler,
-        member_rows=args.member_rows,
-        gene_vocab=args.gene_vocab,
-        gene_key=args.gene_key,
-        append=args.append,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        max_memory=args.max_memory,
-        progress=not args.quiet,
-        data_dtype=args.data_dtype,
-        use_X_not_raw=args.use_X_not_raw,
-        genome=args.genome,
-        neighbor_key=args.neighbor_key,
-        allow_missing_neighbors=args.allow_missing_neighbors,
-        keep_column_order=args.keep_column_order,
-        allow_nonfinite=args.allow_nonfinite,
-        obsm_keys=args.obsm_keys,
+        args.inputs, args.output, scheduler=args.scheduler, member_rows=args.member_rows, append=args.append,
+        resume=args.resume, **shared_options(args),
     )
     if args.report:
         write_report(report, args.report)

@@ -18,6 +18,7 @@ the rest, ``overwrite`` starts anew); anything else is refused. ``resume`` also 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import multiprocessing as mp
 import os
 import signal
@@ -112,8 +113,7 @@ class AtlasConversionReport:
 def convert_member(task: MemberTask, capture_warnings: bool = False) -> MemberResult:
     """Write one member; with ``capture_warnings`` (worker processes) the warnings travel in the result."""
     t0 = time.perf_counter()
-    caught = []
-    with warnings.catch_warnings(record=True) if capture_warnings else _nothing() as record:
+    with warnings.catch_warnings(record=True) if capture_warnings else contextlib.nullcontext([]) as record:
         if capture_warnings:
             warnings.simplefilter("always")
         o = task.options
@@ -127,18 +127,8 @@ def convert_member(task: MemberTask, capture_warnings: bool = False) -> MemberRe
                 max_rows=_max_rows(Path(task.source), o.paginated_load_cutoff, o.load_block_row_size),
                 keep_column_order=o.keep_column_order, allow_nonfinite=o.allow_nonfinite, obsm_keys=o.obsm_keys,
             )
-        if capture_warnings:
-            caught = [(str(w.message), w.category) for w in record]
     return MemberResult(task.name, task.member, task.label, task.rows, task.n_rows, time.perf_counter() - t0,
-                        socket.gethostname(), os.getpid(), caught)
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
+                        socket.gethostname(), os.getpid(), [(str(w.message), w.category) for w in record])
 
 
 def clean_members(paths: Sequence[str]) -> int:
@@ -288,7 +278,7 @@ def convert_to_atlas(
     *,
     workers: int = 1,
     use_processes: bool = False,
-    scheduler: str | None = None,
+    scheduler=None,
     member_rows: int | None = None,
     gene_vocab: str | os.PathLike | Sequence[str] | None = None,
     gene_key: str | None = None,
@@ -325,8 +315,9 @@ def convert_to_atlas(
     scheduler
         ``None``: threads or processes here. ``"local"``: a Dask ``LocalCluster`` of ``workers``
         processes with one thread each (memory limit per worker ``max_memory``). An address
-        (``"tcp://host:8786"``): the Dask cluster behind it; the inputs and ``atlas_path`` must
-        be on a filesystem every worker sees at the same paths. Needs ``dask[distributed]``.
+        (``"tcp://host:8786"``) or a Dask cluster object (``SLURMCluster``, ``KubeCluster``: its
+        ``scheduler_address``): that cluster, whose workers must see the inputs and
+        ``atlas_path`` at the same paths (a shared filesystem). Needs ``dask[distributed]``.
     member_rows
         Cut inputs of more rows into members of this many (``<name>-<k>``, the last one
         shorter); only their rows are read (column-major inputs are read whole for each range).
@@ -368,6 +359,7 @@ def convert_to_atlas(
     if scheduler is not None:
         from ._dask import check_scheduler
 
+        scheduler = getattr(scheduler, "scheduler_address", scheduler)  # a cluster object
         check_scheduler(scheduler)
     memory = parse_memory(max_memory) if max_memory is not None else None
     obsm_keys = tuple(check_keys(obsm_keys))

@@ -22,8 +22,10 @@ log = logging.getLogger(__name__)
 
 def check_scheduler(scheduler: str) -> None:
     """``"local"`` or a scheduler address; and Dask distributed installed."""
-    if scheduler != LOCAL and "://" not in scheduler:
-        raise ValueError(f"scheduler must be 'local' or an address such as tcp://host:8786, got {scheduler!r}")
+    if not isinstance(scheduler, str) or (scheduler != LOCAL and "://" not in scheduler):
+        raise ValueError(
+            f"scheduler must be 'local', an address such as tcp://host:8786 or a Dask cluster, got {scheduler!r}"
+        )
     try:
         import distributed  # noqa: F401
     except ImportError as e:

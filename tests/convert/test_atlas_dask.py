@@ -67,7 +67,7 @@ def killing(cluster, member: str, kills: int, tmp_path: Path):
 
 
 def test_dask_members_equal_the_threaded_ones(cluster, inputs, threaded, tmp_path):
-    report = convert_to_atlas(inputs, tmp_path / "atlas", scheduler=cluster.scheduler_address, **OPTIONS)
+    report = convert_to_atlas(inputs, tmp_path / "atlas", scheduler=cluster, **OPTIONS)  # a cluster object, or its address
     assert report.scheduler == cluster.scheduler_address
     worker_pids = {w.process.pid for w in cluster.workers.values()}  # the nannies' worker processes
     assert {r.pid for r in report.converted} <= worker_pids and os.getpid() not in worker_pids
@@ -103,6 +103,12 @@ def test_a_task_killed_for_good_leaves_no_manifest_and_resume_finishes(cluster, 
     report = convert_to_atlas(inputs, out, scheduler=cluster.scheduler_address, resume=True, **OPTIONS)
     assert [r.name for r in report.converted] == ["s2_dense-1"] and len(report.kept) == 8
     assert_same_atlas(out, threaded)
+
+
+def test_bad_scheduler(inputs, tmp_path):
+    with pytest.raises(ValueError, match="scheduler must be 'local', an address"):
+        convert_to_atlas(inputs, tmp_path / "atlas", scheduler="localhost:8786")
+    assert not (tmp_path / "atlas").exists()
 
 
 def test_cli_scheduler_local(inputs, threaded, tmp_path):
