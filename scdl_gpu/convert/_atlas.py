@@ -167,37 +167,34 @@ def _state(root: Path) -> str:
         return "other"
     if is_atlas(root):
         return "atlas"
-    names = {n for n in os.listdir(root)}
-    if not names:
+    names = set(os.listdir(root))
+    if names <= {LOCK}:
         return "new"
     return "failed" if names <= {MEMBERS_DIR, MAPS_DIR, LOCK} else "other"
 
 
-def _prepare(root: Path, append: bool, resume: bool, overwrite: bool) -> Atlas | None:
-    """Check the output directory against the mode; returns the atlas to append to, if any."""
-    if append and overwrite:
-        raise ValueError("append and overwrite exclude each other")
+def _prepare(root: Path, append: bool, resume: bool, overwrite: bool) -> tuple[Atlas | None, bool]:
+    """Check the output directory against the mode: ``(the atlas to append to, whether to delete
+    what is there first)``. Nothing is deleted here: the inputs are checked before that."""
+    if overwrite and (append or resume):
+        raise ValueError(f"overwrite and {'append' if append else 'resume'} exclude each other")
     state = _state(root)
     if state == "other":
         raise FileExistsError(f"{root} exists and is not an atlas directory; choose another output")
     if state == "atlas":
         if overwrite:
-            _delete_atlas(root)
-            return None
+            return None, True
         if not append:
             raise FileExistsError(f"{root} is already an atlas; pass append=True to add members, or pass overwrite=True to convert anew")
-        return read_manifest(root)
+        return read_manifest(root), False
     if append:
         raise FileNotFoundError(f"{root} is not an atlas to append to (no {MANIFEST})")
-    if state == "failed":
-        if overwrite:
-            _delete_atlas(root)
-        elif not resume:
-            raise FileExistsError(
-                f"{root} holds the members of a conversion that did not finish (no {MANIFEST}); pass resume=True to keep "
-                "them and convert the rest, or pass overwrite=True to convert anew"
-            )
-    return None
+    if state == "failed" and not (resume or overwrite):
+        raise FileExistsError(
+            f"{root} holds the members of a conversion that did not finish (no {MANIFEST}); pass resume=True to keep "
+            "them and convert the rest, or pass overwrite=True to convert anew"
+        )
+    return None, state == "failed" and overwrite
 
 
 def _delete_atlas(root: Path) -> None:
@@ -364,7 +361,7 @@ def convert_to_atlas(
     memory = parse_memory(max_memory) if max_memory is not None else None
     obsm_keys = tuple(check_keys(obsm_keys))
     root = Path(atlas_path)
-    old = _prepare(root, append, resume, overwrite)
+    old, delete = _prepare(root, append, resume, overwrite)
 
     probes = [_probe(p, use_X_not_raw, genome, False, neighbor_key, obsm_keys) for p in paths]
     for p in probes:  # an input must hold every requested key, as a single-input conversion needs
@@ -377,6 +374,8 @@ def convert_to_atlas(
         obs_feature_index_name, keep_column_order, allow_nonfinite, obsm_keys, max_block_values,
         paginated_load_cutoff, load_block_row_size,
     )
+    if delete:
+        _delete_atlas(root)
     tasks = _plan(root, probes, member_names(paths), member_rows, options)
     existing = set(old.names) if old is not None else set()
     clash = sorted(t.name for t in tasks if t.name in existing)

@@ -73,7 +73,7 @@ def test_processes_and_10x_inputs(tmp_path):
 
 @pytest.mark.parametrize("member_rows", [10, 23, 1000])
 def test_row_ranges_cut_inputs_exactly(inputs, singles, tmp_path, member_rows):
-    inputs_ = [*sorted(inputs.glob("*.h5ad")), TENX_MTX]  # CSR, CSC, dense and Matrix Market sources
+    inputs_ = [*sorted(inputs.glob("*.h5ad")), TENX_MTX, TENX_H5]  # CSR, CSC, dense, Matrix Market and 10x HDF5 sources
     report = convert_to_atlas(inputs_, tmp_path / "atlas", workers=2, member_rows=member_rows, use_X_not_raw=True,
                               max_block_values=50)
     atlas = open_atlas(tmp_path / "atlas")
@@ -84,7 +84,7 @@ def test_row_ranges_cut_inputs_exactly(inputs, singles, tmp_path, member_rows):
     for p in inputs_:
         parts = by_input[p.name]
         stem = p.stem if p.is_file() else p.name
-        ref = singles.get(stem) or convert_many([p], tmp_path / "mtx.ref").archive
+        ref = singles.get(stem) or convert_many([p], tmp_path / f"{stem}.ref").archive
         n = open_arrays(ref).n_rows
         assert [r.rows for r in parts] == row_ranges(n, member_rows)
         if len(parts) > 1:
@@ -133,6 +133,11 @@ def test_existing_atlas_needs_append_or_overwrite(inputs, tmp_path):
     assert open_atlas(out).names == ["s0_csr", "s1_csc", "s2_dense"] and report.n_members == 3
     with pytest.raises(FileExistsError, match=r"members named \['s1_csc'\]"):
         convert_to_atlas([s1], out, use_X_not_raw=True, append=True)
+    with pytest.raises(FileNotFoundError):  # the inputs are checked before the atlas is deleted
+        convert_to_atlas([tmp_path / "missing.h5ad"], out, use_X_not_raw=True, overwrite=True)
+    assert open_atlas(out).names == ["s0_csr", "s1_csc", "s2_dense"]
+    with pytest.raises(ValueError, match="overwrite and append exclude each other"):
+        convert_to_atlas([s2], out, use_X_not_raw=True, overwrite=True, append=True)
     report = convert_to_atlas([s2], out, use_X_not_raw=True, overwrite=True)
     assert open_atlas(out).names == ["s2_dense"] and sorted(os.listdir(out / "members")) == ["s2_dense.scdl"]
     (tmp_path / "other").mkdir()
