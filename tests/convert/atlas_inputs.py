@@ -12,11 +12,11 @@ from scdl_gpu.archive._reader import load_feature_index, open_arrays
 from tests.atlas.members import ALL_GENES, member_adata
 
 
-def write_inputs(d: Path) -> list[Path]:
-    """Four h5ad files with different genes and layouts: CSR with unsorted rows, CSC, dense, CSR with obsm."""
+def write_inputs(d: Path) -> Path:
+    """Four h5ad files in ``d`` with different genes and layouts (CSR with unsorted rows, CSC, dense,
+    CSR), each with an obsm array; returns ``d``."""
     d.mkdir(parents=True, exist_ok=True)
     specs = [(37, ALL_GENES[:25], "csr"), (29, ALL_GENES[10:35], "csc"), (23, ALL_GENES[5:30], "dense"), (41, ALL_GENES[15:40], "csr")]
-    out = []
     for k, (n, genes, layout) in enumerate(specs):
         a = member_adata(n, list(genes), seed=k, empty_rows=(3,), shuffle_cols=layout == "csr")
         if layout == "csc":
@@ -26,8 +26,7 @@ def write_inputs(d: Path) -> list[Path]:
         a.obsm["X_pca"] = np.random.default_rng(k).random((n, 3)).astype(np.float32)
         p = d / f"s{k}_{layout}.h5ad"
         a.write_h5ad(p)
-        out.append(p)
-    return out
+    return d
 
 
 def files_of(archive: Path) -> dict[str, bytes]:

@@ -30,9 +30,7 @@ TENX_MTX = BUNDLED / "10x_v3_chr21_mtx"
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("atlas_inputs")
-    write_inputs(d)
-    return d
+    return write_inputs(tmp_path_factory.mktemp("atlas_inputs"))
 
 
 @pytest.fixture(scope="module")

@@ -38,9 +38,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("dask_inputs")
-    write_inputs(d)
-    return d
+    return write_inputs(tmp_path_factory.mktemp("dask_inputs"))
 
 
 @pytest.fixture(scope="module")
