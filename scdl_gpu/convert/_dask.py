@@ -82,7 +82,10 @@ def run_dask(tasks: Sequence[MemberTask], scheduler: str, workers: int, memory: 
             client.cancel(futures)
             raise
         if failures:  # leftovers of workers killed on other hosts: each worker cleans its own host's
-            client.run(clean_members, [t.member for t, _ in failures])
+            try:
+                client.run(clean_members, [t.member for t, _ in failures])
+            except Exception as e:  # the report of the failures matters more; the next writer cleans up too
+                log.warning("could not ask the workers to remove partial members: %s", e)
         return failures
     finally:
         client.close()
