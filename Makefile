@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: demo test scripts bench-convert bench-convert-dir bench-loader bench-shuffle gpu-kit gpu-check clean
+.PHONY: demo test scripts bench-convert bench-convert-dir bench-atlas-convert bench-loader bench-shuffle gpu-kit gpu-check clean
 
 # bionemo-scdl (in the test and bench extras) ships a convert_h5ad_to_scdl of its own, and pip may write
 # it after ours. Reinstalling our package alone (no dependencies) writes our console scripts last; the
@@ -47,6 +47,11 @@ bench-convert: $(STAMP)
 
 bench-convert-dir: $(STAMP)
 	$(PY) benchmarks/bench_convert_dir.py --repeats 3 --json benchmarks/results/convert_dir_cpu.json --markdown benchmarks/results/convert_dir_cpu.md
+
+# 10 Tahoe-like inputs (made once under the temp dir) into an atlas on a 2-worker Dask LocalCluster, against
+# `convert --workers 2` into one archive and `convert --atlas --workers 2` on threads (~5 minutes on 2 cores).
+bench-atlas-convert: $(STAMP)
+	PYTHONPATH=. $(PY) benchmarks/bench_atlas_convert.py --repeats 3 --json benchmarks/results/atlas_convert_cpu.json --markdown benchmarks/results/atlas_convert_cpu.md
 
 # Every loader measurement in one run (results/README.md says what it measures): scdl_gpu on its own,
 # bionemo-scdl's and a gene-aligned conversion of the same cells, the peers (the bench extra), the

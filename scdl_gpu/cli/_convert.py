@@ -1,8 +1,9 @@
-"""``scdl-gpu convert``: files and directories into one archive."""
+"""``scdl-gpu convert``: files and directories into one archive, or into an atlas of member archives."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 
@@ -83,11 +84,23 @@ def register(sub) -> None:
         default=None,
         metavar="SIZE",
         help="memory the converting process may hold during the shuffle, in bytes or as '1GB', '512MiB' "
-        "[without it: 2GiB for the shuffle]; it never changes the order",
+        "[without it: 2GiB for the shuffle]; it never changes the order. With --atlas --scheduler local: "
+        "the memory limit of each Dask worker",
     )
     p.add_argument(
         "--overwrite", action="store_true", help="replace an existing archive at the output path (atomically, once complete)"
     )
+    atlas = p.add_argument_group("atlas", "with --atlas: one member archive per input under DIR/members/, then the "
+                                "manifest DIR/atlas.json (members keep their genes; --gene-vocab makes the atlas vocabulary)")
+    atlas.add_argument("--atlas", action="store_true", help="write an atlas directory instead of one archive")
+    atlas.add_argument("--member-rows", type=int, default=None, metavar="N",
+                       help="cut inputs of more rows into members of N rows (NAME-0, NAME-1, ...) [no cut]")
+    atlas.add_argument("--scheduler", default=None, metavar="local|ADDRESS",
+                       help="run the member conversions on Dask: 'local' starts a LocalCluster of --workers processes "
+                       "(--max-memory each), tcp://HOST:PORT uses a running cluster [threads or processes here]")
+    atlas.add_argument("--append", action="store_true", help="add the inputs as new members of the atlas DIR")
+    atlas.add_argument("--resume", action="store_true",
+                       help="keep the members a failed run finished in DIR and convert only the rest")
     p.add_argument("--report", default=None, metavar="FILE", help="also write the per-input report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(handler=convert)
@@ -99,29 +112,15 @@ def convert(args) -> int:
 
     if args.workers < 1:
         raise CommandError("--workers must be at least 1")
+    if args.atlas:
+        return convert_atlas(args)
+    given = [f for f, v in (("--member-rows", args.member_rows), ("--scheduler", args.scheduler),
+                            ("--append", args.append), ("--resume", args.resume)) if v]
+    if given:
+        raise CommandError(f"{', '.join(given)} need --atlas")
     if os.path.exists(args.output) and not args.overwrite:
         raise CommandError(f"output {args.output} already exists; choose another path or pass --overwrite")
-    report = convert_many(
-        args.inputs,
-        args.output,
-        workers=args.workers,
-        use_processes=args.use_processes,
-        data_dtype=args.data_dtype,
-        use_X_not_raw=args.use_X_not_raw,
-        neighbor_key=args.neighbor_key,
-        allow_missing_neighbors=args.allow_missing_neighbors,
-        gene_vocab=args.gene_vocab,
-        gene_key=args.gene_key,
-        genome=args.genome,
-        keep_column_order=args.keep_column_order,
-        allow_nonfinite=args.allow_nonfinite,
-        obsm_keys=args.obsm_keys,
-        row_order=args.row_order,
-        seed=args.seed,
-        max_memory=args.max_memory,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-    )
+    report = convert_many(args.inputs, args.output, row_order=args.row_order, seed=args.seed, **shared_options(args))
     if args.report:
         write_report(report, args.report)
     if not args.quiet:
@@ -132,6 +131,17 @@ def convert(args) -> int:
         if report.vocabulary_size is not None:
             print(report.alignment_table(), file=sys.stderr)
     return 0
+
+
+def shared_options(args) -> dict:
+    """The options of both ``convert`` and ``convert --atlas``, as keywords of the library calls."""
+    return dict(
+        workers=args.workers, use_processes=args.use_processes, data_dtype=args.data_dtype,
+        use_X_not_raw=args.use_X_not_raw, neighbor_key=args.neighbor_key,
+        allow_missing_neighbors=args.allow_missing_neighbors, gene_vocab=args.gene_vocab, gene_key=args.gene_key,
+        genome=args.genome, keep_column_order=args.keep_column_order, allow_nonfinite=args.allow_nonfinite,
+        obsm_keys=args.obsm_keys, max_memory=args.max_memory, overwrite=args.overwrite, progress=not args.quiet,
+    )
 
 
 def summary_line(report) -> str:
@@ -146,7 +156,42 @@ def write_report(report, path: str) -> None:
     from dataclasses import asdict
 
     d = asdict(report)
-    d["archive"] = str(report.archive)
-    d["inputs_sorted"] = report.inputs_sorted
+    if hasattr(report, "archive"):
+        d["archive"] = str(report.archive)
+        d["inputs_sorted"] = report.inputs_sorted
+    else:
+        d["atlas"] = str(report.atlas)
+        for m in d["converted"]:
+            m["warnings"] = [message for message, _ in m["warnings"]]
     with open(path, "w") as f:
         json.dump(d, f, indent=2)
+
+
+def convert_atlas(args) -> int:
+    from ..convert import convert_to_atlas
+    from ._main import CommandError
+
+    if args.row_order != "input" or args.seed is not None:
+        raise CommandError("--atlas keeps each member in input order; shuffle at load time instead of --row-order/--seed")
+    if args.scheduler is not None and not getattr(args, "debug", False):
+        # distributed logs every worker and connection at INFO (set when it is imported); the progress bar says enough
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            pass  # the conversion says what to install
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+    report = convert_to_atlas(
+        args.inputs, args.output, scheduler=args.scheduler, member_rows=args.member_rows, append=args.append,
+        resume=args.resume, **shared_options(args),
+    )
+    if args.report:
+        write_report(report, args.report)
+    if not args.quiet:
+        kept = f", {len(report.kept)} kept from the earlier run" if report.kept else ""
+        print(
+            f"wrote {report.atlas}: atlas of {report.n_members} members ({len(report.converted)} converted{kept}), "
+            f"{report.n_rows:,} cells x {report.n_genes:,} genes ({report.vocab_mode}) in {report.seconds:.1f} s "
+            f"on {report.scheduler}",
+            file=sys.stderr,
+        )
+    return 0

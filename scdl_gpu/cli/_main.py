@@ -34,6 +34,9 @@ FLAGS = {
     "allow_lossy": "--allow-lossy",
     "allow_missing_neighbors": "--allow-missing-neighbors",
     "allow_nonfinite": "--allow-nonfinite",
+    "append": "--append",
+    "overwrite": "--overwrite",
+    "resume": "--resume",
     "use_X_not_raw": "--use-X-not-raw",
 }
 _KEYWORD_HINT = re.compile(r"\b(?:set|pass) (\w+)=(True|False)\b")

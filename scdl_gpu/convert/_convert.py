@@ -14,9 +14,10 @@ from ..archive._dtypes import check_data_dtype
 from ..archive._writer import ArchiveWriter
 from ..errors import ConversionError
 from ._cancel import check_cancelled, interruptible
-from ._copy import ValueCast, copy_matrix
+from ..archive._rowfiles import RowFiles
+from ._copy import AUTO, ValueCast, copy_matrix
 from ._h5ad import H5adSource, features_of
-from ._matrix import ScatterReader
+from ._matrix import ScatterReader, check_row_range
 from ._obsm import check_keys, copy_obsm, plan_obsm, probe_obsm
 from ._source import Source, table_names
 
@@ -124,31 +125,87 @@ def convert_h5ad(
         if load_neighbors and source.neighbors(neighbor_key) is None:
             check_neighbors_allowed(neighbor_key, [(src, source.neighbor_keys())], allow_missing_neighbors)
             load_neighbors = False
-        n_rows, n_vars = source.shape
-        obs, var = source.obs(), source.var()
-        label = str(h5ad_path)
-        obsm = plan_obsm([(label, probe_obsm(source, obsm_keys), source.obsm_keys())], obsm_keys)
-        with ArchiveWriter(archive_path, n_vars=n_vars, data_dtype=data_dtype, overwrite=overwrite) as w:
-            w.add_var_block(n_rows, features_of(var, var_feature_index_name), label, names=table_names(var))
-            w.add_obs_block(features_of(obs, obs_feature_index_name), label, names=table_names(obs))
-            if load_neighbors:
-                copy_neighbors(source, neighbor_key, w, max_block_values)
-            bar = _progress(progress, n_rows, src.name)
-            try:
-                cast = ValueCast(data_dtype, data_dtype_tolerance, allow_nonfinite=allow_nonfinite)
-                unsorted = copy_matrix(
-                    source.matrix, w.rows, cast, max_block_values, max_rows,
-                    on_rows=bar.update if bar else None, sort_rows=not keep_column_order,
-                )
-            finally:
-                if bar is not None:
-                    bar.close()
-            for key, (dtype, width) in obsm.items():
-                copy_obsm(source.obsm(key), n_rows, w.add_obsm(key, dtype, n_rows, width), 0, max_block_values)
-            if unsorted:
-                done = "kept as given" if keep_column_order else "sorted"
-                log.info("%s: %d rows with unsorted columns, %s", src, unsorted, done)
-            return w.commit()
+        return write_source(
+            source, archive_path, label=str(h5ad_path), data_dtype=data_dtype, data_dtype_tolerance=data_dtype_tolerance,
+            neighbor_key=neighbor_key if load_neighbors else None, var_feature_index_name=var_feature_index_name,
+            obs_feature_index_name=obs_feature_index_name, overwrite=overwrite, max_block_values=max_block_values,
+            max_rows=max_rows, progress=progress, keep_column_order=keep_column_order, allow_nonfinite=allow_nonfinite,
+            obsm_keys=obsm_keys,
+        )
+
+
+def write_source(
+    source: Source,
+    archive_path: str | os.PathLike,
+    *,
+    rows: tuple[int, int] | None = None,
+    label: str | None = None,
+    data_dtype: str | None = None,
+    data_dtype_tolerance: float = 1e-08,
+    neighbor_key: str | None = None,
+    var_feature_index_name: str = "var_feature_id",
+    obs_feature_index_name: str = "obs_feature_id",
+    overwrite: bool = False,
+    max_block_values: int = MAX_BLOCK_VALUES,
+    max_rows: int = 1 << 62,
+    progress: bool = False,
+    keep_column_order: bool = False,
+    allow_nonfinite: bool = False,
+    obsm_keys: Sequence[str] = (),
+) -> Path:
+    """Write one opened input (or only its rows ``rows = (start, stop)``) as one archive.
+
+    The body of every single-input conversion (:func:`convert_h5ad`, an atlas member). Only the
+    rows of the range are read, except from column-major inputs (CSC, Matrix Market), whose rows
+    are spread over the whole file. ``data_dtype="auto"`` stages the values in the input's dtype
+    and stores them in the smallest dtype that holds them all. A neighbor graph links cells of
+    the whole input, so it cannot be cut into row ranges.
+    """
+    label = label or str(source.path)
+    n_in = source.shape[0]
+    start, stop = (0, n_in) if rows is None else check_row_range(rows[0], rows[1], n_in, label)
+    part = (start, stop) != (0, n_in)
+    if part and neighbor_key is not None:
+        raise ConversionError(
+            f"{label}: the neighbor graph obsp[{neighbor_key!r}] links cells across the whole input, so it cannot be "
+            "split into row ranges; convert it whole or without the graph"
+        )
+    matrix = source.matrix.select_rows(start, stop) if part else source.matrix
+    obs, var = source.obs(), source.var()
+    if part:
+        obs = obs.iloc[start:stop]
+    n_rows, n_vars = matrix.shape
+    obsm = plan_obsm([(label, probe_obsm(source, obsm_keys), source.obsm_keys())], obsm_keys)
+    auto = data_dtype == AUTO
+    with ArchiveWriter(archive_path, n_vars=n_vars, data_dtype=None if auto else data_dtype, overwrite=overwrite) as w:
+        w.add_var_block(n_rows, features_of(var, var_feature_index_name), label, names=table_names(var))
+        w.add_obs_block(features_of(obs, obs_feature_index_name), label, names=table_names(obs))
+        if neighbor_key is not None:
+            copy_neighbors(source, neighbor_key, w, max_block_values)
+        cast = ValueCast(data_dtype, data_dtype_tolerance, allow_nonfinite=allow_nonfinite)
+        # auto: the dtype is known once every value has been seen, so the rows wait in a segment
+        sink = RowFiles(w.segment_dir("rows"), cast.staging_dtype(matrix.dtype), w.col_dtype) if auto else w.rows
+        bar = _progress(progress, n_rows, Path(source.path).name)
+        try:
+            unsorted = copy_matrix(
+                matrix, sink, cast, max_block_values, max_rows,
+                on_rows=bar.update if bar else None, sort_rows=not keep_column_order,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+        if auto:
+            segment = sink.close(fsync=False)
+            w.set_data_dtype(cast.stats.smallest_dtype())
+            w.append_segment(segment)
+        for key, (dtype, width) in obsm.items():
+            reader = source.obsm(key)
+            reader = reader.select_rows(start, stop) if part else reader
+            copy_obsm(reader, n_rows, w.add_obsm(key, dtype, n_rows, width), 0, max_block_values)
+        if unsorted:
+            done = "kept as given" if keep_column_order else "sorted"
+            log.info("%s: %d rows with unsorted columns, %s", label, unsorted, done)
+        return w.commit()
 
 
 def _progress(enabled: bool, total: int, name: str):

@@ -12,6 +12,7 @@ without attributes) mapped onto the same keys. Two kinds exist:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 
 import h5py
@@ -64,16 +65,37 @@ def open_matrix(elem: h5py.Group | h5py.Dataset, where: str) -> "MatrixReader":
 
 
 class MatrixReader:
-    """Common surface: ``shape`` (cells, genes), ``dtype``, ``nnz`` (None when unknown), ``where``."""
+    """Common surface: ``shape`` (cells, genes), ``dtype``, ``nnz`` (None when unknown), ``where``.
+
+    ``row_start`` is the input row that row 0 of this reader is: :meth:`select_rows` gives a
+    reader of a row range (an atlas member cut from a large input) that reads only those rows.
+    """
 
     kind = ""
     where = ""
     shape: tuple[int, int]
     dtype: np.dtype
     nnz: int | None
+    row_start = 0
 
     def blocks(self, max_values: int, max_rows: int) -> Iterator[CSRBlock]:
         raise NotImplementedError
+
+    def select_rows(self, start: int, stop: int) -> "MatrixReader":
+        """This matrix's rows ``start`` to ``stop`` (of this reader) as a reader of their own."""
+        start, stop = check_row_range(start, stop, self.shape[0], self.where)
+        out = copy.copy(self)
+        out.row_start = self.row_start + start
+        out.shape = (stop - start, self.shape[1])
+        out.where = f"{self.where} rows {out.row_start} to {out.row_start + stop - start}"
+        return out
+
+
+def check_row_range(start: int, stop: int, n_rows: int, where: str) -> tuple[int, int]:
+    start, stop = int(start), int(stop)
+    if not 0 <= start <= stop <= n_rows:
+        raise ValueError(f"{where}: row range {start} to {stop} is outside its {n_rows} rows")
+    return start, stop
 
 
 class ScatterReader(MatrixReader):
@@ -95,6 +117,30 @@ class ScatterReader(MatrixReader):
         Within a row, entries keep the order in which they are given.
         """
         raise NotImplementedError
+
+    def select_rows(self, start: int, stop: int) -> "ScatterReader":
+        start, stop = check_row_range(start, stop, self.shape[0], self.where)
+        return _ScatterRows(self, start, stop)
+
+
+class _ScatterRows(ScatterReader):
+    """Rows ``start`` to ``stop`` of a scatter input: every pass reads the whole input (its rows
+    are spread over it) and keeps the entries of these rows."""
+
+    def __init__(self, base: ScatterReader, start: int, stop: int) -> None:
+        self.base, self.start, self.stop = base, start, stop
+        self.kind, self.dtype, self.nnz = base.kind, base.dtype, None
+        self.row_start = base.row_start + start
+        self.shape = (stop - start, base.shape[1])
+        self.where = f"{base.where} rows {self.row_start} to {self.row_start + stop - start}"
+
+    def row_counts(self, max_values: int, keep: np.ndarray | None = None) -> np.ndarray:
+        return self.base.row_counts(max_values, keep)[self.start : self.stop]
+
+    def entries(self, max_values: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        for rows, cols, vals in self.base.entries(max_values):
+            mine = (rows >= self.start) & (rows < self.stop)
+            yield rows[mine] - self.start, cols[mine], vals[mine]
 
 
 @register("csr_matrix")
@@ -131,9 +177,9 @@ class CSRReader(MatrixReader):
                 f"indices {self.indices.shape[0]} entries (truncated file?)"
             )
 
-    def spans(self, n: int, max_values: int, max_rows: int) -> Iterator[tuple[int, int, np.ndarray]]:
-        """Split ``n`` major-axis slots into runs of at most ``max_rows`` and about ``max_values``."""
-        for c0 in range(0, n, self._INDPTR_CHUNK):
+    def spans(self, n: int, max_values: int, max_rows: int, first: int = 0) -> Iterator[tuple[int, int, np.ndarray]]:
+        """Split major-axis slots ``first`` to ``n`` into runs of at most ``max_rows`` and about ``max_values``."""
+        for c0 in range(first, n, self._INDPTR_CHUNK):
             ip = self.indptr[c0 : min(n, c0 + self._INDPTR_CHUNK) + 1].astype(np.int64)
             if np.any(np.diff(ip) < 0):
                 raise ConversionError(f"{self.where}: indptr decreases near row {c0}")
@@ -144,10 +190,15 @@ class CSRReader(MatrixReader):
                 yield c0 + s, c0 + e, ip[s : e + 1]
                 s = e
 
+    def select_rows(self, start: int, stop: int) -> "CSRReader":
+        out = super().select_rows(start, stop)
+        out.nnz = int(self.indptr[out.row_start + out.shape[0]]) - int(self.indptr[out.row_start]) if out.shape[0] else 0
+        return out
+
     def blocks(self, max_values: int, max_rows: int) -> Iterator[CSRBlock]:
         """Row blocks; ``indices`` and ``data`` are views of buffers reused by the next block."""
         data_buf = indices_buf = None
-        for _, _, ip in self.spans(self.shape[0], max_values, max_rows):
+        for _, _, ip in self.spans(self.row_start + self.shape[0], max_values, max_rows, self.row_start):
             lo, hi = int(ip[0]), int(ip[-1])
             if data_buf is None or hi - lo > len(data_buf):
                 # One allocation, reused: fresh buffers per block cost more in page faults than the read.
@@ -202,9 +253,9 @@ class DenseReader(MatrixReader):
         chunk = self.ds.chunks[0] if self.ds.chunks else 1
         if rows > chunk:
             rows -= rows % chunk  # whole chunks: each compressed chunk is decoded once
-        offset = 0
-        for r0 in range(0, n, rows):
-            dense = self.ds[r0 : min(n, r0 + rows)]
+        offset, first = 0, self.row_start
+        for r0 in range(first, first + n, rows):
+            dense = self.ds[r0 : min(first + n, r0 + rows)]
             mask = dense != 0
             counts = mask.sum(axis=1)
             r, c = np.nonzero(mask)

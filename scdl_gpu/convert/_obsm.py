@@ -16,7 +16,7 @@ import numpy as np
 from ..archive._obsm import ObsmSpec, ObsmTarget, check_dtype, check_key, merge_obsm
 from ..errors import ConversionError
 from ._cancel import check_cancelled
-from ._matrix import CSRReader, _attr_str, encoding_of
+from ._matrix import CSRReader, _attr_str, check_row_range, encoding_of
 
 __all__ = ["ObsmReader", "check_keys", "copy_obsm", "h5ad_obsm", "h5ad_obsm_keys", "plan_obsm", "probe_obsm"]
 
@@ -36,6 +36,10 @@ class ObsmReader:
     def rows(self, start: int, stop: int) -> np.ndarray:
         raise NotImplementedError
 
+    def select_rows(self, start: int, stop: int) -> "ObsmReader":
+        """Rows ``start`` to ``stop`` as a reader of their own (an atlas member cut from an input)."""
+        return _ObsmRows(self, start, stop)
+
     def blocks(self, max_values: int) -> Iterator[tuple[int, np.ndarray]]:
         """``(first row, dense rows)`` of at most ``max_values`` values each (one row at least)."""
         n, width = self.shape
@@ -45,6 +49,16 @@ class ObsmReader:
         for r0 in range(0, n, step):
             check_cancelled()
             yield r0, self.rows(r0, min(n, r0 + step))
+
+
+class _ObsmRows(ObsmReader):
+    def __init__(self, base: ObsmReader, start: int, stop: int) -> None:
+        start, stop = check_row_range(start, stop, base.shape[0], base.where)
+        super().__init__(f"{base.where} rows {start} to {stop}", (stop - start, base.shape[1]), base.dtype)
+        self.base, self.start, self.chunk_rows = base, start, base.chunk_rows
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        return self.base.rows(self.start + start, self.start + stop)
 
 
 class _DenseObsm(ObsmReader):

@@ -65,7 +65,8 @@ def test_lossy_cast_needs_the_flag(tmp_path, capsys):
 def test_message_translation():
     assert for_the_shell("x; set use_X_not_raw=False to use raw counts") == "x; leave out --use-X-not-raw to use raw counts"
     assert for_the_shell("Error: could not find h5ad path p") == "could not find h5ad path p"
-    assert for_the_shell("pass overwrite=True or not") == "pass overwrite=True or not"  # no such flag: unchanged
+    assert for_the_shell("pass frobnicate=True or not") == "pass frobnicate=True or not"  # no such flag: unchanged
+    assert for_the_shell("pass resume=True to keep them") == "pass --resume to keep them"
     parser = build_parser()
     commands = {"allow_lossy": ["cast", "a", "uint8"], "allow_missing_neighbors": ["convert", "a", "-o", "b"]}
     for keyword, flag in FLAGS.items():  # every flag the messages name exists

@@ -3,6 +3,7 @@ output, and the command-line tools exit 130 (SIGINT) or 143 (SIGTERM)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -27,6 +28,8 @@ CLI = """
     _slow_blocks.install()
     many._init_worker = _slow_blocks.init_worker  # worker processes too
     many.convert_many.__wrapped__.__kwdefaults__["max_block_values"] = int(sys.argv[1])
+    import scdl_gpu.convert._atlas as atlas
+    atlas.convert_to_atlas.__wrapped__.__kwdefaults__["max_block_values"] = int(sys.argv[1])
     if sys.argv[2] == "upstream":
         from scdl_gpu.cli.upstream import main
     else:
@@ -115,6 +118,15 @@ def test_scdl_gpu_convert_stops_promptly(inputs, tmp_path, mode, sig, status):
     assert seconds < LIMIT_S
     assert f"interrupted ({signal.Signals(sig).name})" in stderr
     _nothing_left(out)
+
+
+def test_convert_atlas_stops_promptly(inputs, tmp_path):
+    out = tmp_path / "atlas"
+    argv = [CLI, str(BLOCK), "scdl-gpu", "convert", str(inputs), "-o", str(out), "--atlas", "-q", "--workers", "2", "--use-X-not-raw"]
+    rc, seconds, _, stderr = _interrupt(argv, out / "members" / "in0.scdl", signal.SIGINT)
+    print(f"cancel figures: scdl-gpu convert --atlas, SIGINT: exit {rc} after {seconds:.2f} s")
+    assert rc == 130 and seconds < LIMIT_S, stderr[-2000:]
+    assert not (out / "atlas.json").exists() and os.listdir(out / "members") == []  # no member, no partial one
 
 
 def test_upstream_command_stops_promptly(inputs, tmp_path):
