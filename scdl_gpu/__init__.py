@@ -21,6 +21,7 @@ _EXPORTS = {
     "FileNames": ".archive",
     "HeaderSerializationError": ".errors",
     "Mode": ".archive",
+    "RemoteArchive": ".archive",
     "NeighborSamplingStrategy": ".archive",
     "SingleCellCollection": ".collection",
     "SingleCellLoader": ".loader",

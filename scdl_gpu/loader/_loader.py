@@ -10,7 +10,9 @@ import numpy as np
 import torch
 
 from ..archive._reader import open_arrays
-from ..backend import Batch, BatchOptions, get_backend, resolve_device
+from ..archive._obsm import OBSM_DIR
+from ..archive._remote import NEIGHBOR_FILES
+from ..backend import Batch, BatchOptions, device_for, get_backend, remote_location, resolve_device
 from ._csr import sort_rows, take_rows, to_scipy
 from ._obs import ObsColumns, ObsmArrays
 from ._order import (ORDERS, Shard, epoch_order, fetch_permutation, resident_shard, resident_share, rng_for,
@@ -102,8 +104,11 @@ class SingleCellLoader:
         neighbors: bool = False,
         options: BatchOptions | None = None,
         residency: str = "auto",
+        storage_options: dict | None = None,
     ) -> None:
-        self.path = Path(getattr(data, "data_path", data))
+        source = getattr(data, "data_path", data)
+        device = device_for(source, device)  # an archive at a URL is read on the CPU
+        source = source if remote_location(source) else Path(source)
         if isinstance(shuffle, bool):
             shuffle = "random" if shuffle else "sequential"
         if shuffle not in ORDERS:
@@ -127,23 +132,33 @@ class SingleCellLoader:
         if resolve_device(device) == "cuda" and residency != "stream":
             if neighbors and residency in ("device", "pinned"):
                 raise ValueError("neighbors=True reads rows outside a rank's resident share; use residency='stream'")
-            n_rows = open_arrays(self.path).n_rows
+            n_rows = open_arrays(source).n_rows
             share = None if neighbors else resident_share(n_rows, self.seed, self.rank, self.world_size, self.drop_last)
             residency = "stream" if neighbors else residency
-            self.backend = get_backend(self.path, device=device, options=opts, residency=residency, resident_rows=share)
+            self.backend = get_backend(source, device=device, options=opts, residency=residency, resident_rows=share)
             if self.backend.residency in ("device", "pinned"):
                 self._share = share
         else:
-            self.backend = get_backend(self.path, device=device, options=opts, residency=residency)
+            self.backend = get_backend(source, device=device, options=opts, residency=residency,
+                                       storage_options=storage_options)
+        self.path = self.backend.path  # a URL's with its credentials redacted
+        remote = self.backend.remote
+        if remote is not None and shuffle == "random":
+            warnings.warn(f"random order over the remote archive {remote.url} reads one range per row (a request "
+                          "each, at the store's latency); block order reads a few long ranges per batch", UserWarning,
+                          stacklevel=2)
+        files = self.backend.files  # the archive, or a remote one's local mirror of its small files
         self.residency = getattr(self.backend, "residency", "stream")
         self.prefetch = int(prefetch) if prefetch is not None else (0 if self.backend.device == "cpu" else 2)
         self.n_rows = self.backend.n_rows
         self.n_genes = self.backend.width
-        self.obs = ObsColumns(self.path, list(obs_columns or []), self.n_rows)
-        self.obsm = ObsmArrays(self.path, list(obsm_keys), self.n_rows) if obsm_keys else None
+        self.obs = ObsColumns(files, list(obs_columns or []), self.n_rows)
+        if remote is not None:  # the arrays read whole below, brought into the mirror
+            remote.fetch([f"{OBSM_DIR}/{k}.npy" for k in obsm_keys or []] + list(NEIGHBOR_FILES if neighbors else ()))
+        self.obsm = ObsmArrays(files, list(obsm_keys), self.n_rows) if obsm_keys else None
         self.neighbors = None
         if neighbors:
-            arrays = open_arrays(self.path, load_neighbors=True)
+            arrays = open_arrays(files, load_neighbors=True)
             if arrays.neighbors is None:
                 raise ValueError(f"neighbors=True but {self.path} has no neighbor arrays")
             self.neighbors = tuple(a.view(np.ndarray) for a in arrays.neighbors)
