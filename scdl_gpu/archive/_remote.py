@@ -37,7 +37,7 @@ from ..errors import ArchiveError, ArchiveNotFoundError
 from ._constants import FileNames
 from ._obsm import OBSM_DIR
 from ._reader import load_feature_index, open_arrays
-from ._urls import is_url, redact
+from ._urls import is_url, redact, scrubber
 
 __all__ = ["DEFAULT_BLOCK_BYTES", "DEFAULT_CACHE_BYTES", "NEIGHBOR_FILES", "RangeCache", "RemoteArchive", "RemoteVector"]
 
@@ -66,11 +66,12 @@ class RangeCache:
     """
 
     def __init__(self, fs, paths: list[str], sizes: list[int], names: list[str], block_bytes: int = DEFAULT_BLOCK_BYTES,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, scrub=redact) -> None:
         if block_bytes < 1 or cache_bytes < 0:
             raise ValueError(f"block_bytes must be >= 1 and cache_bytes >= 0, got {block_bytes} and {cache_bytes}")
         self.fs, self.paths, self.sizes, self.names = fs, list(paths), [int(s) for s in sizes], list(names)
         self.block_bytes, self.cache_bytes = int(block_bytes), int(cache_bytes)
+        self._scrub = scrub  # what takes secrets out of a library's error text
         # One number line for all files: file k at base[k], block-aligned and more than MERGE_GAP
         # after the previous file, so merged ranges and blocks never straddle two files.
         base, pos = [], 0
@@ -182,12 +183,12 @@ class RangeCache:
         try:
             got = self.fs.cat_ranges([self.paths[k] for k in files], starts, ends, on_error="return")
         except Exception as e:  # a failure of the whole call (network, credentials)
-            raise ArchiveError(f"Cannot read {self.names[files[0]]}: {type(e).__name__}: {redact(e)}") from None
+            raise ArchiveError(f"Cannot read {self.names[files[0]]}: {type(e).__name__}: {self._scrub(e)}") from None
         self.requests += len(ranges)
         for k, a, b, buf in zip(files, starts, ends, got):
             if isinstance(buf, BaseException):
                 kind = ArchiveNotFoundError if isinstance(buf, FileNotFoundError) else ArchiveError
-                raise kind(f"Cannot read bytes [{a}, {b}) of {self.names[k]}: {type(buf).__name__}: {redact(buf)}") from None
+                raise kind(f"Cannot read bytes [{a}, {b}) of {self.names[k]}: {type(buf).__name__}: {self._scrub(buf)}") from None
             if len(buf) != b - a:
                 raise ArchiveError(
                     f"{self.names[k]} returned {len(buf)} bytes at offset {a}, expected {b - a}: the object is shorter "
@@ -248,7 +249,8 @@ class RemoteArchive:
         if not is_url(url):
             raise ValueError(f"{redact(url)!r} is not a URL (scheme://...); open a local archive by its path")
         self.url = redact(url.rstrip("/"))
-        self.fs, root = _filesystem(url, storage_options or {}, self.url)
+        self._scrub = scrubber(url)
+        self.fs, root = _filesystem(url, storage_options or {}, self.url, self._scrub)
         self._root = root.rstrip("/")
         listing = self._list()
         self.local = Path(tempfile.mkdtemp(prefix="scdl-remote-", dir=cache_dir))
@@ -272,7 +274,7 @@ class RemoteArchive:
         del arrays  # the placeholders' maps: nothing may read them
         rels = [d + m.value for m in (FileNames.DATA, FileNames.COLPTR) for d in dirs]
         self.cache = RangeCache(self.fs, [f"{self._root}/{r}" for r in rels], [listing[r] for r in rels],
-                                [f"{self.url}/{r}" for r in rels], block_bytes, cache_bytes)
+                                [f"{self.url}/{r}" for r in rels], block_bytes, cache_bytes, self._scrub)
         self.data = RemoteVector(self, 0, self.dtypes[FileNames.DATA.value])
         self.col_ptr = RemoteVector(self, 1, self.dtypes[FileNames.COLPTR.value])
         log.info("opened %s: %d rows, %d values; small files mirrored in %s", self.url, self.n_rows, self.nnz, self.local)
@@ -351,14 +353,14 @@ class RemoteArchive:
         except FileNotFoundError:
             found = {}
         except Exception as e:
-            raise ArchiveError(f"Cannot list {self.url}: {type(e).__name__}: {redact(e)}") from None
+            raise ArchiveError(f"Cannot list {self.url}: {type(e).__name__}: {self._scrub(e)}") from None
         files = {}
         for name, info in found.items():
             name = str(name)
             rel = name[len(self._root) + 1 :] if name.startswith(self._root + "/") else ""
             parts = PurePosixPath(rel).parts
             if not rel or rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") for p in parts):
-                raise ArchiveError(f"{self.url} lists {redact(name)!r}, which is not a plain path inside the archive")
+                raise ArchiveError(f"{self.url} lists {self._scrub(name)!r}, which is not a plain path inside the archive")
             files[rel] = int(info["size"])
         if FileNames.METADATA.value not in files:
             raise ArchiveNotFoundError(f"No SCDL archive at {self.url} (it holds no {FileNames.METADATA.value})")
@@ -378,7 +380,7 @@ class RemoteArchive:
         self._get(list(whole), whole)
         heads = [r for r in holes if r.startswith(OBSM_DIR + "/")]  # their outline is in the header
         cache = RangeCache(self.fs, [f"{self._root}/{r}" for r in heads], [holes[r] for r in heads],
-                           [f"{self.url}/{r}" for r in heads])
+                           [f"{self.url}/{r}" for r in heads], scrub=self._scrub)
         got = cache._cat([(int(cache.base[k]), int(cache.base[k]) + min(holes[r], _NPY_HEADER_BYTES))
                           for k, r in enumerate(heads)])
         for r, buf in zip(heads, got):
@@ -394,9 +396,9 @@ class RemoteArchive:
         try:
             self.fs.get([f"{self._root}/{r}" for r in rels], [str(self.local / r) for r in rels])
         except FileNotFoundError as e:
-            raise ArchiveNotFoundError(f"A file of {self.url} vanished while it was read: {redact(e)}") from None
+            raise ArchiveNotFoundError(f"A file of {self.url} vanished while it was read: {self._scrub(e)}") from None
         except Exception as e:
-            raise ArchiveError(f"Cannot fetch the files of {self.url}: {type(e).__name__}: {redact(e)}") from None
+            raise ArchiveError(f"Cannot fetch the files of {self.url}: {type(e).__name__}: {self._scrub(e)}") from None
         for r in rels:
             have = (self.local / r).stat().st_size
             if have != sizes[r]:
@@ -454,7 +456,7 @@ class RemoteVector:
         return max(self[a : a + step].max() for a in range(0, self.size, step))
 
 
-def _filesystem(url: str, storage_options: dict, shown: str):
+def _filesystem(url: str, storage_options: dict, shown: str, scrub):
     """``(filesystem, path inside it)`` for ``url``; a missing protocol package says what to install."""
     try:
         import fsspec
@@ -463,7 +465,7 @@ def _filesystem(url: str, storage_options: dict, shown: str):
     try:
         return fsspec.core.url_to_fs(url, **storage_options)
     except ImportError as e:
-        raise ImportError(f"reading {shown} needs the filesystem package of its protocol ({redact(e)}); "
+        raise ImportError(f"reading {shown} needs the filesystem package of its protocol ({scrub(e)}); "
                           "for s3:// pip install 'scdl-gpu[remote]'") from None
     except (ValueError, TypeError) as e:
-        raise ValueError(f"Cannot open {shown}: {redact(e)}") from None
+        raise ValueError(f"Cannot open {shown}: {scrub(e)}") from None

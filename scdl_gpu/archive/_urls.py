@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 
-__all__ = ["is_url", "redact"]
+__all__ = ["is_url", "redact", "scrubber"]
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 # scheme://, then an optional userinfo (anything up to an '@' before the first '/'), the rest of the
@@ -38,3 +38,26 @@ def redact(text: str) -> str:
         return f"{m['scheme']}{user}{m['rest']}{query}"
 
     return _URL.sub(clean, str(text))
+
+
+def scrubber(url: str):
+    """A :func:`redact` that also removes ``url``'s own secrets wherever they appear bare: a library's
+    error may quote the URL's parts without its scheme (s3fs takes ``key:secret@bucket`` for a bucket
+    name, and botocore quotes it)."""
+    m = _URL.match(url) if isinstance(url, str) else None
+    secrets = []
+    if m and m["user"]:
+        user = m["user"][:-1]
+        secrets += [user, *user.split(":", 1)]
+    if m and m["query"]:
+        query = m["query"][1:]
+        secrets += [query, *(kv.split("=", 1)[-1] for kv in query.split("&"))]
+    secrets = sorted({x for x in secrets if len(x) >= 4}, key=len, reverse=True)  # longest first
+
+    def scrub(text) -> str:
+        text = redact(str(text))
+        for x in secrets:
+            text = text.replace(x, "***")
+        return text
+
+    return scrub
