@@ -59,10 +59,12 @@ class RangeCache:
     holds at most ``cache_bytes`` (``held_bytes`` counts them).
 
     :meth:`read` merges the requested ranges (overlapping, adjacent or within ``MERGE_GAP``) and
-    fetches everything missing in one concurrent ``cat_ranges`` call. A merged range that fills at
-    least half of the blocks it touches (long spans: block or sequential order) is read as whole
-    blocks, which are then cached; a shorter one (a random row) is read exactly and not cached,
-    so a 4 KiB row never costs a 4 MiB read. Reads never fetch more than twice what they need.
+    fetches everything missing in one concurrent ``cat_ranges`` call. When the files fit in the
+    cache, everything is read as whole blocks and kept: the first epoch fills the cache and later
+    ones read nothing. Otherwise a merged range that fills at least half of the blocks it touches
+    (long spans: sequential order, large blocks) is read as whole blocks, which are cached, and a
+    shorter one (a random row) is read exactly and not cached, so a 4 KiB row never costs a 4 MiB
+    read: such reads never fetch more than twice what they need.
     """
 
     def __init__(self, fs, paths: list[str], sizes: list[int], names: list[str], block_bytes: int = DEFAULT_BLOCK_BYTES,
@@ -79,6 +81,7 @@ class RangeCache:
             base.append(pos)
             pos = -(-(pos + size + MERGE_GAP + 1) // self.block_bytes) * self.block_bytes
         self.base = np.array(base, np.int64)
+        self.fits = sum(self.sizes) <= self.cache_bytes  #: every file fits: read and keep whole blocks
         self._blocks: OrderedDict[int, np.ndarray] = OrderedDict()
         self.held_bytes = 0
         self.requests = 0  #: range requests issued
@@ -124,7 +127,7 @@ class RangeCache:
         exact = []
         for i, (a, e) in enumerate(ivs.tolist()):
             blocks = range(a // B, (e - 1) // B + 1)
-            if all(b in self._blocks for b in blocks) or 2 * (e - a) >= len(blocks) * B:
+            if self.fits or 2 * (e - a) >= len(blocks) * B or all(b in self._blocks for b in blocks):
                 wanted.update(dict.fromkeys(blocks))
             else:
                 exact.append(i)
@@ -349,6 +352,7 @@ class RemoteArchive:
     def _list(self) -> dict[str, int]:
         """Every file of the archive: path inside it -> size in bytes."""
         try:
+            self.fs.invalidate_cache(self._root)  # a listing cached by an earlier open may be stale
             found = self.fs.find(self._root, detail=True)
         except FileNotFoundError:
             found = {}
@@ -357,6 +361,8 @@ class RemoteArchive:
         files = {}
         for name, info in found.items():
             name = str(name)
+            if name.rstrip("/") == self._root or info.get("type") == "directory" or name.endswith("/"):
+                continue  # the URL names a file, or a store's zero-byte "folder/" marker
             rel = name[len(self._root) + 1 :] if name.startswith(self._root + "/") else ""
             parts = PurePosixPath(rel).parts
             if not rel or rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") for p in parts):

@@ -37,7 +37,10 @@ class SingleCellLoader:
     Parameters
     ----------
     data
-        An archive path or a :class:`~scdl_gpu.SingleCellMemMapDataset`.
+        An archive path, a :class:`~scdl_gpu.SingleCellMemMapDataset`, or an archive at a URL
+        (``s3://``, ``gs://``, ``https://``, ``file://``; or an open
+        :class:`~scdl_gpu.archive.RemoteArchive`), read on the CPU by byte ranges (random order
+        warns: one range request per row).
     shuffle
         ``"sequential"``, ``"random"`` (a permutation per epoch) or ``"block"`` (shuffled blocks
         of ``block_size`` contiguous rows, default ``batch_size // 64``: each batch is read as a
@@ -72,6 +75,9 @@ class SingleCellLoader:
         unlike a global permutation, which rows share a batch is limited to one part (harmless for
         SGD in expectation; with ``world_size`` 1 it *is* a global permutation). The CPU reads the
         archive's maps (``"auto"``/``"stream"``); ``neighbors=True`` streams.
+    storage_options
+        For an archive at a URL: passed to fsspec (``endpoint_url``, ``anon``, ...); credentials
+        otherwise come from the usual environment and configuration files.
     prefetch
         Batches assembled ahead by a background thread (0: none). Default: 2 on a GPU (the host
         thread builds the next batches while the device trains), 0 on the CPU, where the compiled

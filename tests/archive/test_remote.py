@@ -91,7 +91,8 @@ def test_the_cache_stays_under_its_bound(s3, local):
 def test_random_rows_are_read_exactly_not_by_block(s3, tmp_path):
     m = random_matrix(2000, 2000, "float32", seed=4, density=0.2)  # ~3.2 MB of values: rows far apart
     path = write_archive(tmp_path / "wide.scdl", m)
-    with RemoteArchive(s3.upload(path), s3.storage_options) as r:
+    with RemoteArchive(s3.upload(path), s3.storage_options, cache_bytes=1 << 20) as r:  # smaller than the files
+        assert not r.cache.fits
         rows = np.arange(0, 2000, 250)  # 400 KB apart: no two merge
         starts, lengths = _spans(r.row_ptr, rows)
         data, cols = r.read_spans(starts, lengths)
@@ -100,6 +101,20 @@ def test_random_rows_are_read_exactly_not_by_block(s3, tmp_path):
         assert r.cache.fetched_bytes == need and r.cache.requests == 2 * np.count_nonzero(lengths)  # not 4 MiB blocks
         assert 250 * 2000 * 0.2 * 4 > MERGE_GAP
         assert r.cache.held_bytes == 0
+
+
+def test_an_archive_that_fits_the_cache_is_read_once(s3, tmp_path):
+    m = random_matrix(2000, 2000, "float32", seed=4, density=0.2)
+    path = write_archive(tmp_path / "wide.scdl", m)
+    with RemoteArchive(s3.upload(path), s3.storage_options, block_bytes=1 << 20) as r:  # 256 MiB: it fits
+        assert r.cache.fits
+        rows = np.random.default_rng(6).permutation(r.n_rows)
+        for batch in np.array_split(rows, 4):  # random rows: whole blocks, kept
+            assert np.array_equal(r.read_spans(*_spans(r.row_ptr, batch))[0], _rows_of(m, batch)[0])
+        requests, fetched = r.cache.requests, r.cache.fetched_bytes
+        assert fetched == r.cache.held_bytes == r.nnz * (4 + 2)  # each byte once
+        data, cols = r.read_spans(*_spans(r.row_ptr, rows))  # a second epoch reads nothing
+        assert r.cache.requests == requests and np.array_equal(cols, _rows_of(m, rows)[1])
 
 
 def test_file_urls_open_without_a_server(local):
@@ -198,3 +213,16 @@ def test_is_url():
 def test_the_range_cache_checks_its_arguments():
     with pytest.raises(ValueError, match="block_bytes"):
         RangeCache(None, [], [], [], block_bytes=0)
+
+
+def test_a_listing_that_leads_out_of_the_archive_is_refused(tmp_path):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    root = f"/hostile-{tmp_path.name}.scdl"
+    fs.pipe({f"{root}/metadata.json": b"{}", f"{root}/../escape.txt": b"x"})  # a key no mirror may write
+    try:
+        with pytest.raises(ArchiveError, match=r"lists .*escape\.txt.*, which is not a plain path inside the archive"):
+            RemoteArchive(f"memory://{root}")
+    finally:
+        fs.store.clear()
