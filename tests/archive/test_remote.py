@@ -226,3 +226,17 @@ def test_a_listing_that_leads_out_of_the_archive_is_refused(tmp_path):
             RemoteArchive(f"memory://{root}")
     finally:
         fs.store.clear()
+
+
+def test_read_spans_checks_its_arguments(local):
+    path, m = local
+    with RemoteArchive(f"file://{path}") as r:
+        for starts, lengths in (([-1], [2]), ([0], [-1]), ([r.nnz - 1], [2])):
+            with pytest.raises(IndexError, match="spans outside the"):
+                r.read_spans(starts, lengths)
+        with pytest.raises(ValueError, match="1-D arrays of one length"):
+            r.read_spans([0, 1], [1])
+        data, cols = r.read_spans([r.nnz, 0], [0, 0])  # empty spans, even at the end
+        assert data.shape == cols.shape == (0,)
+    with pytest.raises(ValueError, match="is closed"):
+        r.read_spans([0], [1])
