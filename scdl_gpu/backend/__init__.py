@@ -39,16 +39,16 @@ def get_backend(archive: str | os.PathLike, device: str = "auto", options: Batch
     ``kvikio_threads``, ...) go to :class:`GPUBackend`.
 
     ``archive`` may be a URL (``s3://``, ``gs://``, ``https://``, ``file://``; ``storage_options``
-    go to fsspec) or an open :class:`~scdl_gpu.archive.RemoteArchive`: the CPU backend reads its
-    rows by range (``device="auto"`` picks the CPU for it; no GPU reader reads object storage yet).
+    go to fsspec) or an open :class:`~scdl_gpu.archive.RemoteArchive`: its rows are read by range
+    into host memory and gathered there (on a GPU, the host reader: kvikio reads local files only).
     """
     if residency not in RESIDENCIES:
         raise ValueError(f"residency must be one of {RESIDENCIES}, got {residency!r}")
-    device = device_for(archive, device)
     if resolve_device(device) == "cuda":
         from ._gpu import GPUBackend
 
-        return GPUBackend(archive, options, device=device if ":" in str(device) else None, residency=residency, **gpu_kwargs)
+        return GPUBackend(archive, options, device=device if ":" in str(device) else None, residency=residency,
+                          storage_options=storage_options, **gpu_kwargs)
     if residency in ("device", "pinned"):
         raise ValueError(f"residency={residency!r} needs a GPU backend (device='cuda'); the CPU reads the archive's maps")
     from ._cpu import CPUBackend
@@ -64,20 +64,5 @@ def remote_location(archive) -> bool:
     return is_url(archive) or isinstance(archive, RemoteArchive)
 
 
-def device_for(archive, device: str) -> str:
-    """``device`` as it applies to ``archive``: a remote archive is read on the CPU (``"auto"``
-    picks it; ``"cuda"`` is an error until a GPU reader reads object storage)."""
-    if not remote_location(archive):
-        return device
-    if device == "auto":
-        return "cpu"
-    if str(device).lower().startswith("cuda"):
-        from ..archive._urls import redact
-
-        raise ValueError(f"{redact(getattr(archive, 'url', archive))} is read on the CPU (device='cpu'): no GPU reader "
-                         "reads object storage yet; move the batches to the GPU, or copy the archive to local disk")
-    return device
-
-
-__all__ = ["RESIDENCIES", "Backend", "Batch", "BatchOptions", "device_for", "get_backend", "gpu_available",
-           "kvikio_available", "remote_location", "resolve_device"]
+__all__ = ["RESIDENCIES", "Backend", "Batch", "BatchOptions", "get_backend", "gpu_available", "kvikio_available",
+           "remote_location", "resolve_device"]

@@ -11,8 +11,8 @@ import torch
 
 from ..archive._reader import open_arrays
 from ..archive._obsm import OBSM_DIR
-from ..archive._remote import NEIGHBOR_FILES
-from ..backend import Batch, BatchOptions, device_for, get_backend, remote_location, resolve_device
+from ..archive._remote import NEIGHBOR_FILES, RemoteArchive
+from ..backend import Batch, BatchOptions, get_backend, remote_location, resolve_device
 from ._csr import sort_rows, take_rows, to_scipy
 from ._obs import ObsColumns, ObsmArrays
 from ._order import (ORDERS, Shard, epoch_order, fetch_permutation, resident_shard, resident_share, rng_for,
@@ -39,8 +39,8 @@ class SingleCellLoader:
     data
         An archive path, a :class:`~scdl_gpu.SingleCellMemMapDataset`, or an archive at a URL
         (``s3://``, ``gs://``, ``https://``, ``file://``; or an open
-        :class:`~scdl_gpu.archive.RemoteArchive`), read on the CPU by byte ranges (random order
-        warns: one range request per row).
+        :class:`~scdl_gpu.archive.RemoteArchive`), its rows read by byte range into host memory
+        (random order warns: one range request per row), then as a local archive's.
     shuffle
         ``"sequential"``, ``"random"`` (a permutation per epoch) or ``"block"`` (shuffled blocks
         of ``block_size`` contiguous rows, default ``batch_size // 64``: each batch is read as a
@@ -113,8 +113,6 @@ class SingleCellLoader:
         storage_options: dict | None = None,
     ) -> None:
         source = getattr(data, "data_path", data)
-        device = device_for(source, device)  # an archive at a URL is read on the CPU
-        source = source if remote_location(source) else Path(source)
         if isinstance(shuffle, bool):
             shuffle = "random" if shuffle else "sequential"
         if shuffle not in ORDERS:
@@ -134,19 +132,24 @@ class SingleCellLoader:
         opts = options or BatchOptions()
         if output == "dense" and not opts.dense:
             opts = BatchOptions(**{**opts.__dict__, "dense": True})
+        self._own_remote = None  # a remote archive this loader opened (and closes)
+        if isinstance(source, str) and remote_location(source):
+            source = self._own_remote = RemoteArchive(source, storage_options)
+        elif storage_options and not remote_location(source):
+            raise ValueError(f"storage_options are for archives at a URL; {source} is a local path")
+        source = source if remote_location(source) else Path(source)
         self._share = None
         if resolve_device(device) == "cuda" and residency != "stream":
             if neighbors and residency in ("device", "pinned"):
                 raise ValueError("neighbors=True reads rows outside a rank's resident share; use residency='stream'")
-            n_rows = open_arrays(source).n_rows
+            n_rows = source.n_rows if remote_location(source) else open_arrays(source).n_rows
             share = None if neighbors else resident_share(n_rows, self.seed, self.rank, self.world_size, self.drop_last)
             residency = "stream" if neighbors else residency
             self.backend = get_backend(source, device=device, options=opts, residency=residency, resident_rows=share)
             if self.backend.residency in ("device", "pinned"):
                 self._share = share
         else:
-            self.backend = get_backend(source, device=device, options=opts, residency=residency,
-                                       storage_options=storage_options)
+            self.backend = get_backend(source, device=device, options=opts, residency=residency)
         self.path = self.backend.path  # a URL's with its credentials redacted
         remote = self.backend.remote
         if remote is not None and shuffle == "random":
@@ -313,6 +316,8 @@ class SingleCellLoader:
 
     def close(self) -> None:
         self.backend.close()
+        if self._own_remote is not None:
+            self._own_remote.close()
 
     def __repr__(self) -> str:
         return (f"SingleCellLoader({str(self.path)!r}, batch_size={self.batch_size}, shuffle={self.order!r}, "
