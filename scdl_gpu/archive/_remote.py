@@ -260,7 +260,7 @@ class RemoteArchive:
         self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.local), True)
         try:
             self._on_request = self._mirror(listing)
-            with self._naming_url():
+            with self.naming_url():
                 arrays = open_arrays(self.local)
         except BaseException:
             self.close()
@@ -415,14 +415,16 @@ class RemoteArchive:
         return str(text).replace(str(self.local), self.url)
 
     @contextmanager
-    def _naming_url(self):
-        """Errors and warnings from the mirror's checks name the URL, not the mirror."""
+    def naming_url(self):
+        """Run readers of the mirror (``local``) inside: their errors and warnings name the URL."""
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
                 yield
-            except ArchiveError as e:
-                raise type(e)(self._outward(str(e))) from None
+            except (ArchiveError, KeyError, ValueError) as e:
+                if str(self.local) not in str(e):
+                    raise
+                raise type(e)(*(self._outward(a) if isinstance(a, str) else a for a in e.args)) from None
         for w in caught:
             warnings.warn(self._outward(str(w.message)), w.category, stacklevel=4)
 

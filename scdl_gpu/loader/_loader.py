@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -161,8 +162,18 @@ class SingleCellLoader:
         self.prefetch = int(prefetch) if prefetch is not None else (0 if self.backend.device == "cpu" else 2)
         self.n_rows = self.backend.n_rows
         self.n_genes = self.backend.width
+        with contextlib.nullcontext() if remote is None else remote.naming_url():  # errors name the URL
+            self._open_per_cell(files, remote, obs_columns, obsm_keys, neighbors)
+        _silence_csr_beta_warning()
+        self.epoch = 0
+        self._resume_at = 0  # batches of the current epoch already consumed (from load_state_dict)
+        self._done = 0
+
+    def _open_per_cell(self, files, remote, obs_columns, obsm_keys, neighbors: bool) -> None:
+        """obs columns, obsm arrays and the neighbor graph, from the archive's files (a remote
+        archive's mirror, into which the arrays read whole are fetched first)."""
         self.obs = ObsColumns(files, list(obs_columns or []), self.n_rows)
-        if remote is not None:  # the arrays read whole below, brought into the mirror
+        if remote is not None:
             remote.fetch([f"{OBSM_DIR}/{k}.npy" for k in obsm_keys or []] + list(NEIGHBOR_FILES if neighbors else ()))
         self.obsm = ObsmArrays(files, list(obsm_keys), self.n_rows) if obsm_keys else None
         self.neighbors = None
@@ -171,10 +182,6 @@ class SingleCellLoader:
             if arrays.neighbors is None:
                 raise ValueError(f"neighbors=True but {self.path} has no neighbor arrays")
             self.neighbors = tuple(a.view(np.ndarray) for a in arrays.neighbors)
-        _silence_csr_beta_warning()
-        self.epoch = 0
-        self._resume_at = 0  # batches of the current epoch already consumed (from load_state_dict)
-        self._done = 0
 
     @property
     def stages(self):

@@ -93,6 +93,14 @@ def test_an_open_remote_archive_is_shared_not_closed(s3, url):
         assert r.read_spans([0], [1])[0].shape == (1,)  # still open
 
 
+def test_errors_about_per_cell_data_name_the_url(s3, url):
+    with pytest.raises(KeyError, match=rf"obs column 'nope' is in none of the 1 obs blocks of {url}"):
+        SingleCellLoader(url, device="cpu", obs_columns=["nope"], storage_options=s3.storage_options)
+    with pytest.raises(KeyError, match=rf"{url} has no obsm array 'X_none'") as e:
+        SingleCellLoader(url, device="cpu", obsm_keys=["X_none"], storage_options=s3.storage_options)
+    assert "scdl-remote-" not in str(e.value)
+
+
 def test_storage_options_are_for_urls():
     with pytest.raises(ValueError, match="storage_options are for archives at a URL"):
         get_backend(BUNDLED, device="cpu", storage_options={"anon": True})
