@@ -22,6 +22,7 @@ _EXPORTS = {
     "HeaderSerializationError": ".errors",
     "Mode": ".archive",
     "NeighborSamplingStrategy": ".archive",
+    "RemoteArchive": ".archive",
     "SingleCellCollection": ".collection",
     "SingleCellLoader": ".loader",
     "SingleCellMemMapDataset": ".dataset",

@@ -19,6 +19,7 @@ from ._feature_index import ObservedFeatureIndex, RowFeatureIndex, VariableFeatu
 from ._header import ArrayInfo, ChunkedInfo, FeatureIndexInfo, SCDLHeader
 from ._partition import partition_scdl
 from ._reader import ArchiveArrays, open_arrays
+from ._remote import RemoteArchive
 from ._summary import archive_summary, format_summary
 from ._checksums import verify_manifest, write_manifest
 from ._generation import allow_external_links
@@ -39,6 +40,7 @@ __all__ = [
     "Mode",
     "NeighborSamplingStrategy",
     "ObservedFeatureIndex",
+    "RemoteArchive",
     "RowFeatureIndex",
     "SCDLHeader",
     "SCDL_PACKAGE_VERSION",

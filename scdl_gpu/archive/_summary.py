@@ -19,14 +19,17 @@ from ._feature_index import _read_csum, _select_blocks
 from ._memmap import raw_length
 from ._obsm import obsm_outline
 from ._reader import layout_facts, load_feature_index, open_arrays, row_order_of
+from ._remote import RemoteArchive
+from ._urls import is_url
 
 __all__ = ["archive_summary", "format_summary"]
 
 _NEIGHBORS = (FileNames.NEIGHBOR_INDICES_PTR, FileNames.NEIGHBOR_INDICES, FileNames.NEIGHBOR_VALUES)
 
 
-def archive_summary(path: str | os.PathLike) -> dict:
-    """Sizes, dtypes, feature columns and files of the archive at ``path``.
+def archive_summary(path: str | os.PathLike, storage_options: dict | None = None) -> dict:
+    """Sizes, dtypes, feature columns and files of the archive at ``path`` (a directory, or a URL
+    read through fsspec with ``storage_options``: only its small files are fetched).
 
     Keys: ``path``, ``n_rows``, ``n_genes`` (genes of each var block, ``[]`` without a var index),
     ``nnz`` (stored values, explicit zeros included), ``density``, ``dtypes`` (``data``,
@@ -48,6 +51,9 @@ def archive_summary(path: str | os.PathLike) -> dict:
     ArchiveError, ArchiveNotFoundError
         The archive cannot be opened (see :func:`validate_archive` for a full diagnosis).
     """
+    if is_url(path):  # the summary of its mirror: every small file, and the others' listed sizes
+        with RemoteArchive(path, storage_options) as remote:
+            return {**archive_summary(remote.local), "path": remote.url}
     path = Path(path)
     arrays = open_arrays(path)
     n_rows, nnz = arrays.n_rows, arrays.nnz

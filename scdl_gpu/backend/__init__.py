@@ -30,25 +30,39 @@ def __getattr__(name: str):
 
 
 def get_backend(archive: str | os.PathLike, device: str = "auto", options: BatchOptions | None = None,
-                residency: str = "auto", **gpu_kwargs) -> Backend:
+                residency: str = "auto", storage_options: dict | None = None, **gpu_kwargs) -> Backend:
     """The backend for ``device`` (``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``) over ``archive``.
 
     ``residency`` (``"auto"``, ``"device"``, ``"pinned"``, ``"stream"``): where a GPU backend keeps
     the rows it serves (see :mod:`scdl_gpu.backend._residency`); the CPU reads the archive's
     memory maps (``"auto"``/``"stream"``). ``gpu_kwargs`` (``resident_rows``, ``reader``,
     ``kvikio_threads``, ...) go to :class:`GPUBackend`.
+
+    ``archive`` may be a URL (``s3://``, ``gs://``, ``https://``, ``file://``; ``storage_options``
+    go to fsspec) or an open :class:`~scdl_gpu.archive.RemoteArchive`: its rows are read by range
+    into host memory and gathered there (on a GPU, the host reader: kvikio reads local files only).
     """
     if residency not in RESIDENCIES:
         raise ValueError(f"residency must be one of {RESIDENCIES}, got {residency!r}")
     if resolve_device(device) == "cuda":
         from ._gpu import GPUBackend
 
-        return GPUBackend(archive, options, device=device if ":" in str(device) else None, residency=residency, **gpu_kwargs)
+        return GPUBackend(archive, options, device=device if ":" in str(device) else None, residency=residency,
+                          storage_options=storage_options, **gpu_kwargs)
     if residency in ("device", "pinned"):
         raise ValueError(f"residency={residency!r} needs a GPU backend (device='cuda'); the CPU reads the archive's maps")
     from ._cpu import CPUBackend
 
-    return CPUBackend(archive, options)
+    return CPUBackend(archive, options, storage_options=storage_options)
 
 
-__all__ = ["RESIDENCIES", "Backend", "Batch", "BatchOptions", "get_backend", "gpu_available", "kvikio_available", "resolve_device"]
+def remote_location(archive) -> bool:
+    """True for an archive read through fsspec: a URL or an open ``RemoteArchive``."""
+    from ..archive._remote import RemoteArchive
+    from ..archive._urls import is_url
+
+    return is_url(archive) or isinstance(archive, RemoteArchive)
+
+
+__all__ = ["RESIDENCIES", "Backend", "Batch", "BatchOptions", "get_backend", "gpu_available", "kvikio_available",
+           "remote_location", "resolve_device"]

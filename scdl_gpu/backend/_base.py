@@ -12,6 +12,8 @@ import numpy as np
 
 from ..archive._constants import FileNames
 from ..archive._reader import load_feature_index, open_arrays, rows_sorted
+from ..archive._remote import RemoteArchive
+from ..archive._urls import is_url
 from ._batch import Batch, BatchOptions
 from . import _gather
 from ._plan import RowPlan, plan_rows
@@ -35,12 +37,19 @@ class Backend(ABC):
     device = "cpu"
     stages = NO_STAGES  #: per-stage timing hooks (``scdl-gpu profile`` sets a StageClock)
 
-    def __init__(self, archive: str | os.PathLike, options: BatchOptions | None = None, warm_maps: bool | None = None) -> None:
-        self.path = Path(archive)
+    def __init__(self, archive: str | os.PathLike | RemoteArchive, options: BatchOptions | None = None,
+                 warm_maps: bool | None = None, storage_options: dict | None = None) -> None:
         self.options = options or BatchOptions()
-        arrays = open_arrays(self.path)
-        self.chunks = arrays.chunks  # a chunked archive: rows are copied from their chunk's arrays
-        if self.chunks is None:
+        # A URL (or an open RemoteArchive) reads values by range; its small files are in a local mirror.
+        self.remote = _open_remote(archive, storage_options)
+        self._owns_remote = self.remote is not None and self.remote is not archive
+        self.path = Path(archive) if self.remote is None else self.remote.url
+        self.files = Path(archive) if self.remote is None else self.remote.local  # header, indices, notes
+        arrays = open_arrays(self.path) if self.remote is None else self.remote
+        self.chunks = getattr(arrays, "chunks", None)  # a chunked archive: rows are copied from their chunk's arrays
+        if self.remote is not None:
+            self.data, self.col_ptr = arrays.data, arrays.col_ptr  # RemoteVector: dtype, size, ranges
+        elif self.chunks is None:
             # Plain ndarray views: slicing an np.memmap costs microseconds per slice in Python.
             self.data = arrays.data.view(np.ndarray)
             self.col_ptr = arrays.col_ptr.view(np.ndarray)
@@ -54,15 +63,15 @@ class Backend(ABC):
         self.row_ptr = arrays.row_ptr.view(np.ndarray)
         self.dtypes = arrays.dtypes
         self.n_rows = arrays.n_rows
-        self.archive_cols = _archive_width(self.path, self.col_ptr)
+        self.archive_cols = _archive_width(self.files, self.col_ptr) if self.remote is None else self.remote.width
         # The writer's note that every row is sorted: readers that copy rows as they are (kvikio)
         # can skip the per-batch sort; the compiled gather checks and sorts as it copies anyway.
-        self.archive_sorted = rows_sorted(self.path, self.n_rows, len(self.data))
+        self.archive_sorted = rows_sorted(self.files, self.n_rows, len(self.data))
         self.width = self.options.output_width(self.archive_cols)
         remap = self.options.gene_remap
         if remap is not None and len(remap) < self.archive_cols:
             raise ValueError(f"gene_remap has {len(remap)} entries but the archive has {self.archive_cols} columns")
-        if warm_maps or (warm_maps is None and _fits_in_memory(self.data.nbytes + self.col_ptr.nbytes)):
+        if self.remote is None and (warm_maps or (warm_maps is None and _fits_in_memory(self.data.nbytes + self.col_ptr.nbytes))):
             maps = (self.data, self.col_ptr) if self.chunks is None else (*self.chunks.data, *self.chunks.col_ptr)
             threading.Thread(target=_touch_pages, args=(maps,), name="scdl-warm-maps", daemon=True).start()
         if remap is None and self.width < self.archive_cols:
@@ -79,7 +88,10 @@ class Backend(ABC):
     def gather(self, plan: RowPlan, values: np.ndarray, col: np.ndarray, sort: bool = True) -> None:
         """The compiled, bounds-checked copy of ``plan``'s rows into ``values``/``col`` (cast to
         their dtypes; columns sorted inside rows when ``sort``). float16 moves as its bits."""
-        data = self.data
+        data, cols, starts = self.data, self.col_ptr, plan.starts
+        if self.remote is not None:  # the rows' spans, read by range: then gathered (checked) as a flat archive's
+            data, cols = self.remote.read_spans(plan.starts, np.diff(plan.in_ptr))
+            starts = plan.in_ptr[:-1]
         if data.dtype == np.float16:
             if values.dtype != np.float16:
                 raise TypeError("float16 archives are gathered as float16 (then cast)")
@@ -90,7 +102,7 @@ class Backend(ABC):
             _gather.gather_chunked(self.chunks, self._chunk_pointers, plan.rows, plan.starts, plan.in_ptr,
                                    self.archive_cols, values, col, sort=sort)
             return
-        _gather.gather(data, self.col_ptr, plan.starts, plan.in_ptr, self.archive_cols, values, col,
+        _gather.gather(data, cols, starts, plan.in_ptr, self.archive_cols, values, col,
                        sort=sort, archive=self.path, rows=plan.rows)
 
     def gather_native(self, plan: RowPlan, out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -129,6 +141,8 @@ class Backend(ABC):
 
     def close(self) -> None:
         """Release files and device buffers (the backend is unusable afterwards)."""
+        if self.remote is not None and self._owns_remote:
+            self.remote.close()
 
     def __enter__(self) -> "Backend":
         return self
@@ -138,6 +152,17 @@ class Backend(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, rows={self.n_rows}, width={self.width})"
+
+
+def _open_remote(archive, storage_options: dict | None) -> RemoteArchive | None:
+    """The remote archive ``archive`` names (opened here for a URL), or None for a local path."""
+    if isinstance(archive, RemoteArchive):
+        return archive
+    if is_url(archive):
+        return RemoteArchive(archive, storage_options)
+    if storage_options:
+        raise ValueError(f"storage_options are for archives at a URL; {archive} is a local path")
+    return None
 
 
 def _archive_width(path: Path, col_ptr: np.ndarray) -> int:

@@ -73,6 +73,7 @@ class GPUBackend(Backend):
         kvikio_min_span: int = 1 << 20,
         kvikio_threads: int | None = None,
         kvikio_task_size: int | None = None,
+        storage_options: dict | None = None,
     ) -> None:
         resolve_device("cuda")  # a clear error when no usable GPU
         if residency not in _residency.RESIDENCIES:
@@ -81,7 +82,10 @@ class GPUBackend(Backend):
             raise ValueError(f"reader must be one of {READERS}, got {reader!r}")
         if reader == "kvikio" and not kvikio_available():
             raise RuntimeError(f"reader='kvikio' but kvikio is not installed: {GPU}")
-        super().__init__(archive, options)
+        super().__init__(archive, options, storage_options=storage_options)
+        if self.remote is not None and reader == "kvikio":
+            raise ValueError(f"reader='kvikio' reads local files; {self.remote.url} is read by range on the host "
+                             "(reader='host')")
         import cupy as cp
 
         from ._cuda import CudaKernels
@@ -90,7 +94,8 @@ class GPUBackend(Backend):
         self.cp = cp
         self.ctx = DeviceContext(device if device not in (None, "auto") else None)
         self.device_index = self.ctx.index
-        self.reader = reader if reader != "auto" else ("kvikio" if kvikio_available() else "host")
+        # a remote archive's rows come by range to the host gather (kvikio's RemoteFile is not used)
+        self.reader = reader if reader != "auto" else ("kvikio" if kvikio_available() and self.remote is None else "host")
         self.kvikio_min_span = int(kvikio_min_span)
         self._files = None
         if self.reader == "kvikio":
@@ -280,6 +285,7 @@ class GPUBackend(Backend):
             self._files = None
         self._res_data = self._res_cols = self._host_data = self._host_cols = None
         self.index = None
+        super().close()
 
 
 def _configure_kvikio(threads: int | None, task_size: int | None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,7 +11,9 @@ import numpy as np
 import torch
 
 from ..archive._reader import open_arrays
-from ..backend import Batch, BatchOptions, get_backend, resolve_device
+from ..archive._obsm import OBSM_DIR
+from ..archive._remote import NEIGHBOR_FILES, RemoteArchive
+from ..backend import Batch, BatchOptions, get_backend, remote_location, resolve_device
 from ._csr import sort_rows, take_rows, to_scipy
 from ._obs import ObsColumns, ObsmArrays, input_groups
 from ._order import (ORDERS, Shard, epoch_order, fetch_permutation, resident_shard, resident_share, rng_for,
@@ -36,7 +39,10 @@ class SingleCellLoader:
     Parameters
     ----------
     data
-        An archive path or a :class:`~scdl_gpu.SingleCellMemMapDataset`.
+        An archive path, a :class:`~scdl_gpu.SingleCellMemMapDataset`, or an archive at a URL
+        (``s3://``, ``gs://``, ``https://``, ``file://``; or an open
+        :class:`~scdl_gpu.archive.RemoteArchive`), its rows read by byte range into host memory
+        (random order warns: one range request per row), then as a local archive's.
     shuffle
         ``"sequential"``, ``"random"`` (a permutation per epoch) or ``"block"`` (shuffled blocks
         of ``block_size`` contiguous rows, default ``batch_size // 64``: each batch is read as a
@@ -94,6 +100,9 @@ class SingleCellLoader:
         unlike a global permutation, which rows share a batch is limited to one part (harmless for
         SGD in expectation; with ``world_size`` 1 it *is* a global permutation). The CPU reads the
         archive's maps (``"auto"``/``"stream"``); ``neighbors=True`` streams.
+    storage_options
+        For an archive at a URL: passed to fsspec (``endpoint_url``, ``anon``, ...); credentials
+        otherwise come from the usual environment and configuration files.
     prefetch
         Batches assembled ahead by a background thread (0: none). Default: 2 on a GPU (the host
         thread builds the next batches while the device trains), 0 on the CPU, where the compiled
@@ -130,8 +139,9 @@ class SingleCellLoader:
         class_weights: dict | None = None,
         group_weights: dict[str, float] | None = None,
         epoch_length: int | None = None,
+        storage_options: dict | None = None,
     ) -> None:
-        self.path = Path(getattr(data, "data_path", data))
+        source = getattr(data, "data_path", data)
         weighted = _check_weighting(balance, class_weights, group_weights, epoch_length)
         if isinstance(shuffle, bool):
             shuffle = "random" if shuffle else "sequential"
@@ -156,39 +166,61 @@ class SingleCellLoader:
         opts = options or BatchOptions()
         if output == "dense" and not opts.dense:
             opts = BatchOptions(**{**opts.__dict__, "dense": True})
+        self._own_remote = None  # a remote archive this loader opened (and closes)
+        if isinstance(source, str) and remote_location(source):
+            source = self._own_remote = RemoteArchive(source, storage_options)
+        elif storage_options and not remote_location(source):
+            raise ValueError(f"storage_options are for archives at a URL; {source} is a local path")
+        source = source if remote_location(source) else Path(source)
         self._share = None
         if resolve_device(device) == "cuda" and residency != "stream":
             for asked, what in ((neighbors, "neighbors=True"), (weighted, "weighted sampling")):
                 if asked and residency in ("device", "pinned"):
                     raise ValueError(f"{what} reads rows outside a rank's resident share; use residency='stream'")
             streams = neighbors or weighted
-            n_rows = open_arrays(self.path).n_rows
+            n_rows = source.n_rows if remote_location(source) else open_arrays(source).n_rows
             share = None if streams else resident_share(n_rows, self.seed, self.rank, self.world_size, self.drop_last)
             residency = "stream" if streams else residency
-            self.backend = get_backend(self.path, device=device, options=opts, residency=residency, resident_rows=share)
+            self.backend = get_backend(source, device=device, options=opts, residency=residency, resident_rows=share)
             if self.backend.residency in ("device", "pinned"):
                 self._share = share
         else:
-            self.backend = get_backend(self.path, device=device, options=opts, residency=residency)
+            self.backend = get_backend(source, device=device, options=opts, residency=residency)
+        self.path = self.backend.path  # a URL's with its credentials redacted
+        remote = self.backend.remote
+        if remote is not None and shuffle == "random":
+            warnings.warn(f"random order over the remote archive {remote.url} reads one range per row (a request "
+                          "each, at the store's latency); block order reads a few long ranges per batch", UserWarning,
+                          stacklevel=2)
+        files = self.backend.files  # the archive, or a remote one's local mirror of its small files
         self.residency = getattr(self.backend, "residency", "stream")
         self.prefetch = int(prefetch) if prefetch is not None else (0 if self.backend.device == "cpu" else 2)
         self.n_rows = self.backend.n_rows
         self.n_genes = self.backend.width
-        self.obs = ObsColumns(self.path, list(obs_columns or []), self.n_rows)
-        self.obsm = ObsmArrays(self.path, list(obsm_keys), self.n_rows) if obsm_keys else None
-        self.weighting = dict(balance=balance, class_weights=_plain(class_weights), group_weights=_plain(group_weights),
-                              epoch_length=None if epoch_length is None else int(epoch_length)) if weighted else None
-        self._weights = self._build_weights() if weighted else None
-        self.neighbors = None
-        if neighbors:
-            arrays = open_arrays(self.path, load_neighbors=True)
-            if arrays.neighbors is None:
-                raise ValueError(f"neighbors=True but {self.path} has no neighbor arrays")
-            self.neighbors = tuple(a.view(np.ndarray) for a in arrays.neighbors)
+        with contextlib.nullcontext() if remote is None else remote.naming_url():  # errors name the URL
+            self._open_per_cell(files, remote, obs_columns, obsm_keys, neighbors)
+            self._files = files
+            self.weighting = dict(balance=balance, class_weights=_plain(class_weights), group_weights=_plain(group_weights),
+                                  epoch_length=None if epoch_length is None else int(epoch_length)) if weighted else None
+            self._weights = self._build_weights() if weighted else None
         _silence_csr_beta_warning()
         self.epoch = 0
         self._resume_at = 0  # batches of the current epoch already consumed (from load_state_dict)
         self._done = 0
+
+    def _open_per_cell(self, files, remote, obs_columns, obsm_keys, neighbors: bool) -> None:
+        """obs columns, obsm arrays and the neighbor graph, from the archive's files (a remote
+        archive's mirror, into which the arrays read whole are fetched first)."""
+        self.obs = ObsColumns(files, list(obs_columns or []), self.n_rows)
+        if remote is not None:
+            remote.fetch([f"{OBSM_DIR}/{k}.npy" for k in obsm_keys or []] + list(NEIGHBOR_FILES if neighbors else ()))
+        self.obsm = ObsmArrays(files, list(obsm_keys), self.n_rows) if obsm_keys else None
+        self.neighbors = None
+        if neighbors:
+            arrays = open_arrays(files, load_neighbors=True)
+            if arrays.neighbors is None:
+                raise ValueError(f"neighbors=True but {self.path} has no neighbor arrays")
+            self.neighbors = tuple(a.view(np.ndarray) for a in arrays.neighbors)
 
     @property
     def stages(self):
@@ -226,11 +258,11 @@ class SingleCellLoader:
                                      f"do not cover its {self.n_rows} rows")
                 groups = list(names), np.repeat(np.arange(len(names), dtype=np.int32), sizes)
             else:
-                groups = input_groups(self.path, self.n_rows)
+                groups = input_groups(self._files, self.n_rows)
         classes = None
         if spec["balance"] is not None:
             col = spec["balance"]
-            obs = self.obs if col in self.obs.columns else ObsColumns(self.path, [col], self.n_rows)
+            obs = self.obs if col in self.obs.columns else ObsColumns(self._files, [col], self.n_rows)
             classes = class_codes(obs.values[col], obs.categories.get(col))
         return build_weighting(self.n_rows, groups, spec["group_weights"], classes, spec["class_weights"], spec["balance"] or "")
 
@@ -362,6 +394,8 @@ class SingleCellLoader:
 
     def close(self) -> None:
         self.backend.close()
+        if self._own_remote is not None:
+            self._own_remote.close()
 
     def __repr__(self) -> str:
         return (f"SingleCellLoader({str(self.path)!r}, batch_size={self.batch_size}, shuffle={self.order!r}, "
