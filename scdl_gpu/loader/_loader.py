@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..archive._reader import open_arrays
+from ..atlas import is_atlas
 from ..backend import Batch, BatchOptions, get_backend, resolve_device
 from ._csr import sort_rows, take_rows, to_scipy
 from ._obs import ObsColumns, ObsmArrays
@@ -35,7 +36,10 @@ class SingleCellLoader:
     Parameters
     ----------
     data
-        An archive path or a :class:`~scdl_gpu.SingleCellMemMapDataset`.
+        An archive path, an atlas directory (many member archives in one gene vocabulary: global
+        row ids, batches as wide as the vocabulary, obs columns aligned across members; block
+        order keeps each block inside one member; read on the CPU) or a
+        :class:`~scdl_gpu.SingleCellMemMapDataset`.
     shuffle
         ``"sequential"``, ``"random"`` (a permutation per epoch) or ``"block"`` (shuffled blocks
         of ``block_size`` contiguous rows, default ``batch_size // 64``: each batch is read as a
@@ -124,7 +128,11 @@ class SingleCellLoader:
         if output == "dense" and not opts.dense:
             opts = BatchOptions(**{**opts.__dict__, "dense": True})
         self._share = None
-        if resolve_device(device) == "cuda" and residency != "stream":
+        atlas = is_atlas(self.path)
+        if atlas and (neighbors or obsm_keys):
+            raise ValueError(f"{self.path} is an atlas: neighbors=True and obsm_keys are read from one archive; "
+                             "load them from its members")
+        if resolve_device(device) == "cuda" and residency != "stream" and not atlas:
             if neighbors and residency in ("device", "pinned"):
                 raise ValueError("neighbors=True reads rows outside a rank's resident share; use residency='stream'")
             n_rows = open_arrays(self.path).n_rows
@@ -139,6 +147,8 @@ class SingleCellLoader:
         self.prefetch = int(prefetch) if prefetch is not None else (0 if self.backend.device == "cpu" else 2)
         self.n_rows = self.backend.n_rows
         self.n_genes = self.backend.width
+        # an atlas's members: blocks stay inside one (the order sees row ranges, never members)
+        self._segments = getattr(self.backend, "groups", (None, None))[1]
         self.obs = ObsColumns(self.path, list(obs_columns or []), self.n_rows)
         self.obsm = ObsmArrays(self.path, list(obsm_keys), self.n_rows) if obsm_keys else None
         self.neighbors = None
@@ -174,7 +184,7 @@ class SingleCellLoader:
         if self._share is not None:
             return resident_shard(self._share, self.order, self.seed, epoch, self.rank, self.batch_size,
                                   self.block_size, self.drop_last)
-        order = epoch_order(self.n_rows, self.order, self.seed, epoch, self.block_size)
+        order = epoch_order(self.n_rows, self.order, self.seed, epoch, self.block_size, segments=self._segments)
         return shard(order, self.rank, self.world_size, self.batch_size, self.drop_last)
 
     def __len__(self) -> int:
