@@ -154,6 +154,13 @@ class AtlasBackend:
         except BaseException:
             self.close()
             raise
+        members = self.members
+        self._maps, self._map_at = _gather_remap.concat_maps([m.cmap for m in members])
+        self._widths = np.array([m.reader.width for m in members], np.int64)
+        self._drops = np.array([m.drops for m in members], np.bool_)
+        self._sort = np.array([m.sort for m in members], np.bool_)
+        self._f16 = np.array([m.f16 for m in members], np.bool_)
+        self._paths = [m.reader.path for m in members]
         self._outputs = BufferPool()
         self._warm_up()
 
@@ -197,41 +204,49 @@ class AtlasBackend:
             return to_batch(types.SimpleNamespace(rows=rows), shape, out, _t, sorted=True)
 
     def _gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The rows' values and vocabulary columns, packed in request order, and their pointers."""
+        """The rows' values and vocabulary columns, packed in request order, and their pointers.
+
+        Each member's rows are planned (and, unless flat, read) apart; then members that share
+        dtypes go through the count and copy passes together, one launch each."""
         member, local = self.atlas.locate(rows)
-        parts = []
-        out_len = np.zeros(len(rows), np.int64)
         order = np.argsort(member, kind="stable") if np.any(member[1:] < member[:-1]) else np.arange(len(rows))
         grouped = member[order]
-        cuts = np.flatnonzero(grouped[1:] != grouped[:-1]) + 1
-        for pos in np.split(order, cuts) if len(rows) else []:
-            m = self.members[int(member[pos[0]])]
-            mine = local[pos]
-            plan = plan_rows(m.reader.row_ptr, mine, m.reader.n_data, m.reader.path)
+        runs = np.split(order, np.flatnonzero(grouped[1:] != grouped[:-1]) + 1) if len(rows) else []
+        groups: dict[tuple, list] = {}
+        for pos in runs:
+            k = int(member[pos[0]])
+            m = self.members[k]
+            plan = plan_rows(m.reader.row_ptr, local[pos], m.reader.n_data, m.reader.path)
             data, cols, starts = m.fetch(plan)
-            lens = np.diff(plan.in_ptr)
-            if m.drops:
-                kept = _gather_remap.count_kept(cols, starts, lens, m.reader.width, m.cmap, archive=m.reader.path,
-                                                rows=mine)
-            else:
-                kept = lens
+            key = (data.dtype, cols.dtype, m.f16)
+            groups.setdefault(key, []).append((k, pos, data, cols, starts, np.diff(plan.in_ptr)))
+        out_len = np.zeros(len(rows), np.int64)
+        passes = []
+        for (dd, cd, f16), parts in groups.items():
+            arrays = [(np.empty(0, dd), np.empty(0, cd))] * len(self.members)
+            for k, _, data, cols, *_ in parts:
+                arrays[k] = (data, cols)
+            pos, mem, starts, lens = (np.concatenate(x) for x in zip(*[
+                (p, np.full(len(p), k, np.int64), st, ln) for k, p, _, _, st, ln in parts]))
+            kept = lens
+            if self._drops[mem].any():
+                kept = _gather_remap.count_kept(arrays, mem, starts, lens, self._widths, self._maps, self._map_at,
+                                                archives=self._paths, rows=local[pos])
             out_len[pos] = kept
-            parts.append((m, pos, mine, data, cols, starts, lens))
+            passes.append((f16, arrays, pos, mem, starts, lens))
         out_ptr = np.zeros(len(rows) + 1, np.int64)
         np.cumsum(out_len, out=out_ptr[1:])
         nnz = int(out_ptr[-1])
         vd, idt = self._out_dtypes(nnz)
         values, out_cols = self._outputs.empty(nnz, vd), self._outputs.empty(nnz, idt)
-        halves = np.empty(nnz, np.uint16) if any(p[0].f16 for p in parts) else None
-        for m, pos, mine, data, cols, starts, lens in parts:
-            _gather_remap.gather_remap(data, cols, starts, lens, out_ptr[pos], m.reader.width, m.cmap,
-                                       halves if m.f16 else values, out_cols, drops=m.drops, sort=m.sort,
-                                       archive=m.reader.path, rows=mine)
-        if halves is not None:  # float16 members' values, cast where they landed
-            f16_row = np.zeros(len(rows), bool)
-            for m, pos, *_ in parts:
-                f16_row[pos] = m.f16
-            where = np.repeat(f16_row, out_len)
+        # float16 members move as their bits (numba has no float16), cast where they landed
+        halves = np.empty(nnz, np.uint16) if any(p[0] for p in passes) else None
+        for f16, arrays, pos, mem, starts, lens in passes:
+            _gather_remap.gather_remap(arrays, mem, starts, lens, out_ptr[pos], self._widths, self._maps, self._map_at,
+                                       self._drops, self._sort, halves if f16 else values, out_cols,
+                                       archives=self._paths, rows=local[pos])
+        if halves is not None:
+            where = np.repeat(self._f16[member], out_len)
             values[where] = halves[where].view(np.float16)
         return values, out_cols, out_ptr
 

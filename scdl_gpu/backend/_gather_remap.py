@@ -1,31 +1,45 @@
-"""The compiled gather with a column map: one member's rows copied into their places in an atlas
-batch, every column checked against the member's width and mapped onto the vocabulary.
+"""The compiled gather with column maps: an atlas batch's rows copied from their members into
+their places in the output, every column checked against its member's width and mapped onto the
+vocabulary.
 
 Two numba passes (compiled once per dtype combination, cached on disk, GIL released, in parallel
-over rows for large batches, as :mod:`._gather`):
+over rows for large batches, as :mod:`._gather`), each ONE launch over every row of the members
+that share value and column dtypes (a batch in block order touches ten members: ten parallel
+launches cost ten thread wake-ups, which on a busy machine measured milliseconds each):
 
-- :func:`count_kept` — when the member's map drops genes: how many entries of each row the
+- :func:`count_kept` — when a member's map drops genes: how many entries of each row the
   vocabulary keeps (the rows' output lengths), checking every column first.
 - :func:`gather_remap` — copies each row's kept values (cast as :func:`._gather.gather` casts)
   and mapped columns to ``dest[i]`` in the output, and sorts a row's columns (values follow,
-  stable) when ``sort`` and they are out of order.
+  stable) when its member needs it and they are out of order.
 
-``cmap`` is the member's column map (int32: member column -> vocabulary column, -1 = dropped). A
-column ``>= width`` (the member's gene count) is never looked up: the first such row makes the
-pass return its index, and the caller raises :class:`~scdl_gpu.errors.ArchiveError` naming the
-member's ``col_ptr.npy``. The NumPy reference is :func:`gather_remap_reference`.
+The members reach the passes as :func:`member_pointers` (addresses, as the chunked gather reads
+its chunks, so no reference count is bumped per row); ``maps`` holds every member's column map
+(int32: member column -> vocabulary column, -1 = dropped) back to back, member ``k``'s from
+``map_at[k]``. A column ``>= widths[k]`` is never looked up: the pass returns the first such row
+and :func:`gather_remap` raises :class:`~scdl_gpu.errors.ArchiveError` naming that member's
+``col_ptr.npy``. The NumPy reference is :func:`gather_remap_reference`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numba
 import numpy as np
 
 from ..archive._bounds import column_error
-from ._gather import _JIT, _launch, _sort_row, _via_double
+from ._gather import _JIT, _forked, _launch, _sort_row, _via_double, _voidptr
 
 
-@numba.njit(**_JIT)
+@numba.njit(inline="always", **_JIT)
+def _member(ptrs, k):  # pragma: no cover - compiled
+    data_at, cols_at, lens, data_ex, cols_ex = ptrs
+    return (numba.carray(_voidptr(data_at[k]), lens[k], data_ex.dtype),
+            numba.carray(_voidptr(cols_at[k]), lens[k], cols_ex.dtype))
+
+
+@numba.njit(inline="always", **_JIT)
 def _row_ok(cols, s, n, width):  # pragma: no cover - compiled
     """Whether every column of the row is below ``width`` (unsigned compare; vectorisable)."""
     top = cols.dtype.type(0)
@@ -34,63 +48,62 @@ def _row_ok(cols, s, n, width):  # pragma: no cover - compiled
     return n == 0 or np.uint64(top) < np.uint64(width)
 
 
-@numba.njit(**_JIT)
-def _count_row(cols, s, n, cmap):  # pragma: no cover - compiled
-    kept = 0
+@numba.njit(inline="always", **_JIT)
+def _count_row(ptrs, member, starts, lens, widths, maps, map_at, kept, i):  # pragma: no cover - compiled
+    k = member[i]
+    _, cols = _member(ptrs, k)
+    s, n = starts[i], lens[i]
+    if not _row_ok(cols, s, n, widths[k]):
+        return False
+    base = map_at[k]
+    c = 0
     for j in range(s, s + n):
-        kept += cmap[cols[j]] >= 0
-    return kept
+        c += maps[base + cols[j]] >= 0
+    kept[i] = c
+    return True
 
 
 @numba.njit(**_JIT)
-def _count_serial(cols, starts, lens, width, cmap, kept):  # pragma: no cover - compiled
+def _count_serial(ptrs, member, starts, lens, widths, maps, map_at, kept):  # pragma: no cover - compiled
     for i in range(starts.shape[0]):
-        if not _row_ok(cols, starts[i], lens[i], width):
+        if not _count_row(ptrs, member, starts, lens, widths, maps, map_at, kept, i):
             return i
-        kept[i] = _count_row(cols, starts[i], lens[i], cmap)
     return -1
 
 
 @numba.njit(parallel=True, **_JIT)
-def _count_parallel(cols, starts, lens, width, cmap, kept):  # pragma: no cover - compiled
-    bad = np.full(starts.shape[0], False)
+def _count_parallel(ptrs, member, starts, lens, widths, maps, map_at, kept):  # pragma: no cover - compiled
+    bad = np.zeros(starts.shape[0], np.bool_)
     for i in numba.prange(starts.shape[0]):
-        if _row_ok(cols, starts[i], lens[i], width):
-            kept[i] = _count_row(cols, starts[i], lens[i], cmap)
-        else:
-            bad[i] = True
+        bad[i] = not _count_row(ptrs, member, starts, lens, widths, maps, map_at, kept, i)
     for i in range(starts.shape[0]):
         if bad[i]:
             return i
     return -1
 
 
-@numba.njit(**_JIT)
-def _remap_row(data, cols, s, n, o, width, cmap, out_vals, out_cols, via_double, drops, sort):  # pragma: no cover
-    """One row into ``[o, o + kept)``; False when a column is out of range (nothing written)."""
-    if not _row_ok(cols, s, n, width):
+@numba.njit(inline="always", **_JIT)
+def _remap_row(ptrs, member, starts, lens, dest, widths, maps, map_at, drops, sort, out_vals, out_cols, via_double,
+               i):  # pragma: no cover - compiled
+    """Row ``i`` into ``[dest[i], dest[i] + kept)``; False when a column is out of range."""
+    k = member[i]
+    data, cols = _member(ptrs, k)
+    s, n, o = starts[i], lens[i], dest[i]
+    if not _row_ok(cols, s, n, widths[k]):
         return False
-    k = o
-    if drops:
-        for j in range(s, s + n):
-            t = cmap[cols[j]]
-            if t >= 0:
-                out_cols[k] = t
-                if via_double:  # two statements, not a conditional expression: that would unify the
-                    out_vals[k] = np.float64(data[j])  # types and round int64 twice
-                else:
-                    out_vals[k] = data[j]
-                k += 1
-    else:
-        for j in range(s, s + n):
-            out_cols[k] = cmap[cols[j]]
-            if via_double:
-                out_vals[k] = np.float64(data[j])
+    base = map_at[k]
+    m = o
+    for j in range(s, s + n):
+        t = maps[base + cols[j]]
+        if t >= 0 or not drops[k]:
+            out_cols[m] = t
+            if via_double:  # two statements, not a conditional expression: that would unify the
+                out_vals[m] = np.float64(data[j])  # types and round int64 twice
             else:
-                out_vals[k] = data[j]
-            k += 1
-    m = k - o
-    if sort and m > 1:
+                out_vals[m] = data[j]
+            m += 1
+    m -= o
+    if sort[k] and m > 1:
         unsorted = False
         for j in range(o + 1, o + m):
             unsorted |= out_cols[j] < out_cols[j - 1]
@@ -100,65 +113,88 @@ def _remap_row(data, cols, s, n, o, width, cmap, out_vals, out_cols, via_double,
 
 
 @numba.njit(**_JIT)
-def _remap_serial(data, cols, starts, lens, dest, width, cmap, out_vals, out_cols, via_double, drops,
-                  sort):  # pragma: no cover - compiled
+def _remap_serial(ptrs, member, starts, lens, dest, widths, maps, map_at, drops, sort, out_vals, out_cols,
+                  via_double):  # pragma: no cover - compiled
     for i in range(starts.shape[0]):
-        if not _remap_row(data, cols, starts[i], lens[i], dest[i], width, cmap, out_vals, out_cols, via_double, drops,
-                          sort):
+        if not _remap_row(ptrs, member, starts, lens, dest, widths, maps, map_at, drops, sort, out_vals, out_cols,
+                          via_double, i):
             return i
     return -1
 
 
 @numba.njit(parallel=True, **_JIT)
-def _remap_parallel(data, cols, starts, lens, dest, width, cmap, out_vals, out_cols, via_double, drops,
-                    sort):  # pragma: no cover - compiled
-    bad = np.full(starts.shape[0], False)
+def _remap_parallel(ptrs, member, starts, lens, dest, widths, maps, map_at, drops, sort, out_vals, out_cols,
+                    via_double):  # pragma: no cover - compiled
+    bad = np.zeros(starts.shape[0], np.bool_)
     for i in numba.prange(starts.shape[0]):
-        bad[i] = not _remap_row(data, cols, starts[i], lens[i], dest[i], width, cmap, out_vals, out_cols, via_double,
-                                drops, sort)
+        bad[i] = not _remap_row(ptrs, member, starts, lens, dest, widths, maps, map_at, drops, sort, out_vals,
+                                out_cols, via_double, i)
     for i in range(starts.shape[0]):
         if bad[i]:
             return i
     return -1
 
 
-def _raise_bad(cols, starts, lens, i: int, width: int, archive, rows) -> None:
+def member_pointers(arrays: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple:
+    """What the passes read members through: each member's value and column addresses and length,
+    and a 0-length array of each dtype (all members alike). The caller keeps ``arrays`` alive."""
+    if not arrays:
+        raise ValueError("no members")
+    (d0, c0) = arrays[0]
+    for d, c in arrays:
+        if d.dtype != d0.dtype or c.dtype != c0.dtype or len(d) != len(c) or not (d.flags.c_contiguous and c.flags.c_contiguous):
+            raise ValueError("members read in one pass need one value dtype, one column dtype and contiguous arrays")
+    addresses = [np.array([a.ctypes.data for a in part], np.int64) for part in zip(*arrays)]
+    return (*addresses, np.array([len(d) for d, _ in arrays], np.int64), np.empty(0, d0.dtype), np.empty(0, c0.dtype))
+
+
+def concat_maps(maps: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``(maps back to back as int32, each one's start; len(maps) + 1)``."""
+    at = np.zeros(len(maps) + 1, np.int64)
+    np.cumsum([len(m) for m in maps], out=at[1:])
+    return (np.concatenate(maps).astype(np.int32) if maps else np.zeros(0, np.int32)), at
+
+
+def _bad_column(ptrs_arrays, member, starts, lens, widths, i: int, archives, rows) -> Exception:
+    k = int(member[i])
+    cols = ptrs_arrays[k][1]
     seg = np.asarray(cols[int(starts[i]) : int(starts[i]) + int(lens[i])]).astype(np.uint64)
+    width = int(widths[k])
     c = int(seg[seg >= np.uint64(width)][0])
-    raise column_error(archive, int(rows[i]) if rows is not None else i, c, width)
+    return column_error(archives[k] if archives else "", int(rows[i]) if rows is not None else i, c, width)
 
 
-def count_kept(cols: np.ndarray, starts: np.ndarray, lens: np.ndarray, width: int, cmap: np.ndarray, *,
-               archive="", rows: np.ndarray | None = None) -> np.ndarray:
-    """Entries of each row the map keeps (int64); ``ArchiveError`` on a column ``>= width``
-    (naming ``col_ptr.npy`` under ``archive`` and the member row ``rows[i]``)."""
+def count_kept(arrays, member, starts, lens, widths, maps, map_at, *, archives=None, rows=None) -> np.ndarray:
+    """Entries of each row its member's map keeps (int64). ``arrays``: each member's ``(values,
+    columns)``; ``member``/``starts``/``lens``: each row's member, first value and length. A column
+    ``>= widths[k]`` raises ``ArchiveError`` naming ``col_ptr.npy`` under ``archives[k]`` and the
+    member row ``rows[i]``."""
     kept = np.empty(len(starts), np.int64)
-    args = (cols, starts, lens, np.int64(width), cmap, kept)
+    args = (member_pointers(arrays), member, starts, lens, widths, maps, map_at, kept)
     bad = _launch(_count_serial, _count_parallel, args, int(lens.sum()), len(starts))
     if bad >= 0:
-        _raise_bad(cols, starts, lens, bad, width, archive, rows)
+        raise _bad_column(arrays, member, starts, lens, widths, bad, archives, rows)
     return kept
 
 
-def gather_remap(data: np.ndarray, cols: np.ndarray, starts: np.ndarray, lens: np.ndarray, dest: np.ndarray,
-                 width: int, cmap: np.ndarray, out_vals: np.ndarray, out_cols: np.ndarray, *, drops: bool,
-                 sort: bool, archive="", rows: np.ndarray | None = None) -> None:
-    """Copy row ``i`` (``lens[i]`` entries from ``starts[i]`` in ``data``/``cols``) to ``dest[i]``
-    in ``out_vals``/``out_cols``: values cast to ``out_vals``'s dtype, columns through ``cmap``
-    (dropping ``-1`` when ``drops``; then the caller sized the rows with :func:`count_kept`).
-    Raises ``ArchiveError`` on a column ``>= width``."""
-    for a in (starts, lens, dest):
+def gather_remap(arrays, member, starts, lens, dest, widths, maps, map_at, drops, sort, out_vals, out_cols, *,
+                 archives=None, rows=None) -> None:
+    """Copy row ``i`` (``lens[i]`` entries from ``starts[i]`` of member ``member[i]``'s arrays) to
+    ``dest[i]`` in ``out_vals``/``out_cols``: values cast to ``out_vals``'s dtype, columns through
+    the member's map (dropping ``-1`` where ``drops[k]``: then :func:`count_kept` sized the rows),
+    sorted inside the row where ``sort[k]``. Raises ``ArchiveError`` as :func:`count_kept`."""
+    for a in (member, starts, lens, dest):
         if a.dtype != np.int64 or len(a) != len(starts):
-            raise ValueError("starts, lens and dest must be int64 arrays of one length")
-    args = (data, cols, starts, lens, dest, np.int64(width), cmap, out_vals, out_cols,
-            _via_double(data.dtype, out_vals), bool(drops), bool(sort))
+            raise ValueError("member, starts, lens and dest must be int64 arrays of one length")
+    args = (member_pointers(arrays), member, starts, lens, dest, widths, maps, map_at, drops, sort, out_vals, out_cols,
+            _via_double(arrays[0][0].dtype, out_vals))
     bad = _launch(_remap_serial, _remap_parallel, args, int(lens.sum()), len(starts))
     if bad >= 0:
-        _raise_bad(cols, starts, lens, bad, width, archive, rows)
+        raise _bad_column(arrays, member, starts, lens, widths, bad, archives, rows)
 
 
 def gather_remap_reference(data, cols, starts, lens, width, cmap, value_dtype, index_dtype, sort: bool):
-    """NumPy twin for tests: ``(out_ptr, values, columns)`` of the rows packed in order."""
+    """NumPy twin for one member's rows, for tests: ``(out_ptr, values, columns)`` packed in order."""
     vals_out, cols_out, ptr = [], [], [0]
     cmap = np.asarray(cmap, np.int64)
     for s, n in zip(np.asarray(starts, np.int64), np.asarray(lens, np.int64)):
@@ -183,19 +219,16 @@ def gather_remap_reference(data, cols, starts, lens, width, cmap, value_dtype, i
 def warm_up(data_dtype, col_dtype, outputs) -> None:
     """Compile (or load from numba's cache) both passes for each ``(value, index)`` dtype in ``outputs``."""
     data, cols = np.ones(1, data_dtype), np.zeros(1, col_dtype)
-    for a in (data, cols):
-        a.setflags(write=False)  # as the maps are
-    one = np.zeros(1, np.int64)
-    lens = np.ones(1, np.int64)
-    cmap = np.zeros(1, np.int32)
-    from ._gather import _forked
-
+    ptrs = member_pointers([(data, cols)])
+    one, zero = np.ones(1, np.int64), np.zeros(1, np.int64)
+    maps, map_at = np.zeros(1, np.int32), np.array([0, 1], np.int64)
+    flags = np.zeros(1, np.bool_)
     for run in (_count_serial,) if _forked[0] else (_count_serial, _count_parallel):
-        run(cols, one, lens, np.int64(1), cmap, np.empty(1, np.int64))
+        run(ptrs, zero, zero, one, one, maps, map_at, np.empty(1, np.int64))
     for vd, idt in dict.fromkeys(outputs):
         out_v, out_c = np.empty(1, vd), np.empty(1, idt)
         for run in (_remap_serial,) if _forked[0] else (_remap_serial, _remap_parallel):
-            run(data, cols, one, lens, one, np.int64(1), cmap, out_v, out_c, False, False, False)
+            run(ptrs, zero, zero, one, zero, one, maps, map_at, flags, flags, out_v, out_c, False)
 
 
-__all__ = ["count_kept", "gather_remap", "gather_remap_reference", "warm_up"]
+__all__ = ["concat_maps", "count_kept", "gather_remap", "gather_remap_reference", "member_pointers", "warm_up"]

@@ -184,22 +184,42 @@ def test_replaced_member_is_an_archive_error_naming_it(members, tmp_path):
 
 
 def test_remap_pass_against_its_reference():
+    """Two members of one dtype in one pass, rows interleaved: each row as the NumPy twin maps it."""
     rng = np.random.default_rng(5)
-    width = 30
-    lens = rng.integers(0, 12, 50)
-    starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
-    cols = np.concatenate([rng.permutation(width)[:n] for n in lens]).astype(np.uint32)
-    data = rng.integers(1, 1000, len(cols)).astype(np.uint64)
-    cmap = np.where(rng.random(width) < 0.3, -1, rng.permutation(width)).astype(np.int32)
+    members, refs = [], []
+    for width in (30, 17):
+        lens = rng.integers(0, 12, 40).astype(np.int64)
+        starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+        cols = np.concatenate([rng.permutation(width)[:n] for n in lens]).astype(np.uint32)
+        data = rng.integers(1, 1000, len(cols)).astype(np.uint64)
+        cmap = np.where(rng.random(width) < 0.3, -1, rng.permutation(40)[:width]).astype(np.int32)
+        members.append(dict(data=data, cols=cols, starts=starts, lens=lens, width=width, cmap=cmap))
+    maps, map_at = _gather_remap.concat_maps([m["cmap"] for m in members])
+    widths = np.array([30, 17], np.int64)
+    drops = np.array([True, True])
+    arrays = [(m["data"], m["cols"]) for m in members]
+    who = rng.integers(0, 2, 60)  # which member each batch row comes from
+    pick = [rng.integers(0, 40, (who == k).sum()) for k in range(2)]
+    mem = who.astype(np.int64)
+    starts = np.empty(60, np.int64)
+    lens = np.empty(60, np.int64)
+    for k in range(2):
+        starts[who == k] = members[k]["starts"][pick[k]]
+        lens[who == k] = members[k]["lens"][pick[k]]
     for sort in (False, True):
-        ptr, v, c = _gather_remap.gather_remap_reference(data, cols, starts, lens, width, cmap, "float32", "int32", sort)
-        kept = _gather_remap.count_kept(cols, starts, lens.astype(np.int64), width, cmap)
-        assert np.array_equal(np.diff(ptr), kept)
+        want = [_gather_remap.gather_remap_reference(m["data"], m["cols"], [s], [n], m["width"], m["cmap"], "float32",
+                                                     "int32", sort) for s, n, m in zip(starts, lens, [members[k] for k in who])]
+        kept = _gather_remap.count_kept(arrays, mem, starts, lens, widths, maps, map_at)
+        assert list(kept) == [w[0][-1] for w in want]
+        ptr = np.concatenate([[0], np.cumsum(kept)])
         out_v, out_c = np.full(ptr[-1], -1, np.float32), np.full(ptr[-1], -1, np.int32)
-        _gather_remap.gather_remap(data, cols, starts, lens.astype(np.int64), ptr[:-1], width, cmap, out_v, out_c,
-                                   drops=True, sort=sort)
-        assert np.array_equal(out_v, v) and np.array_equal(out_c, c)
-    bad = cols.copy()
-    bad[starts[7] + 1 if lens[7] > 1 else 0] = width
-    with pytest.raises(ArchiveError, match=r"col_ptr\.npy: row"):
-        _gather_remap.count_kept(bad, starts, lens.astype(np.int64), width, cmap, archive="member")
+        _gather_remap.gather_remap(arrays, mem, starts, lens, ptr[:-1], widths, maps, map_at, drops,
+                                   np.array([sort, sort]), out_v, out_c)
+        assert np.array_equal(out_v, np.concatenate([w[1] for w in want]))
+        assert np.array_equal(out_c, np.concatenate([w[2] for w in want]))
+    bad = members[1]["cols"].copy()
+    row = int(np.flatnonzero((who == 1) & (lens > 0))[0])
+    bad[starts[row]] = 17  # the member's width: a column of the vocabulary, not of the member
+    with pytest.raises(ArchiveError, match=r"m1/col_ptr\.npy: row 7 holds column 17, expected < 17"):
+        _gather_remap.count_kept([arrays[0], (members[1]["data"], bad)], mem, starts, lens, widths, maps, map_at,
+                                 archives=["m0", "m1"], rows=np.where(np.arange(60) == row, 7, 0))
