@@ -82,6 +82,47 @@ def _count_parallel(ptrs, member, starts, lens, widths, maps, map_at, kept):  # 
     return -1
 
 
+_RADIX_MIN = 64  # shorter rows: the merge sort of ``_gather._sort_row``
+_RADIX_BITS = 11
+
+
+@numba.njit(**_JIT)
+def _radix_sort_row(cols, vals, o, m, top):  # pragma: no cover - compiled
+    """Sort ``cols[o:o+m]`` (non-negative, at most ``top``), ``vals`` following: a stable LSD radix
+    sort, 11 bits a pass (two passes for a vocabulary below 4M genes). A row of a member whose
+    genes come in another order than the vocabulary's is a shuffle of sorted runs, which costs a
+    comparison sort ~10x more (measured 5k against 50k cells/s at 1,450 values a row)."""
+    buf_c = np.empty(m, cols.dtype)
+    buf_v = np.empty(m, vals.dtype)
+    count = np.empty((1 << _RADIX_BITS) + 1, np.int64)
+    mask = (1 << _RADIX_BITS) - 1
+    shift = 0
+    in_buf = False
+    while True:
+        src_c = buf_c if in_buf else cols[o : o + m]
+        src_v = buf_v if in_buf else vals[o : o + m]
+        dst_c = cols[o : o + m] if in_buf else buf_c
+        dst_v = vals[o : o + m] if in_buf else buf_v
+        count[:] = 0
+        for j in range(m):
+            count[((np.int64(src_c[j]) >> shift) & mask) + 1] += 1
+        for d in range(1 << _RADIX_BITS):
+            count[d + 1] += count[d]
+        for j in range(m):
+            d = (np.int64(src_c[j]) >> shift) & mask
+            p = count[d]
+            dst_c[p] = src_c[j]
+            dst_v[p] = src_v[j]
+            count[d] = p + 1
+        in_buf = not in_buf
+        shift += _RADIX_BITS
+        if (top >> shift) == 0:
+            break
+    if in_buf:
+        cols[o : o + m] = buf_c
+        vals[o : o + m] = buf_v
+
+
 @numba.njit(inline="always", **_JIT)
 def _remap_row(ptrs, member, starts, lens, dest, widths, maps, map_at, drops, sort, out_vals, out_cols, via_double,
                i):  # pragma: no cover - compiled
@@ -124,10 +165,15 @@ def _remap_row(ptrs, member, starts, lens, dest, widths, maps, map_at, drops, so
             dst_c[j] = cmap[src_c[j]]
     if sort[k] and m > 1:
         unsorted = False
+        top = out_cols[o]
         for j in range(o + 1, o + m):
             unsorted |= out_cols[j] < out_cols[j - 1]
+            top = max(top, out_cols[j])
         if unsorted:
-            _sort_row(out_cols, out_vals, o, m)
+            if m <= _RADIX_MIN:
+                _sort_row(out_cols, out_vals, o, m)
+            else:
+                _radix_sort_row(out_cols, out_vals, o, m, np.int64(top))
     return True
 
 

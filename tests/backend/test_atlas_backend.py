@@ -223,3 +223,24 @@ def test_remap_pass_against_its_reference():
     with pytest.raises(ArchiveError, match=r"m1/col_ptr\.npy: row 7 holds column 17, expected < 17"):
         _gather_remap.count_kept([arrays[0], (members[1]["data"], bad)], mem, starts, lens, widths, maps, map_at,
                                  archives=["m0", "m1"], rows=np.where(np.arange(60) == row, 7, 0))
+
+
+@pytest.mark.parametrize("width", [1500, 5000, 3_000_000])  # one, two and three radix passes
+def test_long_rows_of_a_permuted_member_sort_like_the_reference(width):
+    rng = np.random.default_rng(width)
+    lens = rng.integers(0, 600, 30).astype(np.int64)
+    lens[0] = 65  # just above the radix sort's threshold
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+    cols = np.concatenate([np.sort(rng.choice(width, n, replace=False)) for n in lens]).astype(np.uint32)
+    data = rng.random(len(cols)).astype(np.float64)
+    cmap = rng.permutation(width).astype(np.int32)
+    cmap[rng.random(width) < 0.1] = -1
+    mem, widths = np.zeros(30, np.int64), np.array([width], np.int64)
+    for drops in (False, True):
+        m = cmap if drops else np.abs(cmap)  # without drops: every column kept
+        maps, map_at = _gather_remap.concat_maps([m])
+        ptr, want_v, want_c = _gather_remap.gather_remap_reference(data, cols, starts, lens, width, m, "float64", "int64", True)
+        out_v, out_c = np.empty(ptr[-1]), np.empty(ptr[-1], np.int64)
+        _gather_remap.gather_remap([(data, cols)], mem, starts, lens, ptr[:-1], widths, maps, map_at,
+                                   np.array([drops]), np.array([True]), out_v, out_c)
+        assert np.array_equal(out_c, want_c) and np.array_equal(out_v, want_v)
