@@ -3,7 +3,7 @@ their places in the output, every column checked against its member's width and 
 vocabulary.
 
 Two numba passes (compiled once per dtype combination, cached on disk, GIL released, in parallel
-over rows for large batches, as :mod:`._gather`), each ONE launch over every row of the members
+over rows only for very large batches: see ``PARALLEL_MIN_VALUES``), each ONE launch over every row of the members
 that share value and column dtypes (a batch in block order touches ten members: ten parallel
 launches cost ten thread wake-ups, which on a busy machine measured milliseconds each):
 
@@ -30,6 +30,19 @@ import numpy as np
 
 from ..archive._bounds import column_error
 from ._gather import _JIT, _forked, _launch, _sort_row, _via_double, _voidptr
+
+
+# Below this many values a batch is remapped on the calling thread. Measured on 2 shared cores
+# (interleaved repeats, loader cells/s): parallel launches of these passes cost milliseconds each
+# there (random order, batch 64: 8k against 120k cells/s serial; block order, batch 4096: 222k
+# against 323k), far more than the plain gather's; so only very large batches are shared out.
+PARALLEL_MIN_VALUES = 1 << 24
+
+
+def _run(serial, parallel, args, n: int, n_rows: int) -> int:
+    if n < PARALLEL_MIN_VALUES:
+        return serial(*args)
+    return _launch(serial, parallel, args, n, n_rows)
 
 
 @numba.njit(inline="always", **_JIT)
@@ -67,6 +80,16 @@ def _count_row(data_at, cols_at, sizes, data_ex, cols_ex, member, starts, lens, 
 
 
 @numba.njit(**_JIT)
+def _first_bad(data_at, cols_at, sizes, data_ex, cols_ex, member, starts, lens, widths):  # pragma: no cover
+    """The error path of the parallel passes: the first row with a column out of range."""
+    for i in range(starts.shape[0]):
+        _, cols = _member(data_at, cols_at, sizes, data_ex, cols_ex, member[i])
+        if not _row_ok(cols, starts[i], lens[i], widths[member[i]]):
+            return i
+    return -1
+
+
+@numba.njit(**_JIT)
 def _count_serial(ptrs, member, starts, lens, widths, maps, map_at, kept):  # pragma: no cover - compiled
     data_at, cols_at, sizes, data_ex, cols_ex = ptrs
     for i in range(starts.shape[0]):
@@ -78,14 +101,12 @@ def _count_serial(ptrs, member, starts, lens, widths, maps, map_at, kept):  # pr
 @numba.njit(parallel=True, **_JIT)
 def _count_parallel(ptrs, member, starts, lens, widths, maps, map_at, kept):  # pragma: no cover - compiled
     data_at, cols_at, sizes, data_ex, cols_ex = ptrs
-    bad = np.zeros(starts.shape[0], np.bool_)
+    bad = 0  # a reduction, as in _gather: an array of flags would be one more parallel region
     for i in numba.prange(starts.shape[0]):
-        bad[i] = not _count_row(data_at, cols_at, sizes, data_ex, cols_ex, member, starts, lens, widths, maps, map_at,
-                                kept, i)
-    for i in range(starts.shape[0]):
-        if bad[i]:
-            return i
-    return -1
+        if not _count_row(data_at, cols_at, sizes, data_ex, cols_ex, member, starts, lens, widths, maps, map_at,
+                          kept, i):
+            bad += 1
+    return -1 if bad == 0 else _first_bad(data_at, cols_at, sizes, data_ex, cols_ex, member, starts, lens, widths)
 
 
 _RADIX_MIN = 64  # shorter rows: the merge sort of ``_gather._sort_row``
@@ -198,14 +219,12 @@ def _remap_serial(ptrs, member, starts, lens, dest, widths, maps, map_at, drops,
 def _remap_parallel(ptrs, member, starts, lens, dest, widths, maps, map_at, drops, sort, out_vals, out_cols,
                     via_double):  # pragma: no cover - compiled
     data_at, cols_at, sizes, data_ex, cols_ex = ptrs
-    bad = np.zeros(starts.shape[0], np.bool_)
+    bad = 0
     for i in numba.prange(starts.shape[0]):
-        bad[i] = not _remap_row(data_at, cols_at, sizes, data_ex, cols_ex, member, starts, lens, dest, widths, maps,
-                                map_at, drops, sort, out_vals, out_cols, via_double, i)
-    for i in range(starts.shape[0]):
-        if bad[i]:
-            return i
-    return -1
+        if not _remap_row(data_at, cols_at, sizes, data_ex, cols_ex, member, starts, lens, dest, widths, maps,
+                          map_at, drops, sort, out_vals, out_cols, via_double, i):
+            bad += 1
+    return -1 if bad == 0 else _first_bad(data_at, cols_at, sizes, data_ex, cols_ex, member, starts, lens, widths)
 
 
 def member_pointers(arrays: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple:
@@ -244,7 +263,7 @@ def count_kept(arrays, member, starts, lens, widths, maps, map_at, *, archives=N
     member row ``rows[i]``."""
     kept = np.empty(len(starts), np.int64)
     args = (member_pointers(arrays), member, starts, lens, widths, maps, map_at, kept)
-    bad = _launch(_count_serial, _count_parallel, args, int(lens.sum()), len(starts))
+    bad = _run(_count_serial, _count_parallel, args, int(lens.sum()), len(starts))
     if bad >= 0:
         raise _bad_column(arrays, member, starts, lens, widths, bad, archives, rows)
     return kept
@@ -261,7 +280,7 @@ def gather_remap(arrays, member, starts, lens, dest, widths, maps, map_at, drops
             raise ValueError("member, starts, lens and dest must be int64 arrays of one length")
     args = (member_pointers(arrays), member, starts, lens, dest, widths, maps, map_at, drops, sort, out_vals, out_cols,
             _via_double(arrays[0][0].dtype, out_vals))
-    bad = _launch(_remap_serial, _remap_parallel, args, int(lens.sum()), len(starts))
+    bad = _run(_remap_serial, _remap_parallel, args, int(lens.sum()), len(starts))
     if bad >= 0:
         raise _bad_column(arrays, member, starts, lens, widths, bad, archives, rows)
 

@@ -89,9 +89,9 @@ def test_batches_equal_members_mapped_onto_vocabulary(tmp_path, members, vocab, 
 
 
 @pytest.mark.parametrize("value_dtype", ["float32", "float64", "float16"])
-def test_every_stored_dtype_and_quirk(varied, value_dtype):
+def test_every_stored_dtype_and_quirk(varied, value_dtype, launch):
     tmp, mem = varied
-    atlas = create_atlas(tmp / f"atlas_{value_dtype}", [p for p, _ in mem])
+    atlas = create_atlas(tmp / f"atlas_{value_dtype}_{launch}", [p for p, _ in mem])
     assert [m.data_dtype for m in atlas.members] == DTYPES
     assert not atlas.members[1].monotone and not atlas.members[2].rows_sorted
     expected = expected_rows(mem, list(atlas.genes))
@@ -183,7 +183,18 @@ def test_replaced_member_is_an_archive_error_naming_it(members, tmp_path):
         AtlasBackend(atlas.root)
 
 
-def test_remap_pass_against_its_reference():
+@pytest.fixture(params=["serial", "parallel"])
+def launch(request, monkeypatch):
+    """Run the remap passes serially, or in parallel whatever the batch size."""
+    from scdl_gpu.backend import _gather
+
+    if request.param == "parallel":
+        monkeypatch.setattr(_gather_remap, "PARALLEL_MIN_VALUES", 0)
+        monkeypatch.setattr(_gather, "PARALLEL_MIN_VALUES", 0)
+    return request.param
+
+
+def test_remap_pass_against_its_reference(launch):
     """Two members of one dtype in one pass, rows interleaved: each row as the NumPy twin maps it."""
     rng = np.random.default_rng(5)
     members, refs = [], []
@@ -226,7 +237,7 @@ def test_remap_pass_against_its_reference():
 
 
 @pytest.mark.parametrize("width", [1500, 5000, 3_000_000])  # one, two and three radix passes
-def test_long_rows_of_a_permuted_member_sort_like_the_reference(width):
+def test_long_rows_of_a_permuted_member_sort_like_the_reference(width, launch):
     rng = np.random.default_rng(width)
     lens = rng.integers(0, 600, 30).astype(np.int64)
     lens[0] = 65  # just above the radix sort's threshold
