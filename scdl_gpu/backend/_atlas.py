@@ -163,6 +163,10 @@ class AtlasBackend:
         self._paths = [m.reader.path for m in members]
         self._outputs = BufferPool()
         self._warm_up()
+        if self._sort.any():
+            log.info("atlas %s: rows of %d of its %d members are sorted per batch (their genes come in another "
+                     "order than the vocabulary's, or their rows were stored unsorted)", self.path,
+                     int(self._sort.sum()), len(members))
 
     def _compose(self, cmap: np.ndarray) -> np.ndarray:
         remap = self.options.gene_remap
