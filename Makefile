@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: demo test scripts bench-convert bench-convert-dir bench-atlas-convert bench-loader bench-shuffle bench-remote gpu-kit gpu-check clean
+.PHONY: demo test scripts bench-convert bench-convert-dir bench-atlas-convert bench-loader bench-shuffle bench-remote bench-atlas gpu-kit gpu-check clean
 
 # bionemo-scdl (in the test and bench extras) ships a convert_h5ad_to_scdl of its own, and pip may write
 # it after ours. Reinstalling our package alone (no dependencies) writes our console scripts last; the
@@ -73,6 +73,11 @@ bench-shuffle: $(BENCH_STAMP)
 # flat and chunked, and the range reader over file:// (~4 minutes on 2 cores once the archive exists).
 bench-remote: $(STAMP)
 	PYTHONPATH=. $(PY) benchmarks/bench_remote.py --repeats 3 --json benchmarks/results/remote_cpu.json --markdown benchmarks/results/remote_cpu.md
+
+# An atlas of 10 members (20k cells each, different gene sets) against the same rows flattened into one
+# archive: block and random order, and members whose genes come in their own order (~8 minutes the first time).
+bench-atlas: $(STAMP)
+	PYTHONPATH=. $(PY) benchmarks/bench_atlas.py --repeats 3 --out benchmarks/results
 
 # A lent GPU machine has no network and no .venv, and only the checkout (plus named ignored paths)
 # travels: `make gpu-kit` here copies the wheels its image lacks into .whl/ (git-ignored), the device

@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "ArchiveError": ".errors",
     "ArchiveNotFoundError": ".errors",
+    "AtlasDataset": ".atlas_dataset",
     "ConversionError": ".errors",
     "ConversionReport": ".convert",
     "FileNames": ".archive",
@@ -51,6 +52,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .archive import FileNames, Mode, NeighborSamplingStrategy, partition_scdl
+    from .atlas_dataset import AtlasDataset
     from .collate import collate_neighbor_sparse_matrix_batch, collate_sparse_matrix_batch
     from .collection import SingleCellCollection
     from .loader import SingleCellLoader

@@ -275,3 +275,18 @@ def test_bench_loader_targets():
                         "scdl_gpu:random64_vs_bionemo": (9.0, True), "scdl_gpu:block4096_of_ceiling": (0.8, True),
                         "bionemo:random64_of_ceiling": (0.5, True), "bionemo:random64_vs_bionemo": (7.5, False),
                         "aligned:aligned_block4096": (0.875, False), "aligned:aligned_random4096": (round(650 / 590, 4), True)}
+
+
+def test_bench_atlas_end_to_end(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_atlas.py"), "--workdir", str(tmp_path / "w"), "--members", "3",
+                           "--cells", "200", "--genes", "400", "--nnz", "30", "--repeats", "2", "--seconds", "0.1",
+                           "--warmup", "0", "--out", str(out)], capture_output=True, text=True, env=_env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((out / "atlas_cpu.json").read_text())
+    assert [(r["source"], r["order"], r["batch_size"]) for r in res["results"]] == [
+        ("atlas", "block", 4096), ("flat", "block", 4096), ("atlas_permuted", "block", 4096),
+        ("atlas", "random", 64), ("flat", "random", 64)]
+    assert all(r["cells_per_s"] > 0 and len(r["all_cells_per_s"]) == 2 for r in res["results"])
+    assert res["rows_checked"] > 0 and res["targets"][0]["name"] == "atlas_block4096_vs_flat"
+    assert str(tmp_path) not in (out / "atlas_cpu.json").read_text() and "| atlas | block | 4096 |" in (out / "atlas_cpu.md").read_text()

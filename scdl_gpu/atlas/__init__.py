@@ -6,8 +6,8 @@ never rewritten: alignment happens at load time. This layer knows nothing of tor
 """
 
 from ._create import add_members, create_atlas
-from ._manifest import MANIFEST, Atlas, AtlasMember, is_atlas, read_manifest
+from ._manifest import MANIFEST, Atlas, AtlasMember, archives_of, is_atlas, read_manifest
 
 open_atlas = read_manifest
 
-__all__ = ["MANIFEST", "Atlas", "AtlasMember", "add_members", "create_atlas", "is_atlas", "open_atlas"]
+__all__ = ["MANIFEST", "Atlas", "AtlasMember", "add_members", "archives_of", "create_atlas", "is_atlas", "open_atlas"]

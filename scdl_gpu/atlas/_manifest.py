@@ -131,6 +131,14 @@ def is_atlas(path: str | os.PathLike) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
+def archives_of(path: str | os.PathLike) -> list[Path]:
+    """The archive directories a source reads: an atlas's members (manifest checked), else ``path``."""
+    if is_atlas(path):
+        atlas = read_manifest(path)
+        return [atlas.member_path(i) for i in range(len(atlas.members))]
+    return [Path(path)]
+
+
 def read_manifest(path: str | os.PathLike) -> Atlas:
     """Parse and check ``atlas.json`` under ``path`` (members themselves are opened by their readers)."""
     root = Path(path)

@@ -44,6 +44,10 @@ def get_backend(archive: str | os.PathLike, device: str = "auto", options: Batch
     """
     if residency not in RESIDENCIES:
         raise ValueError(f"residency must be one of {RESIDENCIES}, got {residency!r}")
+    from ..atlas import is_atlas
+
+    if not remote_location(archive) and is_atlas(archive):
+        return _atlas_backend(archive, device, options, residency, gpu_kwargs)
     if resolve_device(device) == "cuda":
         from ._gpu import GPUBackend
 
@@ -62,6 +66,21 @@ def remote_location(archive) -> bool:
     from ..archive._urls import is_url
 
     return is_url(archive) or isinstance(archive, RemoteArchive)
+
+
+def _atlas_backend(atlas, device: str, options, residency: str, gpu_kwargs: dict):
+    """An atlas is read on the CPU: GPU batches over an atlas (members' rows gathered and remapped
+    by a CUDA kernel) are not built yet, so ``device="cuda"`` is refused and ``"auto"`` picks the CPU."""
+    if str(device).lower().startswith("cuda"):
+        raise ValueError(f"device={device!r}: batches over an atlas are assembled on the CPU for now; "
+                         "use device='cpu' or 'auto' (move each batch to the GPU in the training step)")
+    resolve_device(device)  # a bad device name is still an error
+    if residency in ("device", "pinned") or gpu_kwargs:
+        raise ValueError(f"residency={residency!r} / {sorted(gpu_kwargs)}: an atlas is read on the CPU, from its "
+                         "members' maps (residency 'auto' or 'stream')")
+    from ._atlas import AtlasBackend
+
+    return AtlasBackend(atlas, options)
 
 
 __all__ = ["RESIDENCIES", "Backend", "Batch", "BatchOptions", "get_backend", "gpu_available", "kvikio_available",

@@ -8,8 +8,8 @@ from ..archive._constants import FLOAT_ORDER, INT_ORDER
 
 
 def register(sub) -> None:
-    p = sub.add_parser("info", help="rows, genes, values, dtypes, files and feature columns of an archive")
-    p.add_argument("archive", nargs="?", help="the archive (not needed with --device)")
+    p = sub.add_parser("info", help="rows, genes, values, dtypes, files and feature columns of an archive (or an atlas)")
+    p.add_argument("archive", nargs="?", help="the archive or atlas directory (not needed with --device)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--device", action="store_true",
                    help="what this machine offers: CuPy, kvikio, torch's CUDA build, the driver, the GPUs, and what "
@@ -21,9 +21,10 @@ def register(sub) -> None:
         help="full integrity check; exit status 1 when anything is wrong",
         description="Verify every file against the checksums recorded when the archive was written, and "
         "check the structure of every file. Problems go to stderr (exit status 1); notes, which do not "
-        "make an archive invalid, go to stderr as 'note:' lines (exit status 0).",
+        "make an archive invalid, go to stderr as 'note:' lines (exit status 0). On an atlas: every member, every "
+        "column map, and each member against the manifest (rows, values, dtype, genes, recorded checksum).",
     )
-    p.add_argument("archive")
+    p.add_argument("archive", help="the archive or atlas directory")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="structure only: compare file sizes with the checksum manifest, not contents")
     mode.add_argument(
@@ -76,6 +77,12 @@ def info(args) -> int:
         from ._main import CommandError
 
         raise CommandError("info needs an archive (or --device)")
+    from ..atlas import is_atlas
+
+    if is_atlas(args.archive):
+        from ._atlas import show
+
+        return show(args.archive, args.json)
     summary = archive_summary(args.archive)
     print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
     return 0
@@ -85,7 +92,19 @@ def validate(args) -> int:
     from ..archive._checksums import write_manifest
     from ..archive._validate import validation_report
 
-    report = validation_report(args.archive, quick=args.quick)
+    from ..atlas import is_atlas
+
+    if is_atlas(args.archive):
+        if args.write_checksums:
+            from ._main import CommandError
+
+            raise CommandError(f"{args.archive} is an atlas: record checksums on each member archive (atlas add "
+                               "records them in the manifest)")
+        from ..atlas._validate import validate_atlas
+
+        report = validate_atlas(args.archive, quick=args.quick)
+    else:
+        report = validation_report(args.archive, quick=args.quick)
     problems = report.problems
     for line in report.notes:
         print(f"note: {line}", file=sys.stderr)

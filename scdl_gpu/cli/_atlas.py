@@ -60,12 +60,17 @@ def summary(atlas) -> dict:
 
 
 def info(args) -> int:
+    return show(args.atlas, args.json)
+
+
+def show(path, as_json: bool = False) -> int:
+    """Print an atlas's summary (``scdl-gpu atlas info`` and ``scdl-gpu info`` on an atlas)."""
     import json
 
     from ..atlas import open_atlas
 
-    s = summary(open_atlas(args.atlas))
-    if args.json:
+    s = summary(open_atlas(path))
+    if as_json:
         print(json.dumps(s, indent=2))
         return 0
     print(f"atlas:    {s['path']}")

@@ -10,7 +10,7 @@ from ..backend._residency import RESIDENCIES
 
 
 def _common(p, many: bool) -> None:
-    p.add_argument("archive")
+    p.add_argument("archive", help="an archive or an atlas directory")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="[%(default)s]")
     nargs = "+" if many else None
     p.add_argument("--shuffle", nargs=nargs, choices=ORDERS, default=["random", "block"] if many else "block",
@@ -59,8 +59,10 @@ def _check(args) -> None:
     if args.warmup < 0:
         raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
     from ..archive import open_arrays
+    from ..atlas import archives_of
 
-    open_arrays(args.archive)  # a missing or damaged archive fails here, before any timing
+    for a in archives_of(args.archive):  # a missing or damaged archive (or atlas member) fails here, before any timing
+        open_arrays(a)
     if args.plot:
         from ..profiling._plot import pyplot
 

@@ -13,6 +13,7 @@ import torch
 from ..archive._reader import open_arrays
 from ..archive._obsm import OBSM_DIR
 from ..archive._remote import NEIGHBOR_FILES, RemoteArchive
+from ..atlas import is_atlas
 from ..backend import Batch, BatchOptions, get_backend, remote_location, resolve_device
 from ._csr import sort_rows, take_rows, to_scipy
 from ._obs import ObsColumns, ObsmArrays, input_groups
@@ -39,10 +40,12 @@ class SingleCellLoader:
     Parameters
     ----------
     data
-        An archive path, a :class:`~scdl_gpu.SingleCellMemMapDataset`, or an archive at a URL
-        (``s3://``, ``gs://``, ``https://``, ``file://``; or an open
-        :class:`~scdl_gpu.archive.RemoteArchive`), its rows read by byte range into host memory
-        (random order warns: one range request per row), then as a local archive's.
+        An archive path, a :class:`~scdl_gpu.SingleCellMemMapDataset`, an atlas directory (many
+        member archives in one gene vocabulary: global row ids, batches as wide as the vocabulary,
+        obs columns aligned across members; block order keeps each block inside one member; read
+        on the CPU), or an archive at a URL (``s3://``, ``gs://``, ``https://``, ``file://``; or an
+        open :class:`~scdl_gpu.archive.RemoteArchive`), its rows read by byte range into host
+        memory (random order warns: one range request per row), then as a local archive's.
     shuffle
         ``"sequential"``, ``"random"`` (a permutation per epoch) or ``"block"`` (shuffled blocks
         of ``block_size`` contiguous rows, default ``batch_size // 64``: each batch is read as a
@@ -173,7 +176,11 @@ class SingleCellLoader:
             raise ValueError(f"storage_options are for archives at a URL; {source} is a local path")
         source = source if remote_location(source) else Path(source)
         self._share = None
-        if resolve_device(device) == "cuda" and residency != "stream":
+        atlas = not remote_location(source) and is_atlas(source)
+        if atlas and (neighbors or obsm_keys):
+            raise ValueError(f"{source} is an atlas: neighbors=True and obsm_keys are read from one archive; "
+                             "load them from its members")
+        if resolve_device(device) == "cuda" and residency != "stream" and not atlas:
             for asked, what in ((neighbors, "neighbors=True"), (weighted, "weighted sampling")):
                 if asked and residency in ("device", "pinned"):
                     raise ValueError(f"{what} reads rows outside a rank's resident share; use residency='stream'")
@@ -197,6 +204,8 @@ class SingleCellLoader:
         self.prefetch = int(prefetch) if prefetch is not None else (0 if self.backend.device == "cpu" else 2)
         self.n_rows = self.backend.n_rows
         self.n_genes = self.backend.width
+        # an atlas's members: blocks stay inside one (the order sees row ranges, never members)
+        self._segments = getattr(self.backend, "groups", (None, None))[1]
         with contextlib.nullcontext() if remote is None else remote.naming_url():  # errors name the URL
             self._open_per_cell(files, remote, obs_columns, obsm_keys, neighbors)
             self._files = files
@@ -274,7 +283,7 @@ class SingleCellLoader:
         if self._share is not None:
             return resident_shard(self._share, self.order, self.seed, epoch, self.rank, self.batch_size,
                                   self.block_size, self.drop_last)
-        order = epoch_order(self.n_rows, self.order, self.seed, epoch, self.block_size)
+        order = epoch_order(self.n_rows, self.order, self.seed, epoch, self.block_size, segments=self._segments)
         return shard(order, self.rank, self.world_size, self.batch_size, self.drop_last)
 
     def __len__(self) -> int:

@@ -31,11 +31,7 @@ class ObsColumns:
     """
 
     def __init__(self, path: str | Path, columns: list[str], n_rows: int) -> None:
-        index = load_feature_index(path, FileNames.OBS_FEATURES)
-        if columns and index.number_of_rows() != n_rows:
-            raise ArchiveError(f"{path}: the obs index covers {index.number_of_rows()} rows, expected the archive's {n_rows}")
-        blocks = index._feature_arr
-        sizes = [index._block_rows(b) for b in range(len(blocks))]
+        blocks, sizes = obs_blocks(path, n_rows) if columns else ([], [])
         self.values: dict[str, np.ndarray] = {}
         self.categories: dict[str, list] = {}
         for col in columns:
@@ -58,6 +54,25 @@ class ObsColumns:
 
     def take(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
         return {col: torch.from_numpy(np.ascontiguousarray(self.values[col][rows])) for col in self.columns}
+
+
+def obs_blocks(path: str | Path, n_rows: int, member: bool = False) -> tuple[list[dict], list[int]]:
+    """The obs blocks of an archive (one per input) and their rows; of an atlas, every member's
+    blocks in member order (so a column one member lacks reads as missing for its rows; a member
+    without obs is one block without columns)."""
+    from ..atlas import is_atlas, open_atlas
+
+    if is_atlas(path):
+        atlas = open_atlas(path)
+        parts = [obs_blocks(atlas.member_path(i), m.n_rows, member=True) for i, m in enumerate(atlas.members)]
+        return [b for bl, _ in parts for b in bl], [n for _, ns in parts for n in ns]
+    index = load_feature_index(path, FileNames.OBS_FEATURES)
+    if member and len(index) == 0:
+        return [{}], [n_rows]
+    if index.number_of_rows() != n_rows:
+        raise ArchiveError(f"{path}: the obs index covers {index.number_of_rows()} rows, expected the archive's {n_rows}")
+    blocks = index._feature_arr
+    return blocks, [index._block_rows(b) for b in range(len(blocks))]
 
 
 class ObsmArrays:

@@ -17,12 +17,15 @@ def rng_for(seed: int, epoch: int, *stream: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), *map(int, stream)]))
 
 
-def epoch_order(n_rows: int, order: str, seed: int, epoch: int, block_size: int, key: tuple[int, ...] = ()) -> np.ndarray:
+def epoch_order(n_rows: int, order: str, seed: int, epoch: int, block_size: int, key: tuple[int, ...] = (),
+                segments: np.ndarray | None = None) -> np.ndarray:
     """All rows of one epoch, in the order they are dealt to ranks (int64).
 
     ``block``: contiguous blocks of ``block_size`` rows in shuffled order (rows inside a block stay
-    contiguous here; :func:`fetches` mixes them). ``key`` selects an independent stream (a rank's
-    own order over its resident share).
+    contiguous here; :func:`fetches` mixes them). ``segments`` (sorted row ids from 0 to
+    ``n_rows``) cuts the rows into runs no block straddles: each run is cut into blocks from its
+    own start (without it, or with one run, the blocks are those of ``[0, n_rows)``). ``key``
+    selects an independent stream (a rank's own order over its resident share).
     """
     if order == "sequential":
         return np.arange(n_rows, dtype=np.int64)
@@ -30,11 +33,25 @@ def epoch_order(n_rows: int, order: str, seed: int, epoch: int, block_size: int,
     if order == "random":
         return rng.permutation(n_rows).astype(np.int64)
     if order == "block":
-        n_blocks = -(-n_rows // block_size)
-        starts = rng.permutation(n_blocks).astype(np.int64) * block_size
-        lengths = np.minimum(block_size, n_rows - starts)
+        first, ends = _block_starts(n_rows, block_size, segments)
+        pick = rng.permutation(len(first)).astype(np.int64)
+        starts = first[pick]
+        lengths = np.minimum(block_size, ends[pick] - starts)
         return np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths) + np.arange(n_rows, dtype=np.int64)
     raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+
+
+def _block_starts(n_rows: int, block_size: int, segments) -> tuple[np.ndarray, np.ndarray]:
+    """Each block's first row and the end of the run it lies in (int64)."""
+    bounds = np.asarray([0, n_rows] if segments is None else segments, dtype=np.int64)
+    if len(bounds) < 2 or bounds[0] != 0 or bounds[-1] != n_rows or np.any(np.diff(bounds) < 0):
+        raise ValueError(f"segments must rise from 0 to n_rows={n_rows}, got {bounds[:4]}...{bounds[-2:]}")
+    lo, hi = bounds[:-1], bounds[1:]
+    counts = -(-(hi - lo) // block_size)
+    run = np.repeat(np.arange(len(lo)), counts)
+    first_block = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    starts = lo[run] + (np.arange(len(run)) - first_block[run]) * block_size
+    return starts, hi[run]
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,12 @@ MAX_LOGGED = 2000  #: full batches whose rows are kept per configuration for the
 def batch_labels(archive: Path, column: str) -> np.ndarray:
     """Each archive row's label in obs ``column`` (integer codes for text columns)."""
     from ..archive import open_arrays
+    from ..atlas import archives_of
     from ..loader._obs import ObsColumns
 
     try:
-        return ObsColumns(archive, [column], open_arrays(archive).n_rows).values[column]
+        n_rows = sum(open_arrays(a).n_rows for a in archives_of(archive))
+        return ObsColumns(archive, [column], n_rows).values[column]
     except KeyError as e:
         raise ValueError(str(e).strip("'\"")) from None
 
@@ -69,14 +71,18 @@ def diversity(labels: np.ndarray, logged: list, batch_size: int) -> dict:
 
 
 def archive_shape(archive: Path) -> dict:
-    """Rows, genes, stored values and bytes per cell of the value and column files."""
+    """Rows, genes, stored values and bytes per cell of the value and column files (of an atlas:
+    its members' together; ``dtypes`` are the first member's, ``members`` counts them)."""
     from ..archive import open_arrays
+    from ..atlas import archives_of, is_atlas
 
-    a = open_arrays(archive)
-    n = a.n_rows
-    nbytes = a.data.nbytes + a.col_ptr.nbytes
-    return dict(path=str(archive), n_rows=n, nnz=int(a.nnz), values_per_cell=a.nnz / n if n else 0.0,
-                bytes_per_cell=nbytes / n if n else 0.0, dtypes={k: a.dtypes[k] for k in ("data.npy", "col_ptr.npy", "row_ptr.npy")})
+    parts = [open_arrays(p) for p in archives_of(archive)]
+    a = parts[0]
+    n, nnz = sum(p.n_rows for p in parts), sum(int(p.nnz) for p in parts)
+    nbytes = sum(p.data.nbytes + p.col_ptr.nbytes for p in parts)
+    out = dict(path=str(archive), n_rows=n, nnz=nnz, values_per_cell=nnz / n if n else 0.0,
+               bytes_per_cell=nbytes / n if n else 0.0, dtypes={k: a.dtypes[k] for k in ("data.npy", "col_ptr.npy", "row_ptr.npy")})
+    return out | ({"members": len(parts)} if is_atlas(archive) else {})
 
 
 def open_loader(archive: Path, device: str, shuffle: str, batch_size: int, prefetch: int | None, residency: str = "auto",

@@ -128,8 +128,9 @@ def _timed(fn) -> float:
 def measure_ceilings(archive: Path, device: str, cold: bool = True, max_bytes: int = 4 << 30) -> dict:
     """Every ceiling that applies to ``device`` for this archive (bytes/s; see the module notes)."""
     from ..archive._chunked import value_files
+    from ..atlas import archives_of
 
-    files = value_files(archive)
+    files = [f for a in archives_of(archive) for f in value_files(a)]  # an atlas: every member's
     read_bandwidth(files, max_bytes=max_bytes)  # bring them into the page cache first
     out = dict(page_cache_read=read_bandwidth(files, max_bytes=max_bytes, repeats=3), memcpy=memcpy_bandwidth())
     if cold:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from scdl_gpu.archive import partition_scdl
 from scdl_gpu.convert import convert_h5ad
 from tests.conftest import make_adata, random_csr
 
@@ -40,6 +41,23 @@ def make_members(tmp: Path, specs=None) -> list[tuple[Path, object]]:
         convert_h5ad(h5, arch, use_X_not_raw=True)
         out.append((arch, a))
     return out
+
+
+def make_member(tmp: Path, k: int, n_rows: int, genes, empty_rows=(), *, shuffle_cols: bool = False,
+                data_dtype: str | None = None, chunk_size: int | None = None, obs_drop=()) -> tuple[Path, object]:
+    """One member archive ``tmp/m{k}.scdl`` and its AnnData: ``shuffle_cols`` stores unsorted
+    columns (kept by the converter), ``data_dtype`` the stored value dtype, ``chunk_size`` writes
+    upstream's chunked layout, ``obs_drop`` leaves obs columns out."""
+    a = member_adata(n_rows, list(genes), seed=k, empty_rows=empty_rows, shuffle_cols=shuffle_cols)
+    a.obs = a.obs.drop(columns=list(obs_drop))
+    h5 = tmp / f"m{k}.h5ad"
+    a.write_h5ad(h5)
+    arch = tmp / f"m{k}.scdl"
+    flat = arch if chunk_size is None else tmp / f"m{k}_flat.scdl"
+    convert_h5ad(h5, flat, use_X_not_raw=True, data_dtype=data_dtype, keep_column_order=shuffle_cols)
+    if chunk_size is not None:
+        partition_scdl(flat, arch, chunk_size)
+    return arch, a
 
 
 def expected_rows(members, vocab: list[str]) -> np.ndarray:

@@ -1,0 +1,286 @@
+"""``AtlasBackend``: batches over an atlas of member archives, in the atlas's gene vocabulary.
+
+Global row ids in, one batch out, as :class:`~scdl_gpu.backend._base.Backend` does for one
+archive. Each member present in a batch is planned against its own ``row_ptr`` (checked), then
+copied by one compiled pass (:mod:`._gather_remap`) into its rows' places in the output, its
+columns checked against the member's width and mapped onto the vocabulary. Flat members are read
+straight from their maps; other members (chunked, and any reader that supplies rows as compact
+arrays through ``read_spans(starts, lengths)``, such as a remote archive) are first read into a
+compact buffer in their own dtypes, then go through the same pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..atlas import Atlas, open_atlas
+from ..atlas._check import member_problems
+from ..errors import ArchiveError
+from . import _gather_remap
+from . import _reference as reference
+from ._assemble import assemble, to_batch
+from ._batch import Batch, BatchOptions
+from ._plan import RowPlan, as_row_ids, plan_rows
+from ._pool import BufferPool
+from ._stages import NO_STAGES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AtlasMemberReader:
+    """How one member supplies rows: ``row_ptr`` (checked by every plan) and either ``flat``
+    (its value and column arrays, read in place) or ``compact(plan) -> (values, columns)``: the
+    planned rows packed in order, in the member's dtypes."""
+
+    name: str
+    path: Path
+    row_ptr: np.ndarray
+    n_data: int
+    width: int  # the member's genes: every column must be below it
+    data_dtype: np.dtype
+    col_dtype: np.dtype
+    rows_sorted: bool  # rows come out with increasing columns (recorded by the writer, or sorted by compact)
+    flat: tuple[np.ndarray, np.ndarray] | None = None
+    compact: Callable[[RowPlan], tuple[np.ndarray, np.ndarray]] | None = None
+    close: Callable[[], None] = lambda: None
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.row_ptr) - 1
+
+    @classmethod
+    def from_spans(cls, name: str, path, reader, rows_sorted: bool = False) -> "AtlasMemberReader":
+        """A member read through ``reader.read_spans(starts, lengths) -> (values, columns)`` (compact
+        arrays of the spans, in order), with ``reader.row_ptr``, ``.dtypes``, ``.width``."""
+        dt = reader.dtypes
+
+        def compact(plan: RowPlan):
+            return reader.read_spans(plan.starts, np.diff(plan.in_ptr))
+
+        return cls(name, Path(str(path)), np.asarray(reader.row_ptr), int(reader.row_ptr[-1]), int(reader.width),
+                   np.dtype(dt["data.npy"]), np.dtype(dt["col_ptr.npy"]), rows_sorted, compact=compact,
+                   close=getattr(reader, "close", lambda: None))
+
+
+def open_member(path: Path, name: str) -> AtlasMemberReader:
+    """A local member archive: flat ones read in place, chunked ones through their own CPU backend's
+    gather (which checks columns against the member's width and sorts rows)."""
+    from ._cpu import CPUBackend
+
+    b = CPUBackend(path, BatchOptions())  # opens and checks the archive; warms its maps
+    common = dict(name=name, path=Path(path), row_ptr=b.row_ptr, n_data=len(b.data), width=b.archive_cols,
+                  data_dtype=np.dtype(b.data.dtype), col_dtype=np.dtype(b.col_ptr.dtype), close=b.close)
+    if b.chunks is None:
+        return AtlasMemberReader(**common, rows_sorted=b.archive_sorted, flat=(b.data, b.col_ptr))
+    return AtlasMemberReader(**common, rows_sorted=True, compact=b.gather_native)
+
+
+class _Member:
+    """A member as a batch reads it: its reader, its (composed) column map and what the pass does."""
+
+    def __init__(self, reader: AtlasMemberReader, cmap: np.ndarray, offset: int) -> None:
+        self.reader, self.offset = reader, offset
+        self.cmap = np.ascontiguousarray(cmap, np.int32)
+        self.drops = bool((self.cmap < 0).any())
+        kept = self.cmap[self.cmap >= 0]
+        monotone = bool(np.all(np.diff(kept) > 0))
+        self.sort = not (monotone and reader.rows_sorted)  # only then can a row come out of order
+        self.f16 = reader.data_dtype == np.float16  # numba has no float16: moved as its bits
+
+    def fetch(self, plan: RowPlan) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(values, columns, starts)`` to copy ``plan``'s rows from."""
+        if self.reader.flat is not None:
+            data, cols = self.reader.flat
+            starts = plan.starts
+        else:
+            data, cols = self.reader.compact(plan)
+            if len(data) != plan.nnz or len(cols) != plan.nnz:
+                raise ArchiveError(f"{self.reader.path}: read {len(data)}/{len(cols)} values for spans of {plan.nnz}")
+            starts = plan.in_ptr[:-1]
+        return (data.view(np.uint16) if self.f16 else data), cols, starts
+
+
+class AtlasBackend:
+    """Batches of an atlas's rows (global row ids, any order, repeats allowed) on the CPU.
+
+    ``width`` is the vocabulary's size (or ``options``' ``n_cols``/``gene_remap`` width: a
+    ``gene_remap`` maps vocabulary columns, composed with each member's map). ``groups`` is
+    ``(member names, int64 offsets)``: member ``k`` holds global rows ``offsets[k]:offsets[k+1]``.
+
+    On open every member is opened and checked (its files, then against what ``atlas.json``
+    recorded: rows, values, dtype, genes, checksum; a member replaced under the atlas is an
+    ``ArchiveError`` naming it) and its column map is read and checked.
+    """
+
+    device = "cpu"
+    stages = NO_STAGES
+
+    def __init__(self, atlas: str | os.PathLike | Atlas, options: BatchOptions | None = None,
+                 readers: dict[int, AtlasMemberReader] | None = None) -> None:
+        self.atlas = atlas if isinstance(atlas, Atlas) else open_atlas(atlas)
+        self.path = self.files = self.atlas.root  # files: where the loader finds obs (the members' blocks)
+        self.remote = None  # an atlas directory is local (its members may not be: see AtlasMemberReader.from_spans)
+        self.options = opts = options or BatchOptions()
+        self.n_rows = self.atlas.n_rows
+        self.archive_cols = self.atlas.n_genes
+        self.width = opts.output_width(self.archive_cols)
+        remap = opts.gene_remap
+        if remap is not None and len(remap) < self.archive_cols:
+            raise ValueError(f"gene_remap has {len(remap)} entries but the atlas vocabulary has {self.archive_cols} genes")
+        if remap is None and self.width < self.archive_cols:
+            raise ValueError(f"n_cols={self.width} is narrower than the atlas's {self.archive_cols} genes; "
+                             "drop genes with gene_remap instead")
+        self.groups = (self.atlas.names, self.atlas.offsets.copy())
+        self.members: list[_Member] = []
+        self._readers: list[AtlasMemberReader] = []
+        try:
+            for i, m in enumerate(self.atlas.members):
+                reader = (readers or {}).get(i) or open_member(self.atlas.member_path(i), m.name)
+                self._readers.append(reader)
+                problems = member_problems(self.atlas, i, reader.n_rows, reader.n_data, str(reader.data_dtype),
+                                           reader.width)
+                if problems:
+                    raise ArchiveError(problems[0])
+                self.members.append(_Member(reader, self._compose(self.atlas.column_map(i)), int(self.atlas.offsets[i])))
+        except BaseException:
+            self.close()
+            raise
+        members = self.members
+        self._maps, self._map_at = _gather_remap.concat_maps([m.cmap for m in members])
+        self._widths = np.array([m.reader.width for m in members], np.int64)
+        self._drops = np.array([m.drops for m in members], np.bool_)
+        self._sort = np.array([m.sort for m in members], np.bool_)
+        self._f16 = np.array([m.f16 for m in members], np.bool_)
+        self._paths = [m.reader.path for m in members]
+        self._outputs = BufferPool()
+        self._warm_up()
+        if self._sort.any():
+            log.info("atlas %s: rows of %d of its %d members are sorted per batch (their genes come in another "
+                     "order than the vocabulary's, or their rows were stored unsorted)", self.path,
+                     int(self._sort.sum()), len(members))
+
+    def _compose(self, cmap: np.ndarray) -> np.ndarray:
+        remap = self.options.gene_remap
+        if remap is None:
+            return cmap
+        return np.where(cmap >= 0, remap[np.maximum(cmap, 0)], -1).astype(np.int32)
+
+    @property
+    def _plain(self) -> bool:
+        """Only a cast: the pass writes the output itself (otherwise it stages float64 rows for the
+        transforms' NumPy references, whose rounding is the GPU kernels')."""
+        o = self.options
+        return not (o.dense or o.log1p or o.target_sum is not None) and o.value_dtype != "float16"
+
+    def _out_dtypes(self, nnz: int) -> tuple[str, str]:
+        idx = self.options.index_dtype_for(self.width, nnz)
+        return (self.options.value_dtype, idx) if self._plain else ("float64", idx)
+
+    def _warm_up(self) -> None:
+        seen = set()
+        for m in self.members:
+            key = (np.uint16 if m.f16 else m.reader.data_dtype, m.reader.col_dtype)
+            if key not in seen:
+                seen.add(key)
+                _gather_remap.warm_up(*key, [self._out_dtypes(0)])
+
+    def batch(self, rows) -> Batch:
+        opts, stages = self.options, self.stages
+        with stages("read"):
+            rows = as_row_ids(rows)
+            values, cols, out_ptr = self._gather(rows)
+        shape = (len(rows), self.width)
+        if self._plain:
+            with stages("dlpack"):
+                return Batch(rows, shape, crow=_t(out_ptr.astype(cols.dtype)), col=_t(cols), values=_t(values), sorted=True)
+        with stages("kernels"):
+            out = assemble(reference, np, values, cols, out_ptr, opts, self.width, None)
+        with stages("dlpack"):
+            return to_batch(types.SimpleNamespace(rows=rows), shape, out, _t, sorted=True)
+
+    def _gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The rows' values and vocabulary columns, packed in request order, and their pointers.
+
+        Each member's rows are planned (and, unless flat, read) apart; then members that share
+        dtypes go through the count and copy passes together, one launch each."""
+        member, local = self.atlas.locate(rows)
+        order = np.argsort(member, kind="stable") if np.any(member[1:] < member[:-1]) else np.arange(len(rows))
+        grouped = member[order]
+        runs = np.split(order, np.flatnonzero(grouped[1:] != grouped[:-1]) + 1) if len(rows) else []
+        groups: dict[tuple, list] = {}
+        for pos in runs:
+            k = int(member[pos[0]])
+            m = self.members[k]
+            plan = plan_rows(m.reader.row_ptr, local[pos], m.reader.n_data, m.reader.path)
+            data, cols, starts = m.fetch(plan)
+            key = (data.dtype, cols.dtype, m.f16)
+            groups.setdefault(key, []).append((k, pos, data, cols, starts, np.diff(plan.in_ptr)))
+        out_len = np.zeros(len(rows), np.int64)
+        passes = []
+        for (dd, cd, f16), parts in groups.items():
+            arrays = [(np.empty(0, dd), np.empty(0, cd))] * len(self.members)
+            for k, _, data, cols, *_ in parts:
+                arrays[k] = (data, cols)
+            pos, mem, starts, lens = (np.concatenate(x) for x in zip(*[
+                (p, np.full(len(p), k, np.int64), st, ln) for k, p, _, _, st, ln in parts]))
+            kept = lens
+            if self._drops[mem].any():
+                kept = _gather_remap.count_kept(arrays, mem, starts, lens, self._widths, self._maps, self._map_at,
+                                                archives=self._paths, rows=local[pos])
+            out_len[pos] = kept
+            passes.append((f16, arrays, pos, mem, starts, lens))
+        out_ptr = np.zeros(len(rows) + 1, np.int64)
+        np.cumsum(out_len, out=out_ptr[1:])
+        nnz = int(out_ptr[-1])
+        vd, idt = self._out_dtypes(nnz)
+        values, out_cols = self._outputs.empty(nnz, vd), self._outputs.empty(nnz, idt)
+        # float16 members move as their bits (numba has no float16), cast where they landed
+        halves = np.empty(nnz, np.uint16) if any(p[0] for p in passes) else None
+        for f16, arrays, pos, mem, starts, lens in passes:
+            _gather_remap.gather_remap(arrays, mem, starts, lens, out_ptr[pos], self._widths, self._maps, self._map_at,
+                                       self._drops, self._sort, halves if f16 else values, out_cols,
+                                       archives=self._paths, rows=local[pos])
+        if halves is not None:
+            where = np.repeat(self._f16[member], out_len)
+            values[where] = halves[where].view(np.float16)
+        return values, out_cols, out_ptr
+
+    # The loader's hand-off hooks: nothing to order on the CPU.
+    def producing(self):
+        return contextlib.nullcontext()
+
+    def ready_event(self):
+        return None
+
+    def handoff(self, ready, tensors) -> None:
+        pass
+
+    def close(self) -> None:
+        for r in getattr(self, "_readers", []):
+            r.close()
+
+    def __enter__(self) -> "AtlasBackend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"AtlasBackend({str(self.path)!r}, members={len(self.members)}, rows={self.n_rows}, width={self.width})"
+
+
+def _t(a: np.ndarray) -> torch.Tensor:
+    return torch.from_dlpack(np.ascontiguousarray(a))
+
+
+__all__ = ["AtlasBackend", "AtlasMemberReader", "open_member"]
