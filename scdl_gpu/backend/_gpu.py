@@ -73,6 +73,7 @@ class GPUBackend(Backend):
         kvikio_min_span: int = 1 << 20,
         kvikio_threads: int | None = None,
         kvikio_task_size: int | None = None,
+        cache_bytes: int | None = None,
     ) -> None:
         resolve_device("cuda")  # a clear error when no usable GPU
         if residency not in _residency.RESIDENCIES:
@@ -81,7 +82,7 @@ class GPUBackend(Backend):
             raise ValueError(f"reader must be one of {READERS}, got {reader!r}")
         if reader == "kvikio" and not kvikio_available():
             raise RuntimeError(f"reader='kvikio' but kvikio is not installed: {GPU}")
-        super().__init__(archive, options)
+        super().__init__(archive, options, cache_bytes=cache_bytes)  # compressed: decoded on the host
         import cupy as cp
 
         from ._cuda import CudaKernels

@@ -36,6 +36,9 @@ def register(sub) -> None:
     p.add_argument("--no-ceilings", action="store_true", help="skip measuring read and copy bandwidths")
     p.add_argument("--no-cold", action="store_true",
                    help="skip the cold read (it drops the archive's files from the page cache first)")
+    p.add_argument("--cold", action="store_true",
+                   help="drop the archive's files from the page cache before each configuration's run, so batches "
+                        "come from the disk (compare compressed and flat archives where I/O is the bound)")
     p.add_argument("--diversity-column", metavar="COL",
                    help="also report the mean distinct labels of obs column COL per batch, against the same "
                         "figure for uniformly random batches (how well each order mixes the archive's groups)")
@@ -90,7 +93,7 @@ def bench(args) -> int:
     result = run_bench(args.archive, device=args.device, shuffles=args.shuffle, batch_sizes=args.batch_size,
                        prefetch=args.prefetch, residencies=args.residency, seconds=args.seconds, warmup=args.warmup,
                        ceilings=not args.no_ceilings, cold=not args.no_cold, progress=not args.quiet,
-                       diversity_column=args.diversity_column, **_loader_kwargs(args))
+                       diversity_column=args.diversity_column, cold_runs=args.cold, **_loader_kwargs(args))
     return _emit(args, result, format_bench(result), plot_bench)
 
 

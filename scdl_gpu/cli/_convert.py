@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 from ..archive._constants import FLOAT_ORDER, INT_ORDER
 
@@ -88,6 +89,9 @@ def register(sub) -> None:
     p.add_argument(
         "--overwrite", action="store_true", help="replace an existing archive at the output path (atomically, once complete)"
     )
+    p.add_argument("--compress", nargs="?", const="zstd", default=None, choices=("zstd", "lz4", "zlib"), metavar="CODEC",
+                   help="write a compressed archive (as 'scdl-gpu compress' with its defaults; CODEC zstd, lz4 or "
+                        "zlib [zstd]); the archive appears only once compressed")
     p.add_argument("--report", default=None, metavar="FILE", help="also write the per-input report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(handler=convert)
@@ -101,9 +105,50 @@ def convert(args) -> int:
         raise CommandError("--workers must be at least 1")
     if os.path.exists(args.output) and not args.overwrite:
         raise CommandError(f"output {args.output} already exists; choose another path or pass --overwrite")
-    report = convert_many(
+    target = args.output
+    if args.compress:  # converted beside the output, compressed in place, then put at the output
+        from ..archive._atomic import clean_leftovers, sibling_name
+
+        clean_leftovers(Path(args.output))
+        target = sibling_name(Path(args.output), "partial")
+    try:
+        report = _convert(args, convert_many, target)
+        if args.compress:
+            report.archive = _compressed_into_place(target, args)
+    except BaseException:
+        if args.compress:
+            from ..archive._atomic import remove_tree
+
+            remove_tree(Path(target))
+        raise
+    if args.report:
+        write_report(report, args.report)
+    if not args.quiet:
+        print(summary_line(report), file=sys.stderr)
+        print(report.row_order(), file=sys.stderr)
+        if report.shuffle_seed is not None:
+            print(f"row order: shuffled, seed {report.shuffle_seed} ({report.shuffle_buckets} bucket(s))", file=sys.stderr)
+        if report.vocabulary_size is not None:
+            print(report.alignment_table(), file=sys.stderr)
+    return 0
+
+
+def _compressed_into_place(target: str | Path, args) -> Path:
+    from ..archive._atomic import exchange
+    from ..archive._compressed import compress_archive
+    from ._archive import compressed_line
+
+    header = compress_archive(target, None, args.compress)
+    exchange(target, args.output, replace=args.overwrite)
+    if not args.quiet:
+        print(compressed_line(args.output, header, args.compress), file=sys.stderr)
+    return Path(args.output)
+
+
+def _convert(args, convert_many, output):
+    return convert_many(
         args.inputs,
-        args.output,
+        output,
         workers=args.workers,
         use_processes=args.use_processes,
         data_dtype=args.data_dtype,
@@ -119,19 +164,9 @@ def convert(args) -> int:
         row_order=args.row_order,
         seed=args.seed,
         max_memory=args.max_memory,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite and not args.compress,
         progress=not args.quiet,
     )
-    if args.report:
-        write_report(report, args.report)
-    if not args.quiet:
-        print(summary_line(report), file=sys.stderr)
-        print(report.row_order(), file=sys.stderr)
-        if report.shuffle_seed is not None:
-            print(f"row order: shuffled, seed {report.shuffle_seed} ({report.shuffle_buckets} bucket(s))", file=sys.stderr)
-        if report.vocabulary_size is not None:
-            print(report.alignment_table(), file=sys.stderr)
-    return 0
 
 
 def summary_line(report) -> str:

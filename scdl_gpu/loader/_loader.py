@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..archive._reader import open_arrays
+from ..archive._constants import Backend
+from ..archive._reader import open_arrays, read_dtypes
 from ..backend import Batch, BatchOptions, get_backend, resolve_device
 from ._csr import sort_rows, take_rows, to_scipy
 from ._obs import ObsColumns, ObsmArrays
@@ -44,7 +45,10 @@ class SingleCellLoader:
         the stored order puts side by side: on an archive whose rows are grouped (by plate,
         donor, drug) block batches hold fewer distinct groups than random ones. Convert with
         ``row_order="shuffle"`` (``scdl-gpu convert --row-order shuffle``) to get block order's
-        speed with random order's batch variety.
+        speed with random order's batch variety. On a compressed archive (``scdl-gpu compress``)
+        ``block_size`` defaults to its chunk size: each block is one whole chunk, decoded once.
+        Random order works there too but is bound by decoding: every batch touches most chunks,
+        which is fast only while the decoded archive fits ``cache_bytes``.
         ``True``/``False`` mean ``"random"``/``"sequential"``.
     seed, rank, world_size
         Every order is a pure function of (seed, epoch, rank, world_size). Rank and world size
@@ -70,6 +74,8 @@ class SingleCellLoader:
         unlike a global permutation, which rows share a batch is limited to one part (harmless for
         SGD in expectation; with ``world_size`` 1 it *is* a global permutation). The CPU reads the
         archive's maps (``"auto"``/``"stream"``); ``neighbors=True`` streams.
+    cache_bytes
+        A compressed archive's decoded chunks kept in memory (default 512 MiB).
     prefetch
         Batches assembled ahead by a background thread (0: none). Default: 2 on a GPU (the host
         thread builds the next batches while the device trains), 0 on the CPU, where the compiled
@@ -102,6 +108,7 @@ class SingleCellLoader:
         neighbors: bool = False,
         options: BatchOptions | None = None,
         residency: str = "auto",
+        cache_bytes: int | None = None,
     ) -> None:
         self.path = Path(getattr(data, "data_path", data))
         if isinstance(shuffle, bool):
@@ -110,8 +117,9 @@ class SingleCellLoader:
             raise ValueError(f"shuffle must be one of {ORDERS} (or a bool), got {shuffle!r}")
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        chunk_rows = _compressed_chunk_rows(self.path)
         if block_size is None:  # at least 64 blocks per batch: contiguous reads, yet well mixed
-            block_size = max(1, int(batch_size) // 64)
+            block_size = chunk_rows or max(1, int(batch_size) // 64)
         for name, v in (("batch_size", batch_size), ("block_size", block_size), ("fetch_factor", fetch_factor)):
             if int(v) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v}")
@@ -130,11 +138,12 @@ class SingleCellLoader:
             n_rows = open_arrays(self.path).n_rows
             share = None if neighbors else resident_share(n_rows, self.seed, self.rank, self.world_size, self.drop_last)
             residency = "stream" if neighbors else residency
-            self.backend = get_backend(self.path, device=device, options=opts, residency=residency, resident_rows=share)
+            self.backend = get_backend(self.path, device=device, options=opts, residency=residency, resident_rows=share,
+                                       cache_bytes=cache_bytes)
             if self.backend.residency in ("device", "pinned"):
                 self._share = share
         else:
-            self.backend = get_backend(self.path, device=device, options=opts, residency=residency)
+            self.backend = get_backend(self.path, device=device, options=opts, residency=residency, cache_bytes=cache_bytes)
         self.residency = getattr(self.backend, "residency", "stream")
         self.prefetch = int(prefetch) if prefetch is not None else (0 if self.backend.device == "cpu" else 2)
         self.n_rows = self.backend.n_rows
@@ -316,6 +325,14 @@ def _silence_csr_beta_warning() -> None:
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
         Batch(np.zeros(0, np.int64), (0, 0), crow=torch.zeros(1, dtype=torch.int32), col=torch.zeros(0, dtype=torch.int32),
               values=torch.zeros(0)).to_sparse_csr()
+
+
+def _compressed_chunk_rows(path: Path) -> int | None:
+    """Rows per chunk of a compressed archive (its unit of decoding), None for any other."""
+    header = read_dtypes(path)[1] if path.is_dir() else None
+    if header is None or header.backend is not Backend.COMPRESSED_CHUNKED_V0:
+        return None
+    return header.chunked_info.chunk_size
 
 
 def _distributed(rank: int | None, world_size: int | None) -> tuple[int, int]:
