@@ -25,10 +25,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numcodecs import LZ4, Delta, Shuffle, Zlib, Zstd
-from numcodecs.abc import Codec
 
+from .._hints import COMPRESS
 from ..errors import ArchiveError
+
+try:  # an optional dependency (the ``compress`` extra); anndata usually brings it through zarr
+    from numcodecs import LZ4, Delta, Shuffle, Zlib, Zstd
+    from numcodecs.abc import Codec
+except ImportError as e:  # pragma: no cover - numcodecs is in the test extra
+    raise ImportError(f"compressed archives need numcodecs: {COMPRESS}") from e
 
 __all__ = ["CODECS", "DEFAULT_CODEC", "DEFAULT_FRAME_BYTES", "Pipeline", "default_pipeline"]
 

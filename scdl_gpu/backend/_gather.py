@@ -34,6 +34,7 @@ from numba.extending import intrinsic
 
 from ..archive._bounds import column_error, span_error
 from ..archive._chunked import ChunkedStorage
+from ..archive._constants import FileNames
 from ..errors import ArchiveError
 
 log = logging.getLogger(__name__)
@@ -280,7 +281,8 @@ def gather_chunked(chunks: ChunkedStorage, pointers: tuple, rows: np.ndarray, st
         k = chunks.chunk_of(r)
         o, m = int(starts[bad] - chunks.value_offsets[k]), int(in_ptr[bad + 1] - in_ptr[bad])
         seg = np.asarray(chunks.col_ptr[k][o : o + m]).astype(np.int64)
-        raise column_error(chunks.dir(k), r, int(seg[(seg < 0) | (seg >= width)][0]), width)
+        raise column_error(chunks.path, r, int(seg[(seg < 0) | (seg >= width)][0]), width,
+                           chunks.file(k, FileNames.COLPTR))
 
 
 def _chunk_runs(rows: np.ndarray, chunk_size: int, positions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
