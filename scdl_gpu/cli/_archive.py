@@ -135,8 +135,12 @@ def cast(args) -> int:
 
 
 def compress(args) -> int:
+    import os
+
     from ..archive._compressed import compress_archive
 
+    if os.path.lexists(args.output):  # compress_archive(path, None) rewrites in place; the command never does
+        raise FileExistsError(f"Output path already exists: {args.output}")
     header = compress_archive(args.archive, args.output, args.codec, args.chunk_size, args.level,
                               delete_original=args.delete_original)
     print(compressed_line(args.output, header, args.codec) + (f"; {args.archive} deleted" if args.delete_original else ""))

@@ -59,7 +59,7 @@ def test_compress_refusals_and_delete_original(tmp_path, capsys):
 
 
 def test_convert_compress(tmp_path, capsys):
-    h5ad = Path(__file__).parents[1] / "data" / "pbmc_small_csc.h5ad"
+    h5ad = Path(__file__).parents[1] / "data" / "cxg_example_valid.h5ad"
     plain, packed = tmp_path / "plain", tmp_path / "packed"
     assert main(["convert", str(h5ad), "-o", str(plain), "-q"]) == 0
     assert main(["convert", str(h5ad), "-o", str(packed), "--compress"]) == 0
