@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: demo test scripts bench-convert bench-convert-dir bench-loader bench-shuffle gpu-kit gpu-check clean
+.PHONY: demo test scripts bench-convert bench-convert-dir bench-loader bench-shuffle bench-compress gpu-kit gpu-check clean
 
 # bionemo-scdl (in the test and bench extras) ships a convert_h5ad_to_scdl of its own, and pip may write
 # it after ours. Reinstalling our package alone (no dependencies) writes our console scripts last; the
@@ -63,6 +63,11 @@ bench-loader: $(BENCH_STAMP)
 # budget against plain conversion, block-order cells/s and label diversity on both archives (~10 minutes).
 bench-shuffle: $(BENCH_STAMP)
 	PYTHONPATH=. $(PY) benchmarks/bench_shuffle.py --repeats 3 --json benchmarks/results/shuffle_cpu.json --markdown benchmarks/results/shuffle_cpu.md
+
+# Compressed archives: ratio and CPU decode GB/s per codec on the 200k Tahoe-like archive and every real
+# file, block-order cells/s cold and warm against the flat archive (~5 minutes once the archive exists).
+bench-compress: $(STAMP)
+	PYTHONPATH=. $(PY) benchmarks/bench_compress.py --repeats 3 --json benchmarks/results/compress_cpu.json --markdown benchmarks/results/compress_cpu.md
 
 # A lent GPU machine has no network and no .venv, and only the checkout (plus named ignored paths)
 # travels: `make gpu-kit` here copies the wheels its image lacks into .whl/ (git-ignored), the device

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from .._hints import COMPRESS
@@ -61,7 +62,11 @@ class Pipeline:
         return bytes(self.compressor.encode(buf))
 
     def decode_into(self, frame, out: np.ndarray) -> None:
-        """Decode one frame into ``out`` (contiguous, exactly the frame's uncompressed size)."""
+        """Decode one frame into ``out`` (contiguous, exactly the frame's uncompressed size).
+
+        The filters this package writes (delta of ``out``'s dtype, then a shuffle of its item size)
+        are undone by two compiled passes that release the GIL, 3-5x faster than numcodecs' own
+        (unshuffle measured 0.6 GB/s there); any other recorded pipeline decodes through numcodecs."""
         raw = out.view(np.uint8)
         if not self.filters:
             self.compressor.decode(frame, out=raw)
@@ -69,9 +74,33 @@ class Pipeline:
         buf = self.compressor.decode(frame)
         if len(memoryview(buf).cast("B")) != raw.size:
             raise ValueError(f"the frame decodes to {len(memoryview(buf).cast('B'))} bytes, expected {raw.size}")
+        fast = self._fast_filters(out.dtype)
+        if fast is not None:
+            delta, shuffle = fast
+            src = np.frombuffer(buf, np.uint8)
+            if shuffle:
+                _unshuffle(src, raw, out.dtype.itemsize)
+            else:
+                raw[:] = src
+            if delta:
+                _prefix_sum(out)
+            return
         for f in self.filters[:0:-1]:
             buf = f.decode(buf)
         self.filters[0].decode(buf, out=out)
+
+    def _fast_filters(self, dtype: np.dtype) -> tuple[bool, bool] | None:
+        """``(delta, shuffle)`` when the filters are a delta in ``dtype`` and/or a shuffle of its size, in
+        that order; None otherwise."""
+        ids = [f.codec_id for f in self.filters]
+        if ids not in (["delta"], ["shuffle"], ["delta", "shuffle"]) or dtype.kind != "u" and "delta" in ids:
+            return None
+        for f in self.filters:
+            if f.codec_id == "delta" and (np.dtype(f.dtype) != dtype or np.dtype(f.astype) != dtype):
+                return None
+            if f.codec_id == "shuffle" and f.elementsize != dtype.itemsize:
+                return None
+        return "delta" in ids, "shuffle" in ids
 
     @property
     def codec(self) -> str:
@@ -88,6 +117,23 @@ class Pipeline:
             return cls(filters, _build(cfg["compressor"], where, compressor=True))
         except (KeyError, TypeError) as e:
             raise ArchiveError(f"{where}: malformed codec description {cfg!r} ({e})") from None
+
+
+@numba.njit(nogil=True, cache=True)
+def _unshuffle(src, dst, itemsize):  # pragma: no cover - compiled
+    """numcodecs' Shuffle decode: byte ``j`` of item ``i`` is at ``src[j * n + i]``."""
+    n = dst.size // itemsize
+    for j in range(itemsize):
+        base = j * n
+        for i in range(n):
+            dst[i * itemsize + j] = src[base + i]
+
+
+@numba.njit(nogil=True, cache=True)
+def _prefix_sum(a):  # pragma: no cover - compiled
+    """numcodecs' Delta decode in place: a running sum that wraps around in ``a``'s unsigned dtype."""
+    for i in range(1, a.size):
+        a[i] = a[i] + a[i - 1]
 
 
 def _build(cfg: dict, where: str, compressor: bool) -> Codec:
