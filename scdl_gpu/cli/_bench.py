@@ -21,7 +21,7 @@ def _common(p, many: bool) -> None:
     p.add_argument("--residency", nargs=nargs, choices=RESIDENCIES, default=["auto"] if many else "auto",
                    help="where the loader keeps the archive: device memory, pinned host memory, streamed from "
                         "the page cache, or its choice (auto); on the CPU: auto or stream [%(default)s]")
-    p.add_argument("--block-size", type=int, help="rows per block in block order [batch size // 64]")
+    p.add_argument("--block-size", type=int, help="rows per block in block order [batch size // 64; a compressed archive's chunk size]")
     p.add_argument("--fetch-factor", type=int, help="batches read at once in block order [1]")
     p.add_argument("--seconds", type=float, default=5.0, help="timed window per configuration [%(default)s]")
     p.add_argument("--warmup", type=int, default=3, help="untimed batches before the window [%(default)s]")
