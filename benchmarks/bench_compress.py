@@ -119,7 +119,7 @@ def codec_rows(name: str, flat: Path, workdir: Path) -> list[dict]:
                          ratio=raw / c["stored_bytes"], ratio_vs_float32=as_float32 / c["stored_bytes"],
                          data_ratio=c["arrays"]["data"]["ratio"], col_ratio=c["arrays"]["col_ptr"]["ratio"],
                          flat_archive_bytes=_archive_bytes(flat), archive_bytes=_archive_bytes(out),
-                         decode_gb_per_s=dec_bytes / dec_s / 1e9, compress_s=comp_s, path=str(out)))
+                         decode_gb_per_s=dec_bytes / dec_s / 1e9, compress_s=comp_s, archive=out.name))
         print(f"{name:32s} {codec:5s} ratio {rows[-1]['ratio']:5.2f}x (vs float32 {rows[-1]['ratio_vs_float32']:5.2f}x) "
               f"decode {rows[-1]['decode_gb_per_s']:.2f} GB/s, compress {comp_s:.1f} s", file=sys.stderr)
     return rows
