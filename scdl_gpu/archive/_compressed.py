@@ -184,31 +184,28 @@ class CompressedStorage(ChunkedStorage):
             return out
         jobs, checks = [], []
         for k in missing:
-            arrays = []
+            index = self._index(k)
             for member in _MEMBERS:
-                arr, entry, frames = self._frames(k, member)
-                arrays.append(arr)
-                checks.append((k, member, arr, entry["crc32c"]))
+                arr, frames = self._frames(k, member, index[member.value])
+                checks.append((k, member, arr, index[member.value]["crc32c"]))
                 jobs.extend(frames)
-        decoded = {k: [] for k in missing}
-        for k, member, arr, _ in checks:
-            decoded[k].append(arr)
         _run(jobs, _decode_frame)
+        decoded = {k: [] for k in missing}
         for k, member, arr, crc in checks:
             if _crc(arr) != crc:
                 raise ArchiveError(f"{self.file(k, member)}: the decoded {member.value} of chunk {k} fails its "
                                    f"CRC-32C ({crc} in {self.dir(k) / FRAMES_INDEX}); the chunk is damaged")
             arr.setflags(write=False)
+            decoded[k].append(arr)
         for k in missing:
             pair = out[k] = tuple(decoded[k])
             self.cache.put(k, pair, self.chunk_nbytes(k))
         return out
 
-    def _frames(self, k: int, member: FileNames):
-        """``(output array, index entry, decode jobs)`` of one array of chunk ``k``, checked against
-        its index and the chunk's row pointers before anything is decoded."""
+    def _frames(self, k: int, member: FileNames, entry: dict):
+        """``(output array, decode jobs)`` of one array of chunk ``k``, checked against its ``entry`` in
+        the chunk's frame index and the chunk's row pointers before anything is decoded."""
         path = self.file(k, member)
-        entry = self._index(k)[member.value]
         dt = np.dtype(self.dtypes[member.value])
         n = int(self.value_offsets[k + 1] - self.value_offsets[k])
         if entry["nbytes"] != n * dt.itemsize:
@@ -228,7 +225,7 @@ class CompressedStorage(ChunkedStorage):
         for j, size in enumerate(sizes):
             jobs.append((pipe, view[at : at + size], out[j * per_frame : (j + 1) * per_frame], path, j))
             at += size
-        return out, entry, jobs
+        return out, jobs
 
     def _index(self, k: int) -> dict:
         path = self.dir(k) / FRAMES_INDEX

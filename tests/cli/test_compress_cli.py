@@ -86,3 +86,6 @@ def test_bench_cold_runs(tmp_path, capsys, archive_kind):
     assert rc == 0
     r = json.loads(capsys.readouterr().out)
     assert r["results"][0]["cold"] is True and r["results"][0]["cells_per_s"] > 0
+    assert main(["bench", str(archive), "--device", "cpu", "--shuffle", "random", "--batch-size", "32", "--seconds",
+                 "0.1", "--warmup", "0", "--cold", "--no-ceilings", "--quiet"]) == 0
+    assert "dropped from the page cache (--cold)" in capsys.readouterr().out
