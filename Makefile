@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: demo test scripts bench-convert bench-convert-dir bench-atlas-convert bench-loader bench-shuffle bench-remote bench-atlas gpu-kit gpu-check clean
+.PHONY: demo test scripts bench-convert bench-convert-dir bench-atlas-convert bench-loader bench-shuffle bench-remote bench-atlas bench-compress gpu-kit gpu-check clean
 
 # bionemo-scdl (in the test and bench extras) ships a convert_h5ad_to_scdl of its own, and pip may write
 # it after ours. Reinstalling our package alone (no dependencies) writes our console scripts last; the
@@ -78,6 +78,11 @@ bench-remote: $(STAMP)
 # archive: block and random order, and members whose genes come in their own order (~8 minutes the first time).
 bench-atlas: $(STAMP)
 	PYTHONPATH=. $(PY) benchmarks/bench_atlas.py --repeats 3 --out benchmarks/results
+
+# Compressed archives: ratio and CPU decode GB/s per codec on the 200k Tahoe-like archive and every real
+# file, block-order cells/s cold and warm against the flat archive (~5 minutes once the archive exists).
+bench-compress: $(STAMP)
+	PYTHONPATH=. $(PY) benchmarks/bench_compress.py --repeats 3 --json benchmarks/results/compress_cpu.json --markdown benchmarks/results/compress_cpu.md
 
 # A lent GPU machine has no network and no .venv, and only the checkout (plus named ignored paths)
 # travels: `make gpu-kit` here copies the wheels its image lacks into .whl/ (git-ignored), the device

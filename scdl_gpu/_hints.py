@@ -1,6 +1,8 @@
 """What to install for an optional part: packages from the index (scdl-gpu itself is not there),
 or the extra from a checkout. Kept beside pyproject.toml's extras, which list the same packages."""
 
+COMPRESS = "pip install numcodecs (from a scdl-gpu checkout: pip install -e '.[compress]')"
+
 PLOT = "pip install matplotlib (from a scdl-gpu checkout: pip install -e '.[plot]')"
 
 GPU = (

@@ -22,9 +22,10 @@ def span_error(archive: Path | str, row: int, lo: int, hi: int, n_data: int) -> 
     )
 
 
-def column_error(archive: Path | str, row: int, column: int, width: int) -> ArchiveError:
+def column_error(archive: Path | str, row: int, column: int, width: int, file: Path | None = None) -> ArchiveError:
+    """``file``: the file holding the row's columns when not ``archive``'s ``col_ptr.npy`` (a chunk's)."""
     return ArchiveError(
-        f"{Path(archive) / FileNames.COLPTR.value}: row {row} holds column {column}, expected < {width} "
+        f"{file or Path(archive) / FileNames.COLPTR.value}: row {row} holds column {column}, expected < {width} "
         "(the row's gene count); the archive is damaged"
     )
 

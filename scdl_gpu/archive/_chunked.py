@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ArchiveError, ArchiveNotFoundError
-from ._constants import CHUNK_DIR_FORMAT, FileNames
+from ._constants import CHUNK_DIR_FORMAT, COMPRESSION_FILE, Backend, FileNames
 from ._header import ChunkedInfo, SCDLHeader
 from ._memmap import map_raw, map_values, raw_length
 from ._parse import parsing
@@ -35,7 +35,10 @@ def value_files(root: str | Path) -> list[Path]:
     root = Path(root)
     chunks = sorted(root.glob("chunk_[0-9]*"))
     dirs = chunks if chunks and not (root / FileNames.DATA.value).exists() else [root]
-    return [d / m.value for d in dirs for m in (FileNames.DATA, FileNames.COLPTR)]
+    names = [m.value for m in (FileNames.DATA, FileNames.COLPTR)]
+    if (root / COMPRESSION_FILE).exists():  # compressed chunks: what a reader reads is the frames
+        names = [n.removesuffix(".npy") + ".frames" for n in names]
+    return [d / n for d in dirs for n in names]
 
 
 class ChunkedVector:
@@ -106,6 +109,7 @@ class ChunkedStorage:
     row_ptr: list[np.ndarray]
     col_ptr: list[np.ndarray]
     value_offsets: np.ndarray
+    compressed = False  # a CompressedStorage decodes its chunks' arrays (see _compressed.py)
 
     @property
     def chunk_size(self) -> int:
@@ -121,15 +125,20 @@ class ChunkedStorage:
     def dir(self, chunk: int) -> Path:
         return chunk_dir(self.path, chunk)
 
+    def file(self, chunk: int, member: FileNames) -> Path:
+        """The file holding chunk ``chunk``'s values or columns (``member``)."""
+        return self.dir(chunk) / member.value
+
 
 def _map(path: Path, dtype: str, n: int) -> np.ndarray:
     with parsing(path):
         return map_raw(path, dtype, n)
 
 
-def _open_chunk(root: Path, k: int, n_rows: int, dtypes: dict[str, str]):
+def _open_chunk(root: Path, k: int, n_rows: int, dtypes: dict[str, str], values: bool = True):
     """Chunk ``k``'s arrays, checked: ``row_ptr`` has ``n_rows + 1`` entries, starts at 0, never
-    decreases and ends at the length of the chunk's value and column files."""
+    decreases and ends at the length of the chunk's value and column files (not mapped, and
+    ``None``, unless ``values``: a compressed chunk's are checked when decoded)."""
     d = chunk_dir(root, k)
     if not d.is_dir():
         raise ArchiveNotFoundError(f"{d} is missing; {root / FileNames.HEADER.value} declares it")
@@ -144,6 +153,8 @@ def _open_chunk(root: Path, k: int, n_rows: int, dtypes: dict[str, str]):
     if n > 1 and bool(np.any(rp[1:] < rp[:-1])):
         raise ArchiveError(f"{rp_path} decreases; row pointers never do (the chunk is damaged)")
     nnz = int(rp[-1])
+    if not values:
+        return rp, None, None
     data, cols = (map_values(d / m.value, dtypes[m.value], nnz, str(rp_path)) for m in (FileNames.DATA, FileNames.COLPTR))
     return rp, data, cols
 
@@ -163,9 +174,10 @@ def open_chunked(path: Path, header: SCDLHeader, dtypes: dict[str, str]):
     extra = sorted(p.name for p in path.glob("chunk_*") if p.name not in expected)
     if extra:
         raise ArchiveError(f"{path / extra[0]} is not one of the {info.num_chunks} chunks {hpath} declares")
-    chunks = [_open_chunk(path, k, info.rows_of(k), dtypes) for k in range(info.num_chunks)]
+    compressed = header.backend is Backend.COMPRESSED_CHUNKED_V0
+    chunks = [_open_chunk(path, k, info.rows_of(k), dtypes, not compressed) for k in range(info.num_chunks)]
     offsets = np.zeros(info.num_chunks + 1, np.int64)
-    np.cumsum([len(c[1]) for c in chunks], out=offsets[1:])
+    np.cumsum([int(c[0][-1]) for c in chunks], out=offsets[1:])
     nnz = int(offsets[-1])
     for member in (FileNames.DATA, FileNames.COLPTR):
         if declared[member] != nnz:
@@ -178,7 +190,12 @@ def open_chunked(path: Path, header: SCDLHeader, dtypes: dict[str, str]):
     for k, (rp, _, _) in enumerate(chunks):
         lo = k * info.chunk_size
         row_ptr[lo + 1 : lo + len(rp)] = rp[1:] + rp_dt.type(offsets[k])
-    storage = ChunkedStorage(path, info, [c[1] for c in chunks], [c[0] for c in chunks], [c[2] for c in chunks], offsets)
+    if compressed:
+        from ._compressed import compressed_storage  # it builds on this module
+
+        storage = compressed_storage(path, info, [c[0] for c in chunks], offsets, dtypes)
+    else:
+        storage = ChunkedStorage(path, info, [c[1] for c in chunks], [c[0] for c in chunks], [c[2] for c in chunks], offsets)
     data = ChunkedVector(storage.data, offsets, dtypes[FileNames.DATA.value])
     cols = ChunkedVector(storage.col_ptr, offsets, dtypes[FileNames.COLPTR.value])
     return row_ptr, data, cols, storage

@@ -43,7 +43,17 @@ class NeighborSamplingStrategy(str, Enum):
 class Backend(IntEnum):
     MEMMAP_V0 = 1
     CHUNKED_MEMMAP_V0 = 2  # upstream's chunked layout: chunk_{id:05d}/{data,row_ptr,col_ptr}.npy
+    # scdl_gpu's compressed chunks (archive/_compressed.py): far from upstream's own numbering, so a
+    # later upstream value does not collide; upstream's readers refuse the header and find no data.npy
+    COMPRESSED_CHUNKED_V0 = 1001
 
+
+#: Backends whose header carries ChunkedInfo and whose rows live in ``chunk_{id:05d}/`` directories.
+CHUNKED_BACKENDS = (Backend.CHUNKED_MEMMAP_V0, Backend.COMPRESSED_CHUNKED_V0)
+
+
+#: A compressed archive's codecs (archive/_compressed.py); its chunks hold ``*.frames`` files.
+COMPRESSION_FILE = "scdl_gpu_compression.json"
 
 #: Directory of one chunk of a chunked archive (upstream's spelling).
 CHUNK_DIR_FORMAT = "chunk_{:05d}"

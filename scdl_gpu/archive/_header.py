@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Mapping, Sequence
 
 from ..errors import HeaderSerializationError
-from ._constants import ArrayDType, Backend, FileNames
+from ._constants import CHUNKED_BACKENDS, ArrayDType, Backend, FileNames
 
 __all__ = [
     "CORE_HEADER_SIZE", "CURRENT_SCDL_VERSION", "MAX_NAME_BYTES", "SCDL_MAGIC_NUMBER", "ArrayInfo",
@@ -318,7 +318,8 @@ class SCDLHeader:
 
     @property
     def is_chunked(self) -> bool:
-        return self.backend is Backend.CHUNKED_MEMMAP_V0
+        """Rows in ``chunk_NNNNN/`` directories: upstream's chunked layout or our compressed one."""
+        return self.backend in CHUNKED_BACKENDS
 
     def _check_chunked(self) -> None:
         """The backend and the chunked info go together (upstream's partition sets both)."""

@@ -39,7 +39,8 @@ def archive_summary(path: str | os.PathLike, storage_options: dict | None = None
     ``[dtype, width]`` of each obsm array, None for a damaged one), ``header`` (whether
     ``header.sch`` exists), ``version`` (the string in ``version.json``, or None), ``row_order``
     (``"input"``, ``"shuffle"``, or None when not recorded) ``shuffle_seed``, and ``chunks``
-    (``{"chunk_size", "num_chunks"}`` of a chunked archive, None for a flat one).
+    (``{"chunk_size", "num_chunks"}`` of a chunked archive, None for a flat one), ``compression``
+    (:func:`compression_summary` of a compressed archive, None for any other).
 
     ``density`` is ``nnz`` over the number of cells of the (ragged) matrix: the sum over var blocks
     of rows x genes, which is ``nnz / (n_rows * n_genes)`` for a single block; None when that sum
@@ -91,7 +92,36 @@ def archive_summary(path: str | os.PathLike, storage_options: dict | None = None
         **(row_order_of(layout_facts(path)) or {"row_order": None, "shuffle_seed": None}),
         "chunks": None if arrays.chunks is None else {"chunk_size": arrays.chunks.chunk_size,
                                                       "num_chunks": arrays.chunks.num_chunks},
+        "compression": compression_summary(path, arrays),
     }
+
+
+def compression_summary(path: str | Path, arrays=None) -> dict | None:
+    """A compressed archive's codecs and sizes, None for any other archive: ``frame_bytes``,
+    ``arrays`` (``data``/``col_ptr`` -> ``{"codec", "raw_bytes", "stored_bytes", "ratio"}``, the
+    codec as its steps joined by ``+``) and the totals ``raw_bytes``, ``stored_bytes``, ``ratio``
+    (raw: the flat archive's value and column files; stored: the chunks' frames)."""
+    path = Path(path)
+    arrays = open_arrays(path) if arrays is None else arrays
+    storage = arrays.chunks
+    if storage is None or not storage.compressed:
+        return None
+    out = {"frame_bytes": storage.frame_bytes, "arrays": {}}
+    for member in (FileNames.DATA, FileNames.COLPTR):
+        pipe = storage.pipelines[member.value]
+        raw = arrays.nnz * np.dtype(arrays.dtypes[member.value]).itemsize
+        stored = sum(storage.file(k, member).stat().st_size for k in range(storage.num_chunks))
+        steps = [f.codec_id for f in pipe.filters] + [_codec_text(pipe.compressor.get_config())]
+        out["arrays"][member.value.removesuffix(".npy")] = {
+            "codec": "+".join(steps), "raw_bytes": raw, "stored_bytes": stored, "ratio": raw / stored if stored else None}
+    raw = sum(a["raw_bytes"] for a in out["arrays"].values())
+    stored = sum(a["stored_bytes"] for a in out["arrays"].values())
+    out.update(raw_bytes=raw, stored_bytes=stored, ratio=raw / stored if stored else None)
+    return out
+
+
+def _codec_text(cfg: dict) -> str:
+    return cfg["id"] + (f"-{cfg['level']}" if "level" in cfg else "")
 
 
 def _union(column_lists) -> list[str]:
@@ -166,11 +196,21 @@ def _row_order_text(s: dict) -> str:
     return "input order" if order == "input" else "not recorded"
 
 
-def _layout(chunks: dict | None) -> str:
+def _layout(chunks: dict | None, compression: dict | None = None) -> str:
     if not chunks:
         return "flat"
     n = chunks["num_chunks"]
-    return f"chunked, {n:,} chunk{'' if n == 1 else 's'} of {chunks['chunk_size']:,} rows"
+    kind = "compressed chunks" if compression else "chunked"
+    return f"{kind}, {n:,} chunk{'' if n == 1 else 's'} of {chunks['chunk_size']:,} rows"
+
+
+def _compression_text(c: dict) -> str:
+    def ratio(r):
+        return "-" if r is None else f"{r:.2f}x"
+
+    parts = [f"{name} {a['codec']} {ratio(a['ratio'])}" for name, a in c["arrays"].items()]
+    return (", ".join(parts) + f"; {human_bytes(c['raw_bytes'])} -> {human_bytes(c['stored_bytes'])} "
+            f"({ratio(c['ratio'])}, frames of {human_bytes(c['frame_bytes'])})")
 
 
 def format_summary(summary: dict) -> str:
@@ -200,7 +240,8 @@ def format_summary(summary: dict) -> str:
         ("neighbors", f"yes, {s['neighbor_nnz']:,} edges" if s["neighbors"] else "no"),
         ("obsm", _obsm_text(s.get("obsm") or {})),
         ("header", "yes" if s["header"] else "no (legacy layout, default dtypes)"),
-        ("layout", _layout(s.get("chunks"))),
+        ("layout", _layout(s.get("chunks"), s.get("compression"))),
+        *([("compression", _compression_text(s["compression"]))] if s.get("compression") else []),
         ("version", s["version"] if s["version"] is not None else "unknown"),
         ("row order", _row_order_text(s)),
         ("size", f"{human_bytes(s['total_bytes'])} in {n_files} file{'' if n_files == 1 else 's'}"),

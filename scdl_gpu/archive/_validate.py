@@ -230,6 +230,8 @@ class _Validator:
         self._guard("header.sch", self.check_header)
         if self.header is not None and self.header.is_chunked:
             self._guard("chunks", self.check_chunks)
+            if self.storage is not None and self.storage.compressed:
+                self.check_compressed()
         elif self.dtypes is not None:
             self._guard("array files", self.check_lengths)
             if isinstance(metadata, dict) and self.lengths.get(FileNames.ROWPTR):
@@ -270,12 +272,29 @@ class _Validator:
         self.lengths = {FileNames.DATA: self.nnz, FileNames.COLPTR: self.nnz, FileNames.ROWPTR: self.n_rows + 1}
         self.row_ptr_ok = True
 
+    def check_compressed(self) -> None:
+        """Decode every chunk of a compressed archive: each frame's size, each array's size and its
+        CRC-32C against the chunk's frame index (one problem per damaged chunk)."""
+        for k in range(self.storage.num_chunks):
+            self._guard(f"chunk {k}", self.storage.decoded, k)
+
+    def _items(self, fpath: Path, dtype, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
+        """``(position, items)`` of items ``[start, stop)`` of a value or column file, a chunk at a
+        time: read from disk, or from the decoded chunk of a compressed archive."""
+        if self.storage is None or not self.storage.compressed:
+            yield from _chunks(fpath, dtype, start, stop, self.chunk)
+            return
+        k = int(fpath.parent.name.removeprefix("chunk_"))
+        arr = self.storage.decoded(k)[0 if fpath.name.startswith("data.") else 1]
+        for pos in range(start, stop, self.chunk):
+            yield pos, arr[pos : min(pos + self.chunk, stop)]
+
     def _value_files(self, member: FileNames) -> list[tuple[Path, int, int]]:
         """``(file, items, first global position)`` holding the values (or columns) of the archive."""
         if self.storage is None:
             return [(self.path / member.value, self.lengths[member], 0)]
         off = self.storage.value_offsets
-        return [(self.storage.dir(k) / member.value, int(off[k + 1] - off[k]), int(off[k])) for k in range(len(off) - 1)]
+        return [(self.storage.file(k, member), int(off[k + 1] - off[k]), int(off[k])) for k in range(len(off) - 1)]
 
     def _ptr(self, row: int) -> int:
         if self.storage is not None:
@@ -351,7 +370,7 @@ class _Validator:
             return
         n_nan = n_inf = 0
         first = None
-        for pos, a in _chunks(fpath, dt, 0, n, self.chunk):
+        for pos, a in self._items(fpath, dt, 0, n):
             finite = np.isfinite(a)
             if finite.all():
                 continue
@@ -387,7 +406,7 @@ class _Validator:
             n_bad, first, largest, fpath = 0, None, 0, files[0][0] if files else self.path / FileNames.COLPTR.value
             for path, n, base in files:  # the block's values in each file (one file unless chunked)
                 lo, hi = max(v0 - base, 0), min(v1 - base, n)
-                for pos, a in _chunks(path, dt, lo, hi, self.chunk) if lo < hi else ():
+                for pos, a in self._items(path, dt, lo, hi) if lo < hi else ():
                     top = int(a.max())
                     if top < genes:
                         continue
@@ -501,14 +520,14 @@ class _Validator:
                 self.check_sorted_rows(fpath, self.path / FileNames.COLPTR.value, rp, self.nnz)
             for k in range(self.storage.num_chunks if self.storage is not None else 0):
                 rp = self.storage.row_ptr[k]
-                self.check_sorted_rows(fpath, self.storage.dir(k) / FileNames.COLPTR.value, rp, int(rp[-1]),
+                self.check_sorted_rows(fpath, self.storage.file(k, FileNames.COLPTR), rp, int(rp[-1]),
                                        k * self.storage.chunk_size)
 
     def check_sorted_rows(self, layout: Path, fpath: Path, rp: np.ndarray, nnz: int, first_row: int = 0) -> None:
         """Every row's column indices strictly increase (loaders trusting ``rows_sorted`` skip the sort):
         the columns in ``fpath`` (``nnz``) of the rows ``rp`` points into, the first being ``first_row``."""
         n_bad, first, prev = 0, None, None
-        for pos, a in _chunks(fpath, self.dtypes[FileNames.COLPTR.value], 0, nnz, self.chunk):
+        for pos, a in self._items(fpath, self.dtypes[FileNames.COLPTR.value], 0, nnz):
             # bad[k]: a[k] does not exceed the value before it (across chunks too) ...
             bad = np.empty(len(a), dtype=bool)
             bad[0] = prev is not None and a[0] <= prev

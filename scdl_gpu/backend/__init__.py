@@ -30,7 +30,8 @@ def __getattr__(name: str):
 
 
 def get_backend(archive: str | os.PathLike, device: str = "auto", options: BatchOptions | None = None,
-                residency: str = "auto", storage_options: dict | None = None, **gpu_kwargs) -> Backend:
+                residency: str = "auto", storage_options: dict | None = None, cache_bytes: int | None = None,
+                **gpu_kwargs) -> Backend:
     """The backend for ``device`` (``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``) over ``archive``.
 
     ``residency`` (``"auto"``, ``"device"``, ``"pinned"``, ``"stream"``): where a GPU backend keeps
@@ -41,6 +42,9 @@ def get_backend(archive: str | os.PathLike, device: str = "auto", options: Batch
     ``archive`` may be a URL (``s3://``, ``gs://``, ``https://``, ``file://``; ``storage_options``
     go to fsspec) or an open :class:`~scdl_gpu.archive.RemoteArchive`: its rows are read by range
     into host memory and gathered there (on a GPU, the host reader: kvikio reads local files only).
+
+    ``cache_bytes``: decoded chunks kept of a compressed archive (default 512 MiB; decoded on the
+    host on either device).
     """
     if residency not in RESIDENCIES:
         raise ValueError(f"residency must be one of {RESIDENCIES}, got {residency!r}")
@@ -52,12 +56,12 @@ def get_backend(archive: str | os.PathLike, device: str = "auto", options: Batch
         from ._gpu import GPUBackend
 
         return GPUBackend(archive, options, device=device if ":" in str(device) else None, residency=residency,
-                          storage_options=storage_options, **gpu_kwargs)
+                          storage_options=storage_options, cache_bytes=cache_bytes, **gpu_kwargs)
     if residency in ("device", "pinned"):
         raise ValueError(f"residency={residency!r} needs a GPU backend (device='cuda'); the CPU reads the archive's maps")
     from ._cpu import CPUBackend
 
-    return CPUBackend(archive, options, storage_options=storage_options)
+    return CPUBackend(archive, options, storage_options=storage_options, cache_bytes=cache_bytes)
 
 
 def remote_location(archive) -> bool:

@@ -34,6 +34,7 @@ from numba.extending import intrinsic
 
 from ..archive._bounds import column_error, span_error
 from ..archive._chunked import ChunkedStorage
+from ..archive._constants import FileNames
 from ..errors import ArchiveError
 
 log = logging.getLogger(__name__)
@@ -260,47 +261,53 @@ def gather(data: np.ndarray, cols: np.ndarray, starts: np.ndarray, in_ptr: np.nd
 
 
 def gather_chunked(chunks: ChunkedStorage, pointers: tuple, rows: np.ndarray, starts: np.ndarray, in_ptr: np.ndarray,
-                   width: int, out_vals: np.ndarray, out_cols: np.ndarray, *, sort: bool = True) -> None:
+                   width: int, out_vals: np.ndarray, out_cols: np.ndarray, *, sort: bool = True,
+                   positions: np.ndarray | None = None) -> None:
     """:func:`gather` over a chunked archive: ``pointers`` is :func:`chunk_pointers` of its chunks'
     value and column arrays (float16 values as uint16), ``starts`` the rows' starts in the global
-    value numbering (from the global ``row_ptr``). A bad column raises ``ArchiveError`` naming the
-    chunk's file."""
+    value numbering (from the global ``row_ptr``). ``positions``: copy only these batch positions
+    (their chunks' arrays must be in ``pointers``; default all). A bad column raises
+    ``ArchiveError`` naming the chunk's file."""
     n = _check_outputs(starts, in_ptr, out_vals, out_cols)
     if len(rows) != len(starts):
         raise ValueError(f"{len(rows)} row ids for a plan of {len(starts)} rows")
-    if not len(rows):
+    if not len(rows) or (positions is not None and not len(positions)):
         return
-    args = (pointers, np.int64(chunks.chunk_size), rows, *_chunk_runs(rows, chunks.chunk_size), starts, in_ptr,
-            np.int64(width), out_vals, out_cols, _via_double(chunks.data[0].dtype, out_vals), sort)
+    args = (pointers, np.int64(chunks.chunk_size), rows, *_chunk_runs(rows, chunks.chunk_size, positions), starts,
+            in_ptr, np.int64(width), out_vals, out_cols, _via_double(pointers[3].dtype, out_vals), sort)
     bad = _launch(_gather_chunked_serial, _gather_chunked_parallel, args, n, len(starts))
     if bad >= 0:
         r = int(rows[bad])
         k = chunks.chunk_of(r)
         o, m = int(starts[bad] - chunks.value_offsets[k]), int(in_ptr[bad + 1] - in_ptr[bad])
         seg = np.asarray(chunks.col_ptr[k][o : o + m]).astype(np.int64)
-        raise column_error(chunks.dir(k), r, int(seg[(seg < 0) | (seg >= width)][0]), width)
+        raise column_error(chunks.path, r, int(seg[(seg < 0) | (seg >= width)][0]), width,
+                           chunks.file(k, FileNames.COLPTR))
 
 
-def _chunk_runs(rows: np.ndarray, chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(order, bounds)``: the batch positions grouped by chunk (stable), cut where the chunk
-    changes and into at least two runs per thread (so one chunk's rows are still shared out)."""
-    n = len(rows)
-    chunk_of = rows // chunk_size
-    order = np.argsort(chunk_of, kind="stable") if np.any(chunk_of[1:] < chunk_of[:-1]) else np.arange(n)
-    grouped = chunk_of[order]
+def _chunk_runs(rows: np.ndarray, chunk_size: int, positions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(order, bounds)``: the batch positions (``positions``, default all) grouped by chunk
+    (stable), cut where the chunk changes and into at least two runs per thread (so one chunk's
+    rows are still shared out)."""
+    pos = np.arange(len(rows), dtype=np.int64) if positions is None else np.asarray(positions, np.int64)
+    n = len(pos)
+    chunk_of = rows[pos] // chunk_size
+    order = pos[np.argsort(chunk_of, kind="stable")] if np.any(chunk_of[1:] < chunk_of[:-1]) else pos
+    grouped = rows[order] // chunk_size
     step = -(-n // (2 * numba.get_num_threads()))
     cuts = [[0], np.flatnonzero(grouped[1:] != grouped[:-1]) + 1, np.arange(step, n, step), [n]]
     return order, np.unique(np.concatenate(cuts)).astype(np.int64)
 
 
-def chunk_pointers(data: list[np.ndarray], cols: list[np.ndarray], offsets: np.ndarray, data_dtype, col_dtype) -> tuple:
+def chunk_pointers(data: list, cols: list, offsets: np.ndarray, data_dtype, col_dtype) -> tuple:
     """What the compiled chunked gather reads the chunks through: each chunk's value and column
     addresses and length, a 0-length array of each dtype, each chunk's first global value. The
-    caller keeps ``data`` and ``cols`` (the maps) alive as long as it gathers through these."""
+    caller keeps ``data`` and ``cols`` (the maps) alive as long as it gathers through these. A chunk
+    whose arrays are ``None`` (compressed, not decoded) gets address 0: gather no row of it."""
     lens = np.diff(offsets).astype(np.int64)
-    if len(data) != len(lens) or any(len(d) != n or len(c) != n for d, c, n in zip(data, cols, lens)):
+    if len(data) != len(lens) or any(d is not None and (len(d) != n or len(c) != n) for d, c, n in zip(data, cols, lens)):
         raise ValueError("the chunks' arrays disagree with their offsets")
-    addresses = [np.array([a.ctypes.data for a in arrays], np.int64) for arrays in (data, cols)]
+    addresses = [np.array([0 if a is None else a.ctypes.data for a in arrays], np.int64) for arrays in (data, cols)]
     return (*addresses, lens, np.empty(0, data_dtype), np.empty(0, col_dtype), np.ascontiguousarray(offsets, np.int64))
 
 

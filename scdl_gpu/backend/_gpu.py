@@ -74,6 +74,7 @@ class GPUBackend(Backend):
         kvikio_threads: int | None = None,
         kvikio_task_size: int | None = None,
         storage_options: dict | None = None,
+        cache_bytes: int | None = None,
     ) -> None:
         resolve_device("cuda")  # a clear error when no usable GPU
         if residency not in _residency.RESIDENCIES:
@@ -82,7 +83,7 @@ class GPUBackend(Backend):
             raise ValueError(f"reader must be one of {READERS}, got {reader!r}")
         if reader == "kvikio" and not kvikio_available():
             raise RuntimeError(f"reader='kvikio' but kvikio is not installed: {GPU}")
-        super().__init__(archive, options, storage_options=storage_options)
+        super().__init__(archive, options, storage_options=storage_options, cache_bytes=cache_bytes)  # compressed: decoded on the host
         if self.remote is not None and reader == "kvikio":
             raise ValueError(f"reader='kvikio' reads local files; {self.remote.url} is read by range on the host "
                              "(reader='host')")

@@ -1,4 +1,5 @@
-"""``scdl-gpu info | validate | cast | chunk``: inspect, check, re-type and partition an existing archive."""
+"""``scdl-gpu info | validate | cast | chunk | compress``: inspect, check, re-type, partition and compress
+an existing archive."""
 
 from __future__ import annotations
 
@@ -59,6 +60,27 @@ def register(sub) -> None:
     p.add_argument("--chunk-size", type=int, default=100_000, help="rows per chunk [%(default)s]")
     p.add_argument("--delete-original", action="store_true", help="remove the input once the output is complete")
     p.set_defaults(handler=chunk)
+
+    from ..archive._codecs import CODECS, DEFAULT_CODEC
+    from ..archive._compressed import DEFAULT_COMPRESSED_CHUNK
+
+    p = sub.add_parser(
+        "compress",
+        help="write a compressed archive (chunks of zstd, lz4 or zlib frames; decoded when read)",
+        description="Write the archive's rows as chunks of --chunk-size rows whose values and columns are stored "
+        "as compressed frames (columns delta-coded and byte-shuffled, values byte-shuffled), with the CRC-32C of "
+        "every decoded array. The loader decodes chunks into a bounded cache; block order reads whole chunks. "
+        "bionemo-scdl refuses such an archive. The output is written beside its destination and renamed into "
+        "place when complete.",
+    )
+    p.add_argument("archive")
+    p.add_argument("-o", "--output", required=True, help="the compressed archive to create (must not exist)")
+    p.add_argument("--codec", choices=CODECS, default=DEFAULT_CODEC, help="[%(default)s]")
+    p.add_argument("--level", type=int, default=None, help="compression level (zstd -5..22 [1], zlib 0..9 [6])")
+    p.add_argument("--chunk-size", type=int, default=DEFAULT_COMPRESSED_CHUNK,
+                   help="rows per chunk: the unit of decoding and of block order [%(default)s]")
+    p.add_argument("--delete-original", action="store_true", help="remove the input once the output is complete")
+    p.set_defaults(handler=compress)
 
 
 def info(args) -> int:
@@ -129,6 +151,29 @@ def cast(args) -> int:
     old = cast_archive_data(args.archive, args.dtype, args.tolerance, allow_lossy=args.allow_lossy)
     print(f"{args.archive}: data {old} -> {args.dtype}")
     return 0
+
+
+def compress(args) -> int:
+    import os
+
+    from ..archive._compressed import compress_archive
+
+    if os.path.lexists(args.output):  # compress_archive(path, None) rewrites in place; the command never does
+        raise FileExistsError(f"Output path already exists: {args.output}")
+    header = compress_archive(args.archive, args.output, args.codec, args.chunk_size, args.level,
+                              delete_original=args.delete_original)
+    print(compressed_line(args.output, header, args.codec) + (f"; {args.archive} deleted" if args.delete_original else ""))
+    return 0
+
+
+def compressed_line(path, header, codec: str) -> str:
+    """One line on a compressed archive just written: rows, chunks, codec, size against flat."""
+    from ..archive._summary import compression_summary
+
+    info, c = header.chunked_info, compression_summary(path)
+    return (f"{path}: {info.total_rows:,} rows in {info.num_chunks:,} {codec} chunk{'' if info.num_chunks == 1 else 's'} "
+            f"of {info.chunk_size:,}; values and columns {c['raw_bytes'] / 1e6:,.1f} MB -> "
+            f"{c['stored_bytes'] / 1e6:,.1f} MB ({c['ratio']:.2f}x)")
 
 
 def chunk(args) -> int:

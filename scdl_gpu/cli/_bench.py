@@ -21,7 +21,7 @@ def _common(p, many: bool) -> None:
     p.add_argument("--residency", nargs=nargs, choices=RESIDENCIES, default=["auto"] if many else "auto",
                    help="where the loader keeps the archive: device memory, pinned host memory, streamed from "
                         "the page cache, or its choice (auto); on the CPU: auto or stream [%(default)s]")
-    p.add_argument("--block-size", type=int, help="rows per block in block order [batch size // 64]")
+    p.add_argument("--block-size", type=int, help="rows per block in block order [batch size // 64; a compressed archive's chunk size]")
     p.add_argument("--fetch-factor", type=int, help="batches read at once in block order [1]")
     p.add_argument("--seconds", type=float, default=5.0, help="timed window per configuration [%(default)s]")
     p.add_argument("--warmup", type=int, default=3, help="untimed batches before the window [%(default)s]")
@@ -36,6 +36,9 @@ def register(sub) -> None:
     p.add_argument("--no-ceilings", action="store_true", help="skip measuring read and copy bandwidths")
     p.add_argument("--no-cold", action="store_true",
                    help="skip the cold read (it drops the archive's files from the page cache first)")
+    p.add_argument("--cold", action="store_true",
+                   help="drop the archive's files from the page cache before each configuration's run, so batches "
+                        "come from the disk (compare compressed and flat archives where I/O is the bound)")
     p.add_argument("--diversity-column", metavar="COL",
                    help="also report the mean distinct labels of obs column COL per batch, against the same "
                         "figure for uniformly random batches (how well each order mixes the archive's groups)")
@@ -92,7 +95,7 @@ def bench(args) -> int:
     result = run_bench(args.archive, device=args.device, shuffles=args.shuffle, batch_sizes=args.batch_size,
                        prefetch=args.prefetch, residencies=args.residency, seconds=args.seconds, warmup=args.warmup,
                        ceilings=not args.no_ceilings, cold=not args.no_cold, progress=not args.quiet,
-                       diversity_column=args.diversity_column, **_loader_kwargs(args))
+                       diversity_column=args.diversity_column, cold_runs=args.cold, **_loader_kwargs(args))
     return _emit(args, result, format_bench(result), plot_bench)
 
 

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from ..archive._constants import FLOAT_ORDER, INT_ORDER
 
@@ -101,6 +102,9 @@ def register(sub) -> None:
     atlas.add_argument("--append", action="store_true", help="add the inputs as new members of the atlas DIR")
     atlas.add_argument("--resume", action="store_true",
                        help="keep the members a failed run finished in DIR and convert only the rest")
+    p.add_argument("--compress", nargs="?", const="zstd", default=None, choices=("zstd", "lz4", "zlib"), metavar="CODEC",
+                   help="write a compressed archive (as 'scdl-gpu compress' with its defaults; CODEC zstd, lz4 or "
+                        "zlib [zstd]); the archive appears only once compressed")
     p.add_argument("--report", default=None, metavar="FILE", help="also write the per-input report as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(handler=convert)
@@ -113,6 +117,8 @@ def convert(args) -> int:
     if args.workers < 1:
         raise CommandError("--workers must be at least 1")
     if args.atlas:
+        if args.compress:
+            raise CommandError("--compress writes one archive; compress an atlas's members with 'scdl-gpu compress'")
         return convert_atlas(args)
     given = [f for f, v in (("--member-rows", args.member_rows), ("--scheduler", args.scheduler),
                             ("--append", args.append), ("--resume", args.resume)) if v]
@@ -120,7 +126,23 @@ def convert(args) -> int:
         raise CommandError(f"{', '.join(given)} need --atlas")
     if os.path.exists(args.output) and not args.overwrite:
         raise CommandError(f"output {args.output} already exists; choose another path or pass --overwrite")
-    report = convert_many(args.inputs, args.output, row_order=args.row_order, seed=args.seed, **shared_options(args))
+    target = args.output
+    if args.compress:  # converted beside the output, compressed in place, then put at the output
+        from ..archive._atomic import clean_leftovers, sibling_name
+
+        clean_leftovers(Path(args.output))
+        target = sibling_name(Path(args.output), "partial")
+    try:
+        options = shared_options(args) | dict(overwrite=args.overwrite and not args.compress)
+        report = convert_many(args.inputs, target, row_order=args.row_order, seed=args.seed, **options)
+        if args.compress:
+            report.archive = _compressed_into_place(target, args)
+    except BaseException:
+        if args.compress:
+            from ..archive._atomic import remove_tree
+
+            remove_tree(Path(target))
+        raise
     if args.report:
         write_report(report, args.report)
     if not args.quiet:
@@ -131,6 +153,18 @@ def convert(args) -> int:
         if report.vocabulary_size is not None:
             print(report.alignment_table(), file=sys.stderr)
     return 0
+
+
+def _compressed_into_place(target: str | Path, args) -> Path:
+    from ..archive._atomic import exchange
+    from ..archive._compressed import compress_archive
+    from ._archive import compressed_line
+
+    header = compress_archive(target, None, args.compress)
+    exchange(target, args.output, replace=args.overwrite)
+    if not args.quiet:
+        print(compressed_line(args.output, header, args.compress), file=sys.stderr)
+    return Path(args.output)
 
 
 def shared_options(args) -> dict:

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..archive._reader import open_arrays
+from ..archive._constants import Backend
 from ..archive._obsm import OBSM_DIR
+from ..archive._reader import open_arrays, read_dtypes
 from ..archive._remote import NEIGHBOR_FILES, RemoteArchive
 from ..atlas import is_atlas
 from ..backend import Batch, BatchOptions, get_backend, remote_location, resolve_device
@@ -54,7 +55,10 @@ class SingleCellLoader:
         the stored order puts side by side: on an archive whose rows are grouped (by plate,
         donor, drug) block batches hold fewer distinct groups than random ones. Convert with
         ``row_order="shuffle"`` (``scdl-gpu convert --row-order shuffle``) to get block order's
-        speed with random order's batch variety.
+        speed with random order's batch variety. On a compressed archive (``scdl-gpu compress``)
+        ``block_size`` defaults to its chunk size: each block is one whole chunk, decoded once.
+        Random order works there too but is bound by decoding: every batch touches most chunks,
+        which is fast only while the decoded archive fits ``cache_bytes``.
         ``True``/``False`` mean ``"random"``/``"sequential"``. Default: ``"block"``, or
         ``"random"`` with weights (the only order weighted sampling has).
     balance, class_weights
@@ -106,6 +110,8 @@ class SingleCellLoader:
     storage_options
         For an archive at a URL: passed to fsspec (``endpoint_url``, ``anon``, ...); credentials
         otherwise come from the usual environment and configuration files.
+    cache_bytes
+        A compressed archive's decoded chunks kept in memory (default 512 MiB).
     prefetch
         Batches assembled ahead by a background thread (0: none). Default: 2 on a GPU (the host
         thread builds the next batches while the device trains), 0 on the CPU, where the compiled
@@ -143,6 +149,7 @@ class SingleCellLoader:
         group_weights: dict[str, float] | None = None,
         epoch_length: int | None = None,
         storage_options: dict | None = None,
+        cache_bytes: int | None = None,
     ) -> None:
         source = getattr(data, "data_path", data)
         weighted = _check_weighting(balance, class_weights, group_weights, epoch_length)
@@ -156,8 +163,9 @@ class SingleCellLoader:
             raise ValueError(f"weighted sampling draws rows in random order; shuffle={shuffle!r} cannot apply (leave it unset)")
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        chunk_rows = None if remote_location(source) else _compressed_chunk_rows(Path(source))
         if block_size is None:  # at least 64 blocks per batch: contiguous reads, yet well mixed
-            block_size = max(1, int(batch_size) // 64)
+            block_size = chunk_rows or max(1, int(batch_size) // 64)
         for name, v in (("batch_size", batch_size), ("block_size", block_size), ("fetch_factor", fetch_factor)):
             if int(v) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v}")
@@ -188,11 +196,12 @@ class SingleCellLoader:
             n_rows = source.n_rows if remote_location(source) else open_arrays(source).n_rows
             share = None if streams else resident_share(n_rows, self.seed, self.rank, self.world_size, self.drop_last)
             residency = "stream" if streams else residency
-            self.backend = get_backend(source, device=device, options=opts, residency=residency, resident_rows=share)
+            self.backend = get_backend(source, device=device, options=opts, residency=residency, resident_rows=share,
+                                       cache_bytes=cache_bytes)
             if self.backend.residency in ("device", "pinned"):
                 self._share = share
         else:
-            self.backend = get_backend(source, device=device, options=opts, residency=residency)
+            self.backend = get_backend(source, device=device, options=opts, residency=residency, cache_bytes=cache_bytes)
         self.path = self.backend.path  # a URL's with its credentials redacted
         remote = self.backend.remote
         if remote is not None and shuffle == "random":
@@ -454,6 +463,14 @@ def _plain(weights: dict | None) -> dict | None:
         return x.item() if isinstance(x, np.generic) else x
 
     return {plain(k): plain(v) for k, v in weights.items()}
+
+
+def _compressed_chunk_rows(path: Path) -> int | None:
+    """Rows per chunk of a compressed archive (its unit of decoding), None for any other."""
+    header = read_dtypes(path)[1] if path.is_dir() and not is_atlas(path) else None
+    if header is None or header.backend is not Backend.COMPRESSED_CHUNKED_V0:
+        return None
+    return header.chunked_info.chunk_size
 
 
 def _distributed(rank: int | None, world_size: int | None) -> tuple[int, int]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._ceilings import bound, measure_ceilings
+from ._ceilings import bound, drop_cached, measure_ceilings
 from ._measure import batch_rows, loader_stream, measure, synchronize
 from ._system import system_info
 
@@ -125,6 +125,16 @@ def loader_factory(archive: Path, device: str, shuffle: str, batch_size: int, pr
     return make
 
 
+def dropping_cache(make, archive: Path):
+    """``make`` that first drops every file of ``archive`` from the page cache (a cold run)."""
+
+    def make_cold():
+        drop_cached(p for p in sorted(Path(archive).rglob("*")) if p.is_file())
+        return make()
+
+    return make_cold
+
+
 def warm_up(archive: Path, device: str, shuffle: str, batch_size: int, prefetch: int | None, **kwargs) -> float:
     """Seconds to the first batch of a throwaway loader: the process's one-off costs (the gather's
     compile or its cache load, CUDA kernel builds, first-use imports) plus one loader set-up, paid
@@ -176,6 +186,7 @@ def run_bench(
     cold: bool = True,
     progress: bool = False,
     diversity_column: str | None = None,
+    cold_runs: bool = False,
     **loader_kwargs,
 ) -> dict:
     """Measure the loader for every combination of ``residencies`` x ``shuffles`` x ``batch_sizes`` x ``prefetch``.
@@ -195,6 +206,10 @@ def run_bench(
     and their ratio ``diversity_of_random`` -- how well the order mixes the archive's groups
     (block order on an input-ordered archive keeps grouped rows together; on a shuffled
     archive it matches random order).
+
+    With ``cold_runs``, every file of the archive is dropped from the page cache before each
+    configuration's loader opens (``cold: true`` in its result), so its batches come from the disk
+    until the run has read them once: compressed and flat archives compare where I/O is the bound.
     """
     from ..backend import resolve_device
 
@@ -223,6 +238,8 @@ def run_bench(
         for residency, shuffle, bs, pf in grid:
             seen: dict = {}
             make = loader_factory(archive, dev, shuffle, bs, pf, seen=seen, residency=residency, **loader_kwargs)
+            if cold_runs:
+                make = dropping_cache(make, archive)
             logged: list = []
             if labels is not None:
                 make = logging_rows(make, logged, bs)
@@ -231,7 +248,7 @@ def run_bench(
             used = seen.get("residency") or residency
             b = bounds.setdefault(residency, bound_of(used))
             rec = dict(shuffle=shuffle, batch_size=bs, prefetch=seen.get("prefetch", pf), device=dev, residency=residency,
-                       residency_used=seen.get("residency"), **t.to_dict())
+                       residency_used=seen.get("residency"), cold=cold_runs, **t.to_dict())
             rec["bytes_per_s"] = t.cells_per_s * bpc
             rec["bound"] = b["name"]
             rec["fraction_of_bound"] = rec["bytes_per_s"] / b["bytes_per_s"] if b["bytes_per_s"] else None

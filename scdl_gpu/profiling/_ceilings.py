@@ -47,13 +47,7 @@ def read_bandwidth(paths: list[Path], cold: bool = False, max_bytes: int = 4 << 
     if cold:
         if not hasattr(os, "posix_fadvise"):
             return dict(bytes_per_s=None, bytes=0, seconds=0.0, note="posix_fadvise is not available here")
-        for p in paths:
-            fd = os.open(p, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-                dropped = True
-            finally:
-                os.close(fd)
+        dropped = drop_cached(paths) > 0
     buf = bytearray(CHUNK)
     total = 0
     t0 = time.perf_counter()
@@ -66,6 +60,22 @@ def read_bandwidth(paths: list[Path], cold: bool = False, max_bytes: int = 4 << 
     if cold:
         out["note"] = "cached pages dropped with posix_fadvise(DONTNEED) first" if dropped else "could not drop cached pages"
     return out
+
+
+def drop_cached(paths) -> int:
+    """Ask the kernel to drop ``paths``' pages from the page cache (``posix_fadvise(DONTNEED)``; pages
+    a process still maps stay). Returns how many files were advised (0 where the call is missing)."""
+    if not hasattr(os, "posix_fadvise"):
+        return 0
+    n = 0
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            n += 1
+        finally:
+            os.close(fd)
+    return n
 
 
 def memcpy_bandwidth(nbytes: int = 256 << 20, repeats: int = 3) -> dict:

@@ -42,6 +42,8 @@ def format_bench(result: dict) -> str:
     if result.get("warmup_s") is not None:  # results written before the warm-up was separate lack it
         lines.append(f"warm-up  {1e3 * result['warmup_s']:,.0f} ms once, before the first configuration (compile and "
                      "cache loads, one loader set-up); 'first ms' is each configuration's own set-up and first batch")
+    if any(r.get("cold") for r in result["results"]):
+        lines.append("cold     each configuration started with the archive's files dropped from the page cache (--cold)")
     lines.append("")
     rows = []
     runs = result["results"]

@@ -346,7 +346,7 @@ CORRUPTIONS = [
     pytest.param(0, b"scdl", "expected magic", id="lowercase-magic"),
     pytest.param(7, b"\x00", "endianness byte at offset 7: expected 1 \\(NETWORK\\), found 0", id="endianness-0"),
     pytest.param(7, b"\x02", "endianness .* found 2", id="endianness-2"),
-    pytest.param(8, b"\x00\x00\x00\x03", "backend at offset 8: expected one of \\[1, 2\\], found 3", id="backend"),
+    pytest.param(8, b"\x00\x00\x00\x03", "backend at offset 8: expected one of \\[1, 2, 1001\\], found 3", id="backend"),
     pytest.param(8, b"\x00\x00\x00\x02", "backend at offset 8 and the trailer: .*needs chunked info",
                  id="chunked-backend-without-info"),
     pytest.param(12, b"\xff\xff\xff\xff", "array count at offset 12 is 4294967295", id="absurd-array-count"),

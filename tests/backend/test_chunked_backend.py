@@ -1,6 +1,6 @@
-"""Batches over a chunked archive equal those over its flat source, bit for bit: the CPU backend,
-the GPU backend's Python side (fake GPU: every residency, the host route), and the loader in
-every order."""
+"""Batches over a chunked archive, and over a compressed one, equal those over its flat source, bit
+for bit: the CPU backend, the GPU backend's Python side (fake GPU: every residency, the host route),
+and the loader in every order."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from scdl_gpu import SingleCellLoader, partition_scdl
+from scdl_gpu.archive._compressed import compress_archive
 from scdl_gpu.backend import BatchOptions, get_backend
 from scdl_gpu.backend._gather import PARALLEL_MIN_VALUES
 from scdl_gpu.errors import ArchiveError
@@ -16,15 +17,19 @@ from tests.backend import fake_gpu
 from tests.backend.archives import random_matrix, write_archive
 
 N = 61  # rows: chunks of 8 leave a last chunk of 5
+LAYOUTS = ["chunked", "compressed"]
 
 
-def _pair(tmp_path, dtype="float32", n_cols=40, density=0.2, chunk_size=8, small=False):
+def _pair(tmp_path, dtype="float32", n_cols=40, density=0.2, chunk_size=8, small=False, layout="chunked"):
     m = random_matrix(N, n_cols, "float32" if dtype == "float16" else dtype, seed=5, density=density)
     if small:  # integer extremes overflow float16 outputs (a warning, flat or chunked)
         m.data = (m.data.astype(np.uint64) % 1000).astype(m.dtype) if m.dtype.kind == "u" else m.data
     flat = write_archive(tmp_path / f"flat-{dtype}", m, data_dtype=dtype)
-    chunked = tmp_path / f"chunked-{dtype}-{chunk_size}"
-    partition_scdl(flat, chunked, chunk_size=chunk_size)
+    chunked = tmp_path / f"{layout}-{dtype}-{chunk_size}"
+    if layout == "compressed":  # frames of 64 bytes: most chunks decode several
+        compress_archive(flat, chunked, chunk_size=chunk_size, frame_bytes=64)
+    else:
+        partition_scdl(flat, chunked, chunk_size=chunk_size)
     return flat, chunked
 
 
@@ -41,10 +46,11 @@ OPTIONS = [BatchOptions(), BatchOptions(dense=True), BatchOptions(target_sum=10.
            BatchOptions(value_dtype="float16"), BatchOptions(index_dtype="int64", value_dtype="float64")]
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", ["uint8", "uint64", "float16", "float32", "float64"])
 @pytest.mark.parametrize("opts", OPTIONS, ids=["plain", "dense", "transforms", "half", "wide"])
-def test_cpu_batches_equal_the_flat_archive(tmp_path, dtype, opts):
-    flat, chunked = _pair(tmp_path, dtype, small=opts.value_dtype == "float16")
+def test_cpu_batches_equal_the_flat_archive(tmp_path, dtype, opts, layout):
+    flat, chunked = _pair(tmp_path, dtype, small=opts.value_dtype == "float16", layout=layout)
     f, c = get_backend(flat, device="cpu", options=opts), get_backend(chunked, device="cpu", options=opts)
     assert c.chunks is not None and c.width == f.width
     rng = np.random.default_rng(1)
@@ -75,8 +81,9 @@ def test_the_parallel_gather_path(tmp_path):
 @pytest.mark.parametrize("order", ["sequential", "random", "block"])
 @pytest.mark.parametrize("batch_size", [1, 7, 64])
 @pytest.mark.parametrize("output", ["csr", "dense"])
-def test_loader_batches_equal_the_flat_archive(tmp_path, order, batch_size, output):
-    flat, chunked = _pair(tmp_path)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_loader_batches_equal_the_flat_archive(tmp_path, order, batch_size, output, layout):
+    flat, chunked = _pair(tmp_path, layout=layout)
     kw = dict(batch_size=batch_size, shuffle=order, block_size=3, seed=4, device="cpu", output=output)
     fl, cl = SingleCellLoader(flat, **kw), SingleCellLoader(chunked, **kw)
     assert len(fl) == len(cl)
@@ -97,10 +104,11 @@ def test_loader_batches_equal_the_flat_archive(tmp_path, order, batch_size, outp
         assert n == len(fl)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("residency", ["device", "pinned", "stream"])
-def test_gpu_backend_host_route_equals_the_cpu(monkeypatch, tmp_path, residency):
+def test_gpu_backend_host_route_equals_the_cpu(monkeypatch, tmp_path, residency, layout):
     fake_gpu.install(monkeypatch)
-    flat, chunked = _pair(tmp_path, "uint16", small=True)
+    flat, chunked = _pair(tmp_path, "uint16", small=True, layout=layout)
     for opts in (BatchOptions(), BatchOptions(dense=True, log1p=True)):
         g = get_backend(chunked, device="cuda", options=opts, residency=residency, reader="host")
         cpu = get_backend(flat, device="cpu", options=opts)
@@ -115,11 +123,12 @@ def test_gpu_backend_host_route_equals_the_cpu(monkeypatch, tmp_path, residency)
         g.close()
 
 
-def test_an_archive_of_zero_rows(tmp_path):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_an_archive_of_zero_rows(tmp_path, layout):
     import scipy.sparse as sp
 
     flat = write_archive(tmp_path / "flat", sp.csr_matrix((0, 5), dtype=np.float32))
-    partition_scdl(flat, tmp_path / "c", chunk_size=4)
+    (compress_archive if layout == "compressed" else partition_scdl)(flat, tmp_path / "c", chunk_size=4)
     b = get_backend(tmp_path / "c", device="cpu")
     assert b.n_rows == 0 and b.batch([]).values.numel() == 0
     with pytest.raises(IndexError):

@@ -1,0 +1,361 @@
+"""Compressed chunks: upstream's chunked layout with each chunk's values and columns stored as
+independently compressed frames (codecs in :mod:`._codecs`), decoded into a bounded cache.
+
+Layout (``header.sch``: backend ``COMPRESSED_CHUNKED_V0``, :class:`ChunkedInfo`, global lengths)::
+
+    scdl_gpu_compression.json   {"format": "scdl_gpu-compressed", "version": 1, "frame_bytes": F,
+                                 "arrays": {"data.npy": PIPELINE, "col_ptr.npy": PIPELINE}}
+    chunk_00000/row_ptr.npy     raw, starts at 0, as in the chunked layout (opening builds the
+                                global row pointers from these, so every planner works unchanged)
+    chunk_00000/data.frames     the chunk's values: frames of F uncompressed bytes, back to back
+    chunk_00000/col_ptr.frames  its columns, the same way
+    chunk_00000/frames.json     {"data.npy": {"nbytes": N, "crc32c": "8 hex", "frames": [sizes]}, ...}
+
+``crc32c`` is the CRC-32C of the UNCOMPRESSED array; every decode checks it (hardware CRC costs
+a few percent of a decode) besides every frame's size, so a flipped byte anywhere is an
+``ArchiveError`` naming the file, never wrong values. Frames are independent: the CPU decodes a
+chunk's frames on several threads (numcodecs releases the GIL) and a GPU reader can hand them to
+nvCOMP's batched decoders as they are.
+
+bionemo-scdl (0.1.3 and main) cannot parse backend 1001: its ``load`` warns that the header could
+not be read and then raises ``FileNotFoundError`` for the missing root ``data.npy``; its chunked
+reader (PR #1424) likewise never finds ``chunk_00000/data.npy``. It refuses; it never misreads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mmap
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import google_crc32c
+import numpy as np
+
+from ..errors import ArchiveError, ArchiveNotFoundError
+from ._chunked import ChunkedStorage
+from ._codecs import CODECS, DEFAULT_CODEC, DEFAULT_FRAME_BYTES, Pipeline, default_pipeline
+from ._constants import COMPRESSION_FILE, Backend, FileNames
+from ._header import ChunkedInfo, SCDLHeader
+from ._parse import read_json
+from ._partition import _write_chunks, check_chunk_size, rewrite_rows
+
+__all__ = ["COMPRESSION_FILE", "DEFAULT_CACHE_BYTES", "DEFAULT_COMPRESSED_CHUNK", "ChunkCache", "CompressedStorage",
+           "compress_archive", "compressed_storage", "frames_file"]
+
+log = logging.getLogger(__name__)
+
+FRAMES_INDEX = "frames.json"
+_FORMAT, _VERSION = "scdl_gpu-compressed", 1
+#: Rows per chunk: the unit of decoding and of block order. Small enough that a 4,096-row batch in
+#: block order mixes 4 chunks, large enough that 100M cells make ~100k chunk directories.
+DEFAULT_COMPRESSED_CHUNK = 1024
+DEFAULT_CACHE_BYTES = 512 << 20  #: decoded chunks kept per open archive (values + columns)
+_MEMBERS = (FileNames.DATA, FileNames.COLPTR)
+
+
+def frames_file(member: FileNames) -> str:
+    """``data.frames`` / ``col_ptr.frames``: a chunk's compressed values / columns."""
+    return member.value.removesuffix(".npy") + ".frames"
+
+
+class ChunkCache:
+    """Decoded chunks, least recently used first out, at most ``limit`` bytes (an entry larger than
+    the limit is handed back but not kept). Thread-safe; decoding happens outside the lock."""
+
+    def __init__(self, limit: int = DEFAULT_CACHE_BYTES) -> None:
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+        self.nbytes = self.hits = self.misses = 0
+        self.limit = limit
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @limit.setter
+    def limit(self, n: int) -> None:
+        if int(n) < 0:
+            raise ValueError(f"cache_bytes must be >= 0, got {n}")
+        with self._lock:
+            self._limit = int(n)
+            self._evict()
+
+    def get(self, key):
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return item[0]
+
+    def put(self, key, value, nbytes: int) -> None:
+        with self._lock:
+            if nbytes > self._limit or key in self._items:
+                return
+            self._items[key] = (value, nbytes)
+            self.nbytes += nbytes
+            self._evict()
+
+    def _evict(self) -> None:
+        while self.nbytes > self._limit and self._items:
+            _, (_, n) = self._items.popitem(last=False)
+            self.nbytes -= n
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+_pool: list = [None, None]  # (pid, executor): a forked child (DataLoader worker) makes its own
+
+
+def _executor() -> ThreadPoolExecutor:
+    if _pool[0] != os.getpid():
+        _pool[:] = [os.getpid(), ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1),
+                                                     thread_name_prefix="scdl-decode")]
+    return _pool[1]
+
+
+def _run(jobs: list, fn) -> list:
+    if len(jobs) < 2:
+        return [fn(j) for j in jobs]
+    return list(_executor().map(fn, jobs))
+
+
+class _Decoded(Sequence):
+    """The chunks' decoded values (``which`` 0) or columns (1), decoded on first use: what
+    :class:`ChunkedVector` reads as its pieces."""
+
+    def __init__(self, storage: "CompressedStorage", which: int) -> None:
+        self._storage, self._which = storage, which
+
+    def __len__(self) -> int:
+        return self._storage.num_chunks
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        if not -len(self) <= k < len(self):
+            raise IndexError(f"chunk {k} out of range for {len(self)} chunks")
+        return self._storage.decoded(k % len(self))[self._which]
+
+
+@dataclass
+class CompressedStorage(ChunkedStorage):
+    """A compressed chunked archive: ``data``/``col_ptr`` decode chunks on first use, through ``cache``."""
+
+    dtypes: dict = field(default_factory=dict)
+    pipelines: dict = field(default_factory=dict)  # member value -> Pipeline
+    frame_bytes: int = DEFAULT_FRAME_BYTES
+    cache: ChunkCache = field(default_factory=ChunkCache)
+    compressed = True
+
+    def file(self, chunk: int, member: FileNames) -> Path:
+        return self.dir(chunk) / frames_file(member)
+
+    def chunk_nbytes(self, chunk: int) -> int:
+        """Bytes of chunk ``chunk`` decoded (values and columns)."""
+        n = int(self.value_offsets[chunk + 1] - self.value_offsets[chunk])
+        return n * sum(np.dtype(self.dtypes[m.value]).itemsize for m in _MEMBERS)
+
+    def decoded(self, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+        """Chunk ``chunk``'s ``(values, columns)``, read-only, from the cache or decoded now."""
+        return self.decode_many([chunk])[chunk]
+
+    def decode_many(self, chunks) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """``{chunk: (values, columns)}``; the chunks not cached are decoded together, their frames
+        spread over a thread pool. Raises ``ArchiveError`` naming the file of a damaged chunk."""
+        out, missing = {}, []
+        for k in map(int, chunks):
+            hit = self.cache.get(k)
+            if hit is None:
+                missing.append(k)
+            else:
+                out[k] = hit
+        if not missing:
+            return out
+        jobs, checks = [], []
+        for k in missing:
+            index = self._index(k)
+            for member in _MEMBERS:
+                arr, frames = self._frames(k, member, index[member.value])
+                checks.append((k, member, arr, index[member.value]["crc32c"]))
+                jobs.extend(frames)
+        _run(jobs, _decode_frame)
+        decoded = {k: [] for k in missing}
+        for k, member, arr, crc in checks:
+            if _crc(arr) != crc:
+                raise ArchiveError(f"{self.file(k, member)}: the decoded {member.value} of chunk {k} fails its "
+                                   f"CRC-32C ({crc} in {self.dir(k) / FRAMES_INDEX}); the chunk is damaged")
+            arr.setflags(write=False)
+            decoded[k].append(arr)
+        for k in missing:
+            pair = out[k] = tuple(decoded[k])
+            self.cache.put(k, pair, self.chunk_nbytes(k))
+        return out
+
+    def _frames(self, k: int, member: FileNames, entry: dict):
+        """``(output array, decode jobs)`` of one array of chunk ``k``, checked against its ``entry`` in
+        the chunk's frame index and the chunk's row pointers before anything is decoded."""
+        path = self.file(k, member)
+        dt = np.dtype(self.dtypes[member.value])
+        n = int(self.value_offsets[k + 1] - self.value_offsets[k])
+        if entry["nbytes"] != n * dt.itemsize:
+            raise ArchiveError(f"{self.dir(k) / FRAMES_INDEX}: {member.value} is {entry['nbytes']} bytes decoded; "
+                               f"the chunk's row_ptr.npy ends at {n} values ({n * dt.itemsize} bytes)")
+        per_frame = self.frame_bytes // dt.itemsize
+        sizes = entry["frames"]
+        if len(sizes) != -(-n // per_frame):
+            raise ArchiveError(f"{self.dir(k) / FRAMES_INDEX}: {member.value} lists {len(sizes)} frames; "
+                               f"{n} values in frames of {per_frame} make {-(-n // per_frame)}")
+        blob = _map_file(path, self.dir(k) / FRAMES_INDEX)
+        if len(blob) != sum(sizes):
+            raise ArchiveError(f"{path} is {len(blob)} bytes; its {len(sizes)} frames add up to {sum(sizes)} "
+                               "(truncated or extended)")
+        out = np.empty(n, dt)
+        pipe, view, jobs, at = self.pipelines[member.value], memoryview(blob), [], 0
+        for j, size in enumerate(sizes):
+            jobs.append((pipe, view[at : at + size], out[j * per_frame : (j + 1) * per_frame], path, j))
+            at += size
+        return out, jobs
+
+    def _index(self, k: int) -> dict:
+        path = self.dir(k) / FRAMES_INDEX
+        doc = read_json(path)
+        ok = isinstance(doc, dict)
+        for member in _MEMBERS:
+            e = doc.get(member.value) if ok else None
+            ok = (isinstance(e, dict) and _is_int(e.get("nbytes")) and isinstance(e.get("crc32c"), str)
+                  and isinstance(e.get("frames"), list) and all(_is_int(s) and s > 0 for s in e["frames"]))
+            if not ok:
+                break
+        if not ok:
+            raise ArchiveError(f"{path}: expected {{'data.npy'|'col_ptr.npy': {{'nbytes', 'crc32c', 'frames'}}}}; "
+                               "the chunk's frame index is damaged")
+        return doc
+
+
+def _map_file(path: Path, index: Path):
+    """The file's bytes, mapped read-only (a read copied them: measured 20 ms of a 140 ms batch)."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+    except FileNotFoundError:
+        raise ArchiveNotFoundError(f"{path} is missing; {index} lists it") from None
+
+
+def _crc(arr: np.ndarray) -> str:
+    """CRC-32C of an array's bytes, as the manifest writes checksums (8 hex digits)."""
+    view = np.ascontiguousarray(arr).view(np.uint8)
+    view.setflags(write=False)  # the C extension takes read-only buffers only (no copy then)
+    return f"{google_crc32c.value(view):08x}"
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _decode_frame(job) -> None:
+    pipe, frame, out, path, j = job
+    try:
+        pipe.decode_into(frame, out)
+    except Exception as e:  # a codec's error on damaged bytes (RuntimeError, ValueError, ...)
+        raise ArchiveError(f"{path}: frame {j} does not decode ({type(e).__name__}: {e}); the chunk is damaged") from e
+
+
+def compressed_storage(path: Path, info: ChunkedInfo, row_ptrs: list, offsets: np.ndarray, dtypes: dict) -> CompressedStorage:
+    """The storage of a compressed archive whose chunks' row pointers were opened and checked."""
+    cpath = path / COMPRESSION_FILE
+    doc = read_json(cpath)
+    if not isinstance(doc, dict) or doc.get("format") != _FORMAT or doc.get("version") != _VERSION:
+        raise ArchiveError(f"{cpath}: expected format {_FORMAT!r} version {_VERSION}")
+    fb, arrays = doc.get("frame_bytes"), doc.get("arrays")
+    if not _is_int(fb) or fb < 8 or fb % 8 or not isinstance(arrays, dict):
+        raise ArchiveError(f"{cpath}: frame_bytes must be a positive multiple of 8 and arrays a mapping, got "
+                           f"{fb!r} and {type(arrays).__name__}")
+    pipes = {}
+    for member in _MEMBERS:
+        if member.value not in arrays:
+            raise ArchiveError(f"{cpath} names no codec for {member.value}")
+        pipes[member.value] = Pipeline.from_config(arrays[member.value], f"{cpath} ({member.value})")
+    n = info.num_chunks
+    storage = CompressedStorage(path, info, [], row_ptrs, [], offsets, dtypes=dict(dtypes), pipelines=pipes,
+                                frame_bytes=fb)
+    storage.data, storage.col_ptr = _Decoded(storage, 0), _Decoded(storage, 1)
+    for k in range(n):  # a missing file is found at open, as a chunked archive's is
+        for member in _MEMBERS:
+            if not storage.file(k, member).is_file():
+                raise ArchiveNotFoundError(f"{storage.file(k, member)} is missing; {path / 'header.sch'} declares chunk {k}")
+    return storage
+
+
+def compress_archive(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike | None = None,
+    codec: str = DEFAULT_CODEC,
+    chunk_size: int = DEFAULT_COMPRESSED_CHUNK,
+    level: int | None = None,
+    frame_bytes: int = DEFAULT_FRAME_BYTES,
+    delete_original: bool = False,
+) -> SCDLHeader:
+    """Write the archive at ``input_path`` (flat, chunked or compressed) as a compressed archive at
+    ``output_path`` (``None``: in place), atomically; returns the new header.
+
+    ``codec`` is one of :data:`CODECS` (``level``: zstd -5..22, default 1; zlib 0..9, default 6);
+    columns are delta-coded and byte-shuffled, values byte-shuffled (see :mod:`._codecs`).
+    """
+    chunk_size = check_chunk_size(chunk_size)
+    if codec not in CODECS:
+        raise ValueError(f"codec must be one of {CODECS}, got {codec!r}")
+    if isinstance(frame_bytes, bool) or int(frame_bytes) < 8 or int(frame_bytes) % 8:
+        raise ValueError(f"frame_bytes must be a positive multiple of 8, got {frame_bytes}")
+
+    def write(arrays, tmp: Path) -> SCDLHeader:
+        pipes = {m.value: default_pipeline(codec, arrays.dtypes[m.value], m is FileNames.COLPTR, level) for m in _MEMBERS}
+        doc = {"format": _FORMAT, "version": _VERSION, "frame_bytes": int(frame_bytes),
+               "arrays": {name: p.config() for name, p in pipes.items()}}
+        _write_json(tmp / COMPRESSION_FILE, doc)
+        index: dict = {}
+
+        def write_member(d: Path, member: FileNames, source, a: int, b: int) -> None:
+            arr = np.ascontiguousarray(source[a:b], dtype=np.dtype(arrays.dtypes[member.value]).newbyteorder("<"))
+            per = int(frame_bytes) // arr.itemsize
+            frames = _run([(pipes[member.value], arr[s : s + per]) for s in range(0, len(arr), per)], _encode_frame)
+            with open(d / frames_file(member), "wb") as f:
+                for fr in frames:
+                    f.write(fr)
+                f.flush()
+                os.fsync(f.fileno())
+            entry = index.setdefault(d, {})
+            entry[member.value] = {"nbytes": arr.nbytes, "crc32c": _crc(arr),
+                                   "frames": [len(fr) for fr in frames]}
+            if len(entry) == len(_MEMBERS):
+                _write_json(d / FRAMES_INDEX, index.pop(d))
+
+        return _write_chunks(arrays, tmp, chunk_size, write_member, Backend.COMPRESSED_CHUNKED_V0)
+
+    header = rewrite_rows(input_path, output_path, write, delete_original, omit={COMPRESSION_FILE})
+    log.info("%s: %d rows compressed (%s) in %d chunks of %d", output_path or input_path,
+             header.chunked_info.total_rows, codec, header.chunked_info.num_chunks, chunk_size)
+    return header
+
+
+def _encode_frame(job) -> bytes:
+    pipe, a = job
+    return pipe.encode(a)
+
+
+def _write_json(path: Path, doc) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(doc, f, separators=(",", ":"))
+        f.flush()
+        os.fsync(f.fileno())

@@ -1,0 +1,88 @@
+"""The CPU read path over compressed archives beyond what the chunked tests share with it: block
+order's default of whole chunks, the parallel gather over decoded chunks with its bounds checks,
+decoding several chunks at once, and a forked loader worker."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from scdl_gpu import SingleCellLoader
+from scdl_gpu.archive._codecs import Pipeline
+from scdl_gpu.archive._compressed import _crc, compress_archive
+from scdl_gpu.backend import get_backend
+from scdl_gpu.backend._gather import PARALLEL_MIN_VALUES
+from scdl_gpu.errors import ArchiveError
+from tests.backend.archives import random_matrix, write_archive
+
+N = 61
+
+
+@pytest.fixture
+def pair(tmp_path):
+    flat = write_archive(tmp_path / "flat", random_matrix(N, 3000, "uint16", seed=5, density=0.3))
+    packed = tmp_path / "packed"
+    compress_archive(flat, packed, chunk_size=4, frame_bytes=1024)
+    return flat, packed
+
+
+def test_block_order_reads_whole_chunks_by_default(pair):
+    flat, packed = pair
+    loader = SingleCellLoader(packed, batch_size=8, shuffle="block", device="cpu", seed=1)
+    assert loader.block_size == 4  # the chunk size
+    assert SingleCellLoader(flat, batch_size=8, shuffle="block", device="cpu").block_size == 1  # batch // 64
+    for batch in loader:
+        rows = batch["rows"].numpy()
+        chunks, counts = np.unique(rows // 4, return_counts=True)
+        # every chunk a batch touches is read whole (but the last, partial one and the epoch's tail)
+        assert np.all((counts == 4) | (chunks == N // 4)) or len(rows) < 8
+    flat_loader = SingleCellLoader(flat, batch_size=8, shuffle="block", device="cpu", seed=1, block_size=4)
+    loader.set_epoch(0)
+    for a, b in zip(flat_loader, loader, strict=True):
+        assert torch.equal(a["rows"], b["rows"]) and torch.equal(a["X"].to_dense(), b["X"].to_dense())
+
+
+def test_the_parallel_gather_over_decoded_chunks_checks_columns(pair):
+    flat, packed = pair
+    f, z = get_backend(flat, device="cpu"), get_backend(packed, device="cpu")
+    rows = np.random.default_rng(2).permutation(N)
+    a, b = f.batch(rows), z.batch(rows)
+    assert a.values.numel() >= PARALLEL_MIN_VALUES and len(z.chunks.cache) == -(-N // 4)
+    for name in ("crow", "col", "values"):
+        assert torch.equal(getattr(a, name), getattr(b, name))
+    # a column beyond the genes, stored with a valid frame and checksum: the gather's check finds it
+    d = packed / "chunk_00010"
+    cols = z.chunks.decoded(10)[1].copy()
+    cols[3] = 5000
+    pipe = z.chunks.pipelines["col_ptr.npy"]
+    per = 1024 // cols.itemsize
+    frames = [pipe.encode(cols[s : s + per]) for s in range(0, len(cols), per)]
+    (d / "col_ptr.frames").write_bytes(b"".join(frames))
+    index = json.loads((d / "frames.json").read_text())
+    index["col_ptr.npy"].update(crc32c=_crc(cols), frames=[len(fr) for fr in frames])
+    (d / "frames.json").write_text(json.dumps(index))
+    with pytest.raises(ArchiveError, match=r"chunk_00010/col_ptr.frames: row 4[0-3] holds column 5000"):
+        get_backend(packed, device="cpu").batch(rows)
+    assert isinstance(pipe, Pipeline)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_worker_decodes_with_its_own_threads(pair):
+    """DataLoader workers fork: the decode pool of the parent has no threads in the child."""
+    flat, packed = pair
+    z = get_backend(packed, device="cpu")
+    z.batch(np.arange(N))  # the parent's pool exists now
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child's result is its exit status
+        try:
+            child = get_backend(packed, device="cpu", cache_bytes=0)  # numpy only here: OpenMP (torch's
+            ok = np.array_equal(child.batch(np.arange(N)).values.numpy(),  # ops) hangs in a forked child
+                                get_backend(flat, device="cpu").batch(np.arange(N)).values.numpy())
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
