@@ -26,7 +26,8 @@ def create_atlas(path: str | os.PathLike, members: Sequence[str | os.PathLike], 
                  gene_key: str | None = None, names: Sequence[str] | None = None, overwrite: bool = False) -> Atlas:
     """Make ``path`` an atlas of ``members`` (archive directories; none is rewritten).
 
-    ``gene_vocab``: ``"union"`` (first-seen order over members), ``"intersection"`` (the first
+    ``gene_vocab``: ``"union"`` (sorted when every member lists its genes sorted, so no member's
+    rows need re-sorting; else first-seen order over members), ``"intersection"`` (the first
     member's order), a gene list file (one id per line), or a sequence of ids. Genes are matched by
     the var column ``gene_key``, or by the var names the converter stored (the AnnData index).
     ``names``: one per member (default: each directory's name without ``.scdl``).
@@ -69,6 +70,11 @@ def _write(root: Path, facts: list[dict], names: list[str], mode: str, gene_key,
         vocab = np.asarray(fixed, dtype=object)
     elif mode == UNION and old:  # append new genes: existing columns keep their places
         vocab = np.asarray(pd.unique(np.concatenate([old.genes] + [np.asarray(f["genes"], dtype=object) for f in facts])), dtype=object)
+    elif mode == UNION and all(_ascending(ids) for ids in all_ids):
+        # members that list genes in one sorted order keep it in the vocabulary: every map is then
+        # increasing and sorted member rows need no per-batch sort (first-seen order would put each
+        # member's genes the earlier ones lack after theirs)
+        vocab = np.asarray(sorted(set().union(*map(set, all_ids))), dtype=object)
     else:
         vocab = build_vocabulary(mode, all_ids)
     if len(vocab) == 0:
@@ -86,6 +92,11 @@ def _write(root: Path, facts: list[dict], names: list[str], mode: str, gene_key,
     atlas = Atlas(root, out, vocab, mode, gene_key, obs_schema)
     write_manifest(atlas)  # maps no longer listed stay: a reader of the old manifest may still open them
     return read_manifest(root)
+
+
+def _ascending(ids) -> bool:
+    ids = pd.Index(np.asarray(ids, dtype=object))
+    return ids.is_monotonic_increasing and ids.is_unique
 
 
 def _with_map(root: Path, fields: dict, ids: np.ndarray, vocab: pd.Index) -> AtlasMember:

@@ -87,3 +87,17 @@ def test_damaged_manifest_and_maps_are_archive_errors(tmp_path, members):
     (root / MANIFEST).write_text("{not json")
     with pytest.raises(ArchiveError, match=MANIFEST):
         open_atlas(root)
+
+
+def test_union_of_sorted_members_is_sorted_so_every_map_increases(tmp_path):
+    from tests.atlas.members import ALL_GENES
+
+    specs = [(6, ALL_GENES[10:30], ()), (5, ALL_GENES[0:5] + ALL_GENES[20:35], ()), (4, ALL_GENES[::3], ())]
+    members = make_members(tmp_path, specs)
+    atlas = create_atlas(tmp_path / "atlas", [p for p, _ in members])
+    assert list(atlas.genes) == sorted(set().union(*(set(s[1]) for s in specs)))
+    assert all(m.monotone for m in atlas.members)
+    # first-seen order would have put member 1's first genes after member 0's: not increasing
+    first_seen = create_atlas(tmp_path / "fs", [p for p, _ in members], gene_vocab=list(dict.fromkeys(
+        g for s in specs for g in s[1])))
+    assert not first_seen.members[1].monotone
