@@ -210,7 +210,7 @@ class SingleCellLoader:
         self.path = self.backend.path  # a URL's with its credentials redacted
         remote = self.backend.remote
         if remote is not None and shuffle == "random":
-            warnings.warn(f"random order over the remote archive {remote.url} reads one range per row (a request "
+            warnings.warn(f"random order over the remote {'atlas' if atlas else 'archive'} {remote.url} reads one range per row (a request "
                           "each, at the store's latency); block order reads a few long ranges per batch", UserWarning,
                           stacklevel=2)
         files = self.backend.files  # the archive, or a remote one's local mirror of its small files

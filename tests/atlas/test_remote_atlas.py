@@ -137,6 +137,10 @@ def test_a_missing_member_or_damaged_map_names_the_url(s3, url):
     with pytest.raises(ArchiveNotFoundError, match=rf"{damaged}/{cmap}: the column map of atlas member 'm2' is missing"):
         get_backend(damaged, device="cpu", storage_options=s3.storage_options)
 
+    for nowhere in (f"{url}-nothing-here", "s3://no-such-bucket-x/atlas"):
+        assert not is_remote_atlas(nowhere, s3.storage_options)
+        with pytest.raises(ArchiveNotFoundError, match=f"No atlas at {nowhere} \\(it holds no atlas.json\\)"):
+            RemoteAtlas(nowhere, s3.storage_options)
     s3.fs.pipe(f"{key}/{MANIFEST}", b"{not json")
     with pytest.raises(ArchiveError, match=rf"{damaged}/{MANIFEST}: not a readable atlas manifest"):
         RemoteAtlas(damaged, s3.storage_options)
