@@ -39,7 +39,8 @@ from ._obsm import OBSM_DIR
 from ._reader import load_feature_index, open_arrays
 from ._urls import is_url, redact, scrubber
 
-__all__ = ["DEFAULT_BLOCK_BYTES", "DEFAULT_CACHE_BYTES", "NEIGHBOR_FILES", "RangeCache", "RemoteArchive", "RemoteVector"]
+__all__ = ["DEFAULT_BLOCK_BYTES", "DEFAULT_CACHE_BYTES", "NEIGHBOR_FILES", "RangeCache", "RemoteArchive", "RemoteVector",
+           "naming_urls"]
 
 log = logging.getLogger(__name__)
 
@@ -412,21 +413,35 @@ class RemoteArchive:
                                    "(truncated or replaced while read)")
 
     def _outward(self, text: str) -> str:
-        return str(text).replace(str(self.local), self.url)
+        return outward(text, {self.local: self.url})
 
-    @contextmanager
     def naming_url(self):
         """Run readers of the mirror (``local``) inside: their errors and warnings name the URL."""
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                yield
-            except (ArchiveError, KeyError, ValueError) as e:
-                if str(self.local) not in str(e):
-                    raise
-                raise type(e)(*(self._outward(a) if isinstance(a, str) else a for a in e.args)) from None
-        for w in caught:
-            warnings.warn(self._outward(str(w.message)), w.category, stacklevel=4)
+        return naming_urls({self.local: self.url})
+
+
+def outward(text, mirrors: dict) -> str:
+    """``text`` with each mirror directory (local ``Path`` -> its redacted URL) replaced by its URL."""
+    text = str(text)
+    for local, url in mirrors.items():
+        text = text.replace(str(local), url)
+    return text
+
+
+@contextmanager
+def naming_urls(mirrors: dict):
+    """Run readers of local mirrors (``{local dir: redacted URL}``) inside: their errors and warnings
+    name the URLs instead (a mirror is a private temporary directory no user knows)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        except (ArchiveError, KeyError, ValueError) as e:
+            if not any(str(local) in str(e) for local in mirrors):
+                raise
+            raise type(e)(*(outward(a, mirrors) if isinstance(a, str) else a for a in e.args)) from None
+    for w in caught:
+        warnings.warn(outward(w.message, mirrors), w.category, stacklevel=4)
 
 
 class RemoteVector:

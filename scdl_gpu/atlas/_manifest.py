@@ -67,6 +67,8 @@ class Atlas:
     gene_key: str | None
     obs_schema: dict[str, str]
     offsets: np.ndarray = field(init=False)  # int64, len(members) + 1: each member's first global row
+    #: where member i's files are read instead of its recorded path: a remote member's local mirror
+    local_members: dict[int, Path] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.offsets = np.concatenate([[0], np.cumsum([m.n_rows for m in self.members], dtype=np.int64)]).astype(np.int64)
@@ -88,7 +90,10 @@ class Atlas:
         return [m.name for m in self.members]
 
     def member_path(self, i: int) -> Path:
-        """Where member ``i`` lives (relative paths are relative to the atlas directory)."""
+        """Where member ``i`` lives (relative paths are relative to the atlas directory), or where
+        its files are mirrored (``local_members``)."""
+        if i in self.local_members:
+            return self.local_members[i]
         p = Path(self.members[i].path)
         return p if p.is_absolute() else self.root / p
 

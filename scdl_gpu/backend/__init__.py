@@ -43,15 +43,18 @@ def get_backend(archive: str | os.PathLike, device: str = "auto", options: Batch
     go to fsspec) or an open :class:`~scdl_gpu.archive.RemoteArchive`: its rows are read by range
     into host memory and gathered there (on a GPU, the host reader: kvikio reads local files only).
 
+    An atlas (a directory, or a URL, with an ``atlas.json``) gets an
+    :class:`~scdl_gpu.backend._atlas.AtlasBackend` on the CPU.
+
     ``cache_bytes``: decoded chunks kept of a compressed archive (default 512 MiB; decoded on the
     host on either device).
     """
     if residency not in RESIDENCIES:
         raise ValueError(f"residency must be one of {RESIDENCIES}, got {residency!r}")
-    from ..atlas import is_atlas
+    from ..atlas import is_atlas, is_remote_atlas
 
-    if not remote_location(archive) and is_atlas(archive):
-        return _atlas_backend(archive, device, options, residency, gpu_kwargs)
+    if (is_remote_atlas(archive, storage_options) if remote_location(archive) else is_atlas(archive)):
+        return _atlas_backend(archive, device, options, residency, gpu_kwargs, storage_options)
     if resolve_device(device) == "cuda":
         from ._gpu import GPUBackend
 
@@ -72,7 +75,7 @@ def remote_location(archive) -> bool:
     return is_url(archive) or isinstance(archive, RemoteArchive)
 
 
-def _atlas_backend(atlas, device: str, options, residency: str, gpu_kwargs: dict):
+def _atlas_backend(atlas, device: str, options, residency: str, gpu_kwargs: dict, storage_options: dict | None):
     """An atlas is read on the CPU: GPU batches over an atlas (members' rows gathered and remapped
     by a CUDA kernel) are not built yet, so ``device="cuda"`` is refused and ``"auto"`` picks the CPU."""
     if str(device).lower().startswith("cuda"):
@@ -84,6 +87,10 @@ def _atlas_backend(atlas, device: str, options, residency: str, gpu_kwargs: dict
                          "members' maps (residency 'auto' or 'stream')")
     from ._atlas import AtlasBackend
 
+    if remote_location(atlas):
+        return AtlasBackend.open_remote(atlas, options, storage_options)
+    if storage_options:
+        raise ValueError(f"storage_options are for atlases at a URL; {atlas} is a local path")
     return AtlasBackend(atlas, options)
 
 

@@ -22,7 +22,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..atlas import Atlas, open_atlas
+from ..archive._reader import rows_sorted
+from ..atlas import Atlas, RemoteAtlas, open_atlas
 from ..atlas._check import member_problems
 from ..errors import ArchiveError
 from . import _gather_remap
@@ -117,6 +118,10 @@ class AtlasBackend:
     ``gene_remap`` maps vocabulary columns, composed with each member's map). ``groups`` is
     ``(member names, int64 offsets)``: member ``k`` holds global rows ``offsets[k]:offsets[k+1]``.
 
+    An atlas at a URL opens through :meth:`open_remote`; then ``remote`` is its
+    :class:`~scdl_gpu.atlas.RemoteAtlas`, ``path`` its URL and ``files`` its ``Atlas`` (whose member
+    paths are the members' local mirrors, where the loader finds obs).
+
     On open every member is opened and checked (its files, then against what ``atlas.json``
     recorded: rows, values, dtype, genes, checksum; a member replaced under the atlas is an
     ``ArchiveError`` naming it) and its column map is read and checked.
@@ -126,10 +131,12 @@ class AtlasBackend:
     stages = NO_STAGES
 
     def __init__(self, atlas: str | os.PathLike | Atlas, options: BatchOptions | None = None,
-                 readers: dict[int, AtlasMemberReader] | None = None) -> None:
+                 readers: dict[int, AtlasMemberReader] | None = None, remote: RemoteAtlas | None = None) -> None:
         self.atlas = atlas if isinstance(atlas, Atlas) else open_atlas(atlas)
         self.path = self.files = self.atlas.root  # files: where the loader finds obs (the members' blocks)
-        self.remote = None  # an atlas directory is local (its members may not be: see AtlasMemberReader.from_spans)
+        self.remote = remote  # closed with the backend
+        if remote is not None:
+            self.path, self.files = remote.url, self.atlas
         self.options = opts = options or BatchOptions()
         self.n_rows = self.atlas.n_rows
         self.archive_cols = self.atlas.n_genes
@@ -255,6 +262,21 @@ class AtlasBackend:
             values[where] = halves[where].view(np.float16)
         return values, out_cols, out_ptr
 
+    @classmethod
+    def open_remote(cls, url: str, options: BatchOptions | None = None, storage_options: dict | None = None,
+                    **remote_kwargs) -> "AtlasBackend":
+        """The backend of the atlas at ``url``: its members read by range (``remote_kwargs`` go to
+        :class:`~scdl_gpu.atlas.RemoteAtlas`: ``cache_bytes`` is the budget all members share)."""
+        remote = RemoteAtlas(url, storage_options, **remote_kwargs)
+        try:
+            with remote.naming_url():
+                readers = {i: AtlasMemberReader.from_spans(m.name, r.url, r, rows_sorted(r.local, r.n_rows, r.nnz))
+                           for i, (m, r) in enumerate(zip(remote.atlas.members, remote.members))}
+                return cls(remote.atlas, options, readers=readers, remote=remote)
+        except BaseException:
+            remote.close()
+            raise
+
     # The loader's hand-off hooks: nothing to order on the CPU.
     def producing(self):
         return contextlib.nullcontext()
@@ -268,6 +290,8 @@ class AtlasBackend:
     def close(self) -> None:
         for r in getattr(self, "_readers", []):
             r.close()
+        if getattr(self, "remote", None) is not None:
+            self.remote.close()
 
     def __enter__(self) -> "AtlasBackend":
         return self

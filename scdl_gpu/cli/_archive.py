@@ -99,9 +99,9 @@ def info(args) -> int:
         from ._main import CommandError
 
         raise CommandError("info needs an archive (or --device)")
-    from ..atlas import is_atlas
+    from ..atlas import is_atlas, is_remote_atlas
 
-    if is_atlas(args.archive):
+    if is_atlas(args.archive) or is_remote_atlas(args.archive):
         from ._atlas import show
 
         return show(args.archive, args.json)

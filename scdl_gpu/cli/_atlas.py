@@ -50,9 +50,10 @@ def add(args) -> int:
     return 0
 
 
-def summary(atlas) -> dict:
+def summary(atlas, path=None) -> dict:
+    """The atlas's facts; ``path`` names it (default: its directory)."""
     return dict(
-        path=str(atlas.root), n_rows=atlas.n_rows, n_genes=atlas.n_genes, n_values=atlas.n_values,
+        path=str(atlas.root if path is None else path), n_rows=atlas.n_rows, n_genes=atlas.n_genes, n_values=atlas.n_values,
         vocab_mode=atlas.vocab_mode, gene_key=atlas.gene_key, obs_schema=atlas.obs_schema,
         members=[dict(name=m.name, path=m.path, n_rows=m.n_rows, n_genes=m.n_genes, genes_kept=m.kept,
                       n_values=m.n_values, data_dtype=m.data_dtype, checksum=m.checksum) for m in atlas.members],
@@ -64,12 +65,18 @@ def info(args) -> int:
 
 
 def show(path, as_json: bool = False) -> int:
-    """Print an atlas's summary (``scdl-gpu atlas info`` and ``scdl-gpu info`` on an atlas)."""
+    """Print an atlas's summary (``scdl-gpu atlas info`` and ``scdl-gpu info`` on an atlas, local or
+    at a URL: then only its manifest is read)."""
     import json
 
-    from ..atlas import open_atlas
+    from ..archive._urls import is_url
+    from ..atlas import RemoteAtlas, open_atlas
 
-    s = summary(open_atlas(path))
+    if is_url(path):
+        with RemoteAtlas(path, open_members=False) as remote:
+            s = summary(remote.atlas, remote.url)
+    else:
+        s = summary(open_atlas(path))
     if as_json:
         print(json.dumps(s, indent=2))
         return 0

@@ -14,7 +14,7 @@ from ..archive._constants import Backend
 from ..archive._obsm import OBSM_DIR
 from ..archive._reader import open_arrays, read_dtypes
 from ..archive._remote import NEIGHBOR_FILES, RemoteArchive
-from ..atlas import is_atlas
+from ..atlas import is_atlas, is_remote_atlas
 from ..backend import Batch, BatchOptions, get_backend, remote_location, resolve_device
 from ._csr import sort_rows, take_rows, to_scipy
 from ._obs import ObsColumns, ObsmArrays, input_groups
@@ -46,7 +46,8 @@ class SingleCellLoader:
         obs columns aligned across members; block order keeps each block inside one member; read
         on the CPU), or an archive at a URL (``s3://``, ``gs://``, ``https://``, ``file://``; or an
         open :class:`~scdl_gpu.archive.RemoteArchive`), its rows read by byte range into host
-        memory (random order warns: one range request per row), then as a local archive's.
+        memory (random order warns: one range request per row), then as a local archive's; an
+        atlas at a URL likewise (its members read by range).
     shuffle
         ``"sequential"``, ``"random"`` (a permutation per epoch) or ``"block"`` (shuffled blocks
         of ``block_size`` contiguous rows, default ``batch_size // 64``: each batch is read as a
@@ -108,8 +109,9 @@ class SingleCellLoader:
         SGD in expectation; with ``world_size`` 1 it *is* a global permutation). The CPU reads the
         archive's maps (``"auto"``/``"stream"``); ``neighbors=True`` streams.
     storage_options
-        For an archive at a URL: passed to fsspec (``endpoint_url``, ``anon``, ...); credentials
-        otherwise come from the usual environment and configuration files.
+        For an archive or atlas at a URL: passed to fsspec (``endpoint_url``, ``anon``, ...);
+        credentials otherwise come from the usual environment and configuration files. An atlas's
+        members are read with them too (a member at a URL of another protocol, with its defaults).
     cache_bytes
         A compressed archive's decoded chunks kept in memory (default 512 MiB).
     prefetch
@@ -178,13 +180,15 @@ class SingleCellLoader:
         if output == "dense" and not opts.dense:
             opts = BatchOptions(**{**opts.__dict__, "dense": True})
         self._own_remote = None  # a remote archive this loader opened (and closes)
-        if isinstance(source, str) and remote_location(source):
+        # an atlas at a URL stays a URL: its backend opens the members (and closes them)
+        remote_atlas = isinstance(source, str) and is_remote_atlas(source, storage_options)
+        if isinstance(source, str) and remote_location(source) and not remote_atlas:
             source = self._own_remote = RemoteArchive(source, storage_options)
         elif storage_options and not remote_location(source):
             raise ValueError(f"storage_options are for archives at a URL; {source} is a local path")
         source = source if remote_location(source) else Path(source)
         self._share = None
-        atlas = not remote_location(source) and is_atlas(source)
+        atlas = remote_atlas or (not remote_location(source) and is_atlas(source))
         if atlas and (neighbors or obsm_keys):
             raise ValueError(f"{source} is an atlas: neighbors=True and obsm_keys are read from one archive; "
                              "load them from its members")
@@ -201,11 +205,12 @@ class SingleCellLoader:
             if self.backend.residency in ("device", "pinned"):
                 self._share = share
         else:
-            self.backend = get_backend(source, device=device, options=opts, residency=residency, cache_bytes=cache_bytes)
+            self.backend = get_backend(source, device=device, options=opts, residency=residency, cache_bytes=cache_bytes,
+                                       storage_options=storage_options if remote_atlas else None)
         self.path = self.backend.path  # a URL's with its credentials redacted
         remote = self.backend.remote
         if remote is not None and shuffle == "random":
-            warnings.warn(f"random order over the remote archive {remote.url} reads one range per row (a request "
+            warnings.warn(f"random order over the remote {'atlas' if atlas else 'archive'} {remote.url} reads one range per row (a request "
                           "each, at the store's latency); block order reads a few long ranges per batch", UserWarning,
                           stacklevel=2)
         files = self.backend.files  # the archive, or a remote one's local mirror of its small files
@@ -230,7 +235,7 @@ class SingleCellLoader:
         """obs columns, obsm arrays and the neighbor graph, from the archive's files (a remote
         archive's mirror, into which the arrays read whole are fetched first)."""
         self.obs = ObsColumns(files, list(obs_columns or []), self.n_rows)
-        if remote is not None:
+        if remote is not None and (obsm_keys or neighbors):  # (an atlas has neither)
             remote.fetch([f"{OBSM_DIR}/{k}.npy" for k in obsm_keys or []] + list(NEIGHBOR_FILES if neighbors else ()))
         self.obsm = ObsmArrays(files, list(obsm_keys), self.n_rows) if obsm_keys else None
         self.neighbors = None

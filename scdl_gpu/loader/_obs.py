@@ -30,8 +30,9 @@ class ObsColumns:
     string/categorical one. A column no block has is a ``KeyError`` listing those there are.
     """
 
-    def __init__(self, path: str | Path, columns: list[str], n_rows: int) -> None:
+    def __init__(self, path, columns: list[str], n_rows: int) -> None:
         blocks, sizes = obs_blocks(path, n_rows) if columns else ([], [])
+        path = _name_of(path)
         self.values: dict[str, np.ndarray] = {}
         self.categories: dict[str, list] = {}
         for col in columns:
@@ -56,14 +57,22 @@ class ObsColumns:
         return {col: torch.from_numpy(np.ascontiguousarray(self.values[col][rows])) for col in self.columns}
 
 
-def obs_blocks(path: str | Path, n_rows: int, member: bool = False) -> tuple[list[dict], list[int]]:
-    """The obs blocks of an archive (one per input) and their rows; of an atlas, every member's
-    blocks in member order (so a column one member lacks reads as missing for its rows; a member
-    without obs is one block without columns)."""
-    from ..atlas import is_atlas, open_atlas
+def _name_of(path):
+    """What messages call ``path``: an opened Atlas by its directory."""
+    from ..atlas import Atlas
 
-    if is_atlas(path):
-        atlas = open_atlas(path)
+    return path.root if isinstance(path, Atlas) else path
+
+
+def obs_blocks(path, n_rows: int, member: bool = False) -> tuple[list[dict], list[int]]:
+    """The obs blocks of an archive (one per input) and their rows; of an atlas (its directory, or
+    an opened :class:`~scdl_gpu.atlas.Atlas`, whose members may be read from local mirrors), every
+    member's blocks in member order (so a column one member lacks reads as missing for its rows; a
+    member without obs is one block without columns)."""
+    from ..atlas import Atlas, is_atlas, open_atlas
+
+    if isinstance(path, Atlas) or is_atlas(path):
+        atlas = path if isinstance(path, Atlas) else open_atlas(path)
         parts = [obs_blocks(atlas.member_path(i), m.n_rows, member=True) for i, m in enumerate(atlas.members)]
         return [b for bl, _ in parts for b in bl], [n for _, ns in parts for n in ns]
     index = load_feature_index(path, FileNames.OBS_FEATURES)
