@@ -163,7 +163,8 @@ class AtlasBackend:
             self.close()
             raise
         members = self.members
-        self._maps, self._map_at = _gather_remap.concat_maps([m.cmap for m in members])
+        self._maps, self._map_at = _gather_remap.concat_maps([m.cmap for m in members],
+                                                             [m.reader.col_dtype for m in members])
         self._widths = np.array([m.reader.width for m in members], np.int64)
         self._drops = np.array([m.drops for m in members], np.bool_)
         self._sort = np.array([m.sort for m in members], np.bool_)

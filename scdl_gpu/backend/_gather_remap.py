@@ -3,9 +3,9 @@ their places in the output, every column checked against its member's width and 
 vocabulary.
 
 Two numba passes (compiled once per dtype combination, cached on disk, GIL released, in parallel
-over rows only for very large batches: see ``PARALLEL_MIN_VALUES``), each ONE launch over every row of the members
-that share value and column dtypes (a batch in block order touches ten members: ten parallel
-launches cost ten thread wake-ups, which on a busy machine measured milliseconds each):
+over rows for batches as large as the flat gather's), each ONE launch over every row of the
+members that share value and column dtypes (a batch in block order touches ten members: ten
+parallel launches would cost ten thread wake-ups):
 
 - :func:`count_kept` — when a member's map drops genes: how many entries of each row the
   vocabulary keeps (the rows' output lengths), checking every column first.
@@ -32,16 +32,10 @@ from ..archive._bounds import column_error
 from ._gather import _JIT, _forked, _launch, _sort_row, _via_double, _voidptr
 
 
-# Below this many values a batch is remapped on the calling thread. Measured on 2 shared cores
-# (interleaved repeats, loader cells/s): parallel launches of these passes cost milliseconds each
-# there (random order, batch 64: 8k against 120k cells/s serial; block order, batch 4096: 222k
-# against 323k), far more than the plain gather's; so only very large batches are shared out.
-PARALLEL_MIN_VALUES = 1 << 24
-
-
 def _run(serial, parallel, args, n: int, n_rows: int) -> int:
-    if n < PARALLEL_MIN_VALUES:
-        return serial(*args)
+    """As the flat gather: in parallel over rows from ``_gather.PARALLEL_MIN_VALUES`` values. On a
+    quiet 2-core machine that doubled block order (one launch per batch, like the flat gather's);
+    on a machine whose cores are busy with other work, any parallel launch costs milliseconds."""
     return _launch(serial, parallel, args, n, n_rows)
 
 
@@ -162,7 +156,10 @@ def _remap_row(data_at, cols_at, sizes, data_ex, cols_ex, member, starts, lens, 
     data, cols = _member(data_at, cols_at, sizes, data_ex, cols_ex, k)
     s, n, o = starts[i], lens[i], dest[i]
     width = widths[k]
-    if not _row_ok(cols, s, n, width):
+    # a map that covers every value the column dtype holds (see concat_maps) is read unchecked and
+    # the row's largest column checked after the copy, as the flat gather does: one pass, not two
+    covered = cols_ex.itemsize <= 2 and map_at[k + 1] - map_at[k] >= (np.int64(1) << (8 * cols_ex.itemsize))
+    if (drops[k] or not covered) and not _row_ok(cols, s, n, width):
         return False
     src_c, src_v = cols[s : s + n], data[s : s + n]
     if drops[k]:
@@ -187,9 +184,20 @@ def _remap_row(data_at, cols_at, sizes, data_ex, cols_ex, member, starts, lens, 
         else:
             for j in range(n):
                 dst_v[j] = src_v[j]
-        cmap = maps[map_at[k] : map_at[k] + width]
-        for j in range(n):
-            dst_c[j] = cmap[src_c[j]]
+        cmap = maps[map_at[k] : map_at[k + 1]]
+        if covered:
+            top = src_c.dtype.type(0)
+            for j in range(n):
+                c = src_c[j]
+                top = max(top, c)
+                dst_c[j] = cmap[c]
+            if n and np.uint64(top) >= np.uint64(width):
+                dst_v[:] = 0
+                dst_c[:] = 0
+                return False
+        else:
+            for j in range(n):
+                dst_c[j] = cmap[src_c[j]]
     if sort[k] and m > 1:
         unsorted = False
         top = out_cols[o]
@@ -240,8 +248,14 @@ def member_pointers(arrays: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple:
     return (*addresses, np.array([len(d) for d, _ in arrays], np.int64), np.empty(0, d0.dtype), np.empty(0, c0.dtype))
 
 
-def concat_maps(maps: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """``(maps back to back as int32, each one's start; len(maps) + 1)``."""
+def concat_maps(maps: Sequence[np.ndarray], col_dtypes: Sequence | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(maps back to back as int32, each one's start; len(maps) + 1)``. With ``col_dtypes`` (each
+    member's column dtype), a map of a member whose columns are 8 or 16 bits is padded with -1 to
+    every value they can hold (at most 256 KiB), so the copy reads it without checking each column
+    first (the row's largest column is checked after the copy)."""
+    if col_dtypes is not None:
+        maps = [np.pad(m, (0, max(0, (1 << (8 * np.dtype(dt).itemsize)) - len(m))), constant_values=-1)
+                if np.dtype(dt).itemsize <= 2 else m for m, dt in zip(maps, col_dtypes)]
     at = np.zeros(len(maps) + 1, np.int64)
     np.cumsum([len(m) for m in maps], out=at[1:])
     return (np.concatenate(maps).astype(np.int32) if maps else np.zeros(0, np.int32)), at
