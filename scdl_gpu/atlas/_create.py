@@ -4,7 +4,9 @@ column maps are written; members are opened, checked and read for their genes an
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -17,13 +19,16 @@ from ..archive._constants import FileNames
 from ..archive._reader import load_feature_index, open_arrays, rows_sorted
 from ..convert._vocab import INTERSECTION, UNION, build_vocabulary
 from ..errors import ArchiveError, ArchiveNotFoundError
+from ._columns import eligible, write_mapped_columns
 from ._manifest import MANIFEST, Atlas, AtlasMember, is_atlas, map_facts, read_manifest, write_manifest, write_map
 
 LOCK = ".atlas.lock"
+log = logging.getLogger(__name__)
 
 
 def create_atlas(path: str | os.PathLike, members: Sequence[str | os.PathLike], *, gene_vocab="union",
-                 gene_key: str | None = None, names: Sequence[str] | None = None, overwrite: bool = False) -> Atlas:
+                 gene_key: str | None = None, names: Sequence[str] | None = None, overwrite: bool = False,
+                 materialize: bool = False) -> Atlas:
     """Make ``path`` an atlas of ``members`` (archive directories; none is rewritten).
 
     ``gene_vocab``: ``"union"`` (sorted when every member lists its genes sorted, so no member's
@@ -31,6 +36,9 @@ def create_atlas(path: str | os.PathLike, members: Sequence[str | os.PathLike], 
     member's order), a gene list file (one id per line), or a sequence of ids. Genes are matched by
     the var column ``gene_key``, or by the var names the converter stored (the AnnData index).
     ``names``: one per member (default: each directory's name without ``.scdl``).
+    ``materialize``: also write each flat member's columns mapped onto the vocabulary under
+    ``columns/`` (members whose map keeps all their genes in order; see :mod:`._columns`), so
+    batches skip the map lookup, at the cost of one column array per such member on disk.
     """
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
@@ -42,15 +50,17 @@ def create_atlas(path: str | os.PathLike, members: Sequence[str | os.PathLike], 
         mode = gene_vocab if isinstance(gene_vocab, str) and gene_vocab in (UNION, INTERSECTION) else "list"
         facts = [_member_facts(root, m, gene_key) for m in members]
         fixed = None if mode != "list" else build_vocabulary(gene_vocab, [])
-        return _write(root, facts, _names(facts, names, []), mode, gene_key, fixed, [])
+        return _write(root, facts, _names(facts, names, []), mode, gene_key, fixed, [], materialize)
 
 
 def add_members(path: str | os.PathLike, members: Sequence[str | os.PathLike],
-                names: Sequence[str] | None = None) -> Atlas:
+                names: Sequence[str] | None = None, materialize: bool = False) -> Atlas:
     """Add ``members`` to the atlas at ``path``; the existing members stay as they are.
 
     With a union vocabulary new genes are appended (existing columns keep their places); an
-    intersection may shrink, which rewrites every map (still no member).
+    intersection may shrink, which rewrites every map (still no member). ``materialize``: as in
+    :func:`create_atlas`, for the new members; members materialized before whose map changes get
+    their mapped columns rewritten (or dropped when no longer eligible), never left stale.
     """
     root = Path(path)
     with _locked(root):
@@ -59,10 +69,11 @@ def add_members(path: str | os.PathLike, members: Sequence[str | os.PathLike],
             return atlas
         facts = [_member_facts(root, m, atlas.gene_key) for m in members]
         fixed = atlas.genes if atlas.vocab_mode == "list" else None
-        return _write(root, facts, _names(facts, names, atlas.names), atlas.vocab_mode, atlas.gene_key, fixed, atlas)
+        return _write(root, facts, _names(facts, names, atlas.names), atlas.vocab_mode, atlas.gene_key, fixed, atlas,
+                      materialize)
 
 
-def _write(root: Path, facts: list[dict], names: list[str], mode: str, gene_key, fixed, old) -> Atlas:
+def _write(root: Path, facts: list[dict], names: list[str], mode: str, gene_key, fixed, old, materialize: bool) -> Atlas:
     previous = [] if not old else [(m, old.member_path(i)) for i, m in enumerate(old.members)]
     old_ids = [_gene_ids_of(p, gene_key) for _, p in previous]  # read again: maps may need rebuilding
     all_ids = old_ids + [f["genes"] for f in facts]
@@ -80,11 +91,14 @@ def _write(root: Path, facts: list[dict], names: list[str], mode: str, gene_key,
     if len(vocab) == 0:
         raise ValueError(f"the {mode} gene vocabulary of these members is empty; check gene_key")
     index = pd.Index(vocab)
-    out = []
-    for (m, _), ids in zip(previous, old_ids):
-        out.append(_with_map(root, m.__dict__ | {}, ids, index))
+    out, skipped = [], []
+    for (m, path), ids in zip(previous, old_ids):
+        out.append(_with_map(root, m.__dict__ | {}, ids, index, path, m.mapped_columns is not None, skipped))
     for f, name in zip(facts, names):
-        out.append(_with_map(root, {k: v for k, v in f.items() if k != "genes"} | {"name": name}, f["genes"], index))
+        fields = {k: v for k, v in f.items() if k not in ("genes", "source")} | {"name": name}
+        out.append(_with_map(root, fields, f["genes"], index, f["source"], materialize, skipped))
+    if skipped:
+        log.info("atlas %s: columns not materialized for %s", root, "; ".join(skipped))
     obs_schema: dict[str, str] = {}
     for m in out:
         for col, kind in m.obs.items():
@@ -99,14 +113,29 @@ def _ascending(ids) -> bool:
     return ids.is_monotonic_increasing and ids.is_unique
 
 
-def _with_map(root: Path, fields: dict, ids: np.ndarray, vocab: pd.Index) -> AtlasMember:
+def _with_map(root: Path, fields: dict, ids: np.ndarray, vocab: pd.Index, source: Path, materialize: bool,
+              skipped: list[str]) -> AtlasMember:
+    """The member with its map written; with ``materialize``, its mapped columns too (kept as they
+    are when its map did not change, else rewritten). Members that do not qualify go to ``skipped``."""
     ids = pd.Index(np.asarray(ids, dtype=object))
     column_map = vocab.get_indexer(ids).astype(np.int32)
     column_map[ids.duplicated()] = -1  # two member genes onto one column would give a row two values there
     rel, crc = write_map(root, column_map)
     kept, monotone = map_facts(column_map)
     keep = {k: v for k, v in fields.items() if k in AtlasMember.__dataclass_fields__}
-    return AtlasMember(**(keep | dict(column_map=rel, map_checksum=crc, kept=kept, monotone=monotone, n_genes=len(ids))))
+    member = AtlasMember(**(keep | dict(column_map=rel, map_checksum=crc, kept=kept, monotone=monotone, n_genes=len(ids))))
+    if not materialize or (member.mapped_columns is not None and fields.get("map_checksum") == crc):
+        return member
+    mapped = dict(mapped_columns=None, mapped_checksum=None, mapped_dtype=None)
+    if not eligible(member):
+        skipped.append(f"{member.name} (its map drops or reorders genes)")
+    else:
+        try:
+            files = write_mapped_columns(root, source, member.name, column_map, member.n_values, len(vocab))
+            mapped = dict(zip(mapped, files))
+        except ValueError as e:  # a chunked member
+            skipped.append(f"{member.name} ({e})")
+    return dataclasses.replace(member, **mapped)
 
 
 def _member_facts(root: Path, member: str | os.PathLike, gene_key: str | None) -> dict:
@@ -119,7 +148,7 @@ def _member_facts(root: Path, member: str | os.PathLike, gene_key: str | None) -
     genes = _gene_ids_of(p, gene_key)
     rel = os.path.relpath(p.resolve(), root.resolve())
     return dict(
-        path=rel if not rel.startswith("..") else str(p.resolve()),
+        source=p, path=rel if not rel.startswith("..") else str(p.resolve()),
         n_rows=arrays.n_rows, n_values=int(arrays.nnz), n_genes=len(genes),
         data_dtype=str(arrays.data.dtype), col_dtype=str(arrays.col_ptr.dtype),
         rows_sorted=rows_sorted(p, arrays.n_rows, int(arrays.nnz)), checksum=recorded_checksum(p),

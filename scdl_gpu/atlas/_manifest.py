@@ -4,6 +4,8 @@ An atlas is a directory::
 
     atlas.json         the manifest (this module): members, row counts, checksums, the gene
                        vocabulary, the obs schema; replaced atomically, never edited in place
+    columns/<m>-<crc>.npy  opt-in: a flat member's columns already mapped onto the vocabulary
+                       (atlas/_columns.py), so a batch copies them without the map lookup
     maps/<crc>.npy     each member's column map (int32, one entry per member gene: its column in
                        the vocabulary, or -1 when the vocabulary drops it); named by content, so a
                        manifest being replaced never changes a map another reader still uses
@@ -54,6 +56,11 @@ class AtlasMember:
     rows_sorted: bool  # the member's writer recorded strictly increasing columns in every row
     checksum: str | None  # the member's recorded files checksum (scdl_gpu_checksums.json), if any
     obs: dict[str, str] = field(default_factory=dict)  # obs column -> "category" | a numpy dtype
+    # the member's columns mapped onto the vocabulary (atlas/_columns.py), when materialized:
+    # relative path, crc32c of the file's bytes, its dtype; absent from older manifests
+    mapped_columns: str | None = None
+    mapped_checksum: str | None = None
+    mapped_dtype: str | None = None
 
 
 @dataclass
@@ -179,6 +186,8 @@ def _check(atlas: Atlas, file: Path, doc: dict) -> None:
     for m in atlas.members:
         if min(m.n_rows, m.n_values, m.n_genes, m.kept) < 0 or m.kept > m.n_genes:
             raise ArchiveError(f"{file}: member {m.name!r} records impossible sizes")
+        if len({m.mapped_columns is None, m.mapped_checksum is None, m.mapped_dtype is None}) != 1:
+            raise ArchiveError(f"{file}: member {m.name!r} records only part of its mapped columns")
     if doc.get("n_rows") != atlas.n_rows or doc.get("n_genes") != atlas.n_genes:
         raise ArchiveError(f"{file}: n_rows/n_genes disagree with the members and vocabulary it lists")
 
@@ -217,10 +226,16 @@ def write_map(root: Path, column_map: np.ndarray) -> tuple[str, str]:
 
 
 def _replace_file(target: Path, raw: bytes) -> Path:
+    return replace_with(target, lambda f: f.write(raw))
+
+
+def replace_with(target: Path, write) -> Path:
+    """Write ``target`` through ``write(file)`` into a temporary sibling, fsync it, rename it over
+    ``target``: readers see the old file or the new one, never part of one."""
     tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
     try:
         with open(tmp, "wb") as f:
-            f.write(raw)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)

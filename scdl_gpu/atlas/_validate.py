@@ -1,5 +1,5 @@
-"""``scdl-gpu validate`` on an atlas: every member validated in full, every column map checked,
-and each member compared with what ``atlas.json`` recorded when it was added."""
+"""``scdl-gpu validate`` on an atlas: every member validated in full, every column map (and any
+mapped columns: their checksum) checked, and each member compared with what ``atlas.json`` recorded when it was added."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from ..archive._reader import open_arrays
 from ..archive._validate import ValidationReport, validation_report
 from ..errors import ArchiveError
 from ._check import member_problems
+from ._columns import verify_mapped_columns
 from ._create import _gene_ids_of
 from ._manifest import read_manifest
 
@@ -29,10 +30,11 @@ def validate_atlas(path: str | os.PathLike, *, quick: bool = False) -> Validatio
         report.problems += [tag + p for p in sub.problems]
         report.notes += [tag + n for n in sub.notes]
         verified &= sub.checksums_verified
-        try:
-            atlas.column_map(i)
-        except (ArchiveError, OSError) as e:
-            report.problems.append(tag + str(e))
+        for check in (atlas.column_map, lambda i: verify_mapped_columns(atlas, i)):
+            try:
+                check(i)
+            except (ArchiveError, OSError) as e:
+                report.problems.append(tag + str(e))
         if sub.problems:
             continue  # comparing a broken member with the manifest would only repeat its problems
         try:

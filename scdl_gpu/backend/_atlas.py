@@ -6,7 +6,9 @@ copied by one compiled pass (:mod:`._gather_remap`) into its rows' places in the
 columns checked against the member's width and mapped onto the vocabulary. Flat members are read
 straight from their maps; other members (chunked, and any reader that supplies rows as compact
 arrays through ``read_spans(starts, lengths)``, such as a remote archive) are first read into a
-compact buffer in their own dtypes, then go through the same pass.
+compact buffer in their own dtypes, then go through the same pass. A local flat member whose
+columns the atlas stored already mapped (``create_atlas(..., materialize=True)``) is read from
+those instead of its own ``col_ptr.npy``, and its columns are copied without the map lookup.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 from ..archive._reader import rows_sorted
 from ..atlas import Atlas, RemoteAtlas, open_atlas
 from ..atlas._check import member_problems
+from ..atlas._columns import mapped_columns
 from ..errors import ArchiveError
 from . import _gather_remap
 from . import _reference as reference
@@ -87,10 +90,20 @@ def open_member(path: Path, name: str) -> AtlasMemberReader:
 
 
 class _Member:
-    """A member as a batch reads it: its reader, its (composed) column map and what the pass does."""
+    """A member as a batch reads it: its reader, its (composed) column map and what the pass does.
 
-    def __init__(self, reader: AtlasMemberReader, cmap: np.ndarray, offset: int) -> None:
+    With ``mapped`` (the atlas's copy of a flat member's columns in vocabulary columns, ``width``
+    the vocabulary's size), those are read instead of the member's, ``cmap`` applies to vocabulary
+    columns, and ``identity`` says it is the identity (no ``gene_remap``): columns copied as they are."""
+
+    def __init__(self, reader: AtlasMemberReader, cmap: np.ndarray, offset: int, mapped: np.ndarray | None = None,
+                 width: int | None = None, identity: bool = False, mapped_path: Path | None = None) -> None:
         self.reader, self.offset = reader, offset
+        self.flat = reader.flat if mapped is None else (reader.flat[0], mapped)
+        self.col_dtype = reader.col_dtype if mapped is None else np.dtype(mapped.dtype)
+        self.width = reader.width if mapped is None else int(width)
+        self.identity = identity
+        self.path = reader.path if mapped_path is None else mapped_path  # where a bad column is reported
         self.cmap = np.ascontiguousarray(cmap, np.int32)
         self.drops = bool((self.cmap < 0).any())
         kept = self.cmap[self.cmap >= 0]
@@ -100,8 +113,8 @@ class _Member:
 
     def fetch(self, plan: RowPlan) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(values, columns, starts)`` to copy ``plan``'s rows from."""
-        if self.reader.flat is not None:
-            data, cols = self.reader.flat
+        if self.flat is not None:
+            data, cols = self.flat
             starts = plan.starts
         else:
             data, cols = self.reader.compact(plan)
@@ -158,24 +171,37 @@ class AtlasBackend:
                                            reader.width)
                 if problems:
                     raise ArchiveError(problems[0])
-                self.members.append(_Member(reader, self._compose(self.atlas.column_map(i)), int(self.atlas.offsets[i])))
+                self.members.append(self._member(i, reader, remote is None and i not in (readers or {})))
         except BaseException:
             self.close()
             raise
         members = self.members
-        self._maps, self._map_at = _gather_remap.concat_maps([m.cmap for m in members],
-                                                             [m.reader.col_dtype for m in members])
-        self._widths = np.array([m.reader.width for m in members], np.int64)
+        self._maps, self._map_at = _gather_remap.concat_maps([m.cmap for m in members], [m.col_dtype for m in members])
+        self._widths = np.array([m.width for m in members], np.int64)
         self._drops = np.array([m.drops for m in members], np.bool_)
+        self._identity = np.array([m.identity for m in members], np.bool_)
         self._sort = np.array([m.sort for m in members], np.bool_)
         self._f16 = np.array([m.f16 for m in members], np.bool_)
-        self._paths = [m.reader.path for m in members]
+        self._paths = [m.path for m in members]
         self._outputs = BufferPool()
         self._warm_up()
         if self._sort.any():
             log.info("atlas %s: rows of %d of its %d members are sorted per batch (their genes come in another "
                      "order than the vocabulary's, or their rows were stored unsorted)", self.path,
                      int(self._sort.sum()), len(members))
+
+    def _member(self, i: int, reader: AtlasMemberReader, local: bool) -> _Member:
+        """Member ``i`` as batches read it: through its mapped columns when the atlas has them and
+        the member is a local flat archive (checked cheaply here: file, dtype, length), else its map."""
+        offset = int(self.atlas.offsets[i])
+        cmap = self.atlas.column_map(i)
+        mapped = mapped_columns(self.atlas, i) if local and reader.flat is not None else None
+        if mapped is None:
+            return _Member(reader, self._compose(cmap), offset)
+        vocab = np.arange(self.archive_cols, dtype=np.int32)
+        return _Member(reader, self._compose(vocab), offset, mapped, self.archive_cols,
+                       identity=self.options.gene_remap is None,
+                       mapped_path=self.atlas.root / self.atlas.members[i].mapped_columns)
 
     def _compose(self, cmap: np.ndarray) -> np.ndarray:
         remap = self.options.gene_remap
@@ -197,7 +223,7 @@ class AtlasBackend:
     def _warm_up(self) -> None:
         seen = set()
         for m in self.members:
-            key = (np.uint16 if m.f16 else m.reader.data_dtype, m.reader.col_dtype)
+            key = (np.uint16 if m.f16 else m.reader.data_dtype, m.col_dtype)
             if key not in seen:
                 seen.add(key)
                 _gather_remap.warm_up(*key, [self._out_dtypes(0)])
@@ -257,7 +283,7 @@ class AtlasBackend:
         for f16, arrays, pos, mem, starts, lens in passes:
             _gather_remap.gather_remap(arrays, mem, starts, lens, out_ptr[pos], self._widths, self._maps, self._map_at,
                                        self._drops, self._sort, halves if f16 else values, out_cols,
-                                       archives=self._paths, rows=local[pos])
+                                       identity=self._identity, archives=self._paths, rows=local[pos])
         if halves is not None:
             where = np.repeat(self._f16[member], out_len)
             values[where] = halves[where].view(np.float16)

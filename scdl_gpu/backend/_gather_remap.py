@@ -16,7 +16,8 @@ parallel launches would cost ten thread wake-ups):
 The members reach the passes as :func:`member_pointers` (addresses, as the chunked gather reads
 its chunks, so no reference count is bumped per row); ``maps`` holds every member's column map
 (int32: member column -> vocabulary column, -1 = dropped) back to back, member ``k``'s from
-``map_at[k]``. A column ``>= widths[k]`` is never looked up: the pass returns the first such row
+``map_at[k]``; where ``identity[k]`` (a member whose columns the atlas stored already mapped)
+columns are copied as they are, with no lookup. A column ``>= widths[k]`` is never looked up: the pass returns the first such row
 and :func:`gather_remap` raises :class:`~scdl_gpu.errors.ArchiveError` naming that member's
 ``col_ptr.npy``. The NumPy reference is :func:`gather_remap_reference`.
 """
@@ -146,7 +147,7 @@ def _radix_sort_row(cols, vals, o, m, top):  # pragma: no cover - compiled
 
 @numba.njit(inline="always", **_JIT)
 def _remap_row(data_at, cols_at, sizes, data_ex, cols_ex, member, starts, lens, dest, widths, maps, map_at, drops,
-               sort, out_vals, out_cols, via_double, i):  # pragma: no cover - compiled
+               identity, sort, out_vals, out_cols, via_double, i):  # pragma: no cover - compiled
     """Row ``i`` into ``[dest[i], dest[i] + kept)``; False when a column is out of range.
 
     Without drops the values and the columns are copied by two loops over local views with no
@@ -158,7 +159,8 @@ def _remap_row(data_at, cols_at, sizes, data_ex, cols_ex, member, starts, lens, 
     width = widths[k]
     # a map that covers every value the column dtype holds (see concat_maps) is read unchecked and
     # the row's largest column checked after the copy, as the flat gather does: one pass, not two
-    covered = cols_ex.itemsize <= 2 and map_at[k + 1] - map_at[k] >= (np.int64(1) << (8 * cols_ex.itemsize))
+    ident = identity[k]  # columns copied as they are, the largest checked after the copy
+    covered = ident or (cols_ex.itemsize <= 2 and map_at[k + 1] - map_at[k] >= (np.int64(1) << (8 * cols_ex.itemsize)))
     if (drops[k] or not covered) and not _row_ok(cols, s, n, width):
         return False
     src_c, src_v = cols[s : s + n], data[s : s + n]
@@ -187,10 +189,16 @@ def _remap_row(data_at, cols_at, sizes, data_ex, cols_ex, member, starts, lens, 
         cmap = maps[map_at[k] : map_at[k + 1]]
         if covered:
             top = src_c.dtype.type(0)
-            for j in range(n):
-                c = src_c[j]
-                top = max(top, c)
-                dst_c[j] = cmap[c]
+            if ident:  # a loop of its own: no branch inside, so it vectorises
+                for j in range(n):
+                    c = src_c[j]
+                    top = max(top, c)
+                    dst_c[j] = c
+            else:
+                for j in range(n):
+                    c = src_c[j]
+                    top = max(top, c)
+                    dst_c[j] = cmap[c]
             if n and np.uint64(top) >= np.uint64(width):
                 dst_v[:] = 0
                 dst_c[:] = 0
@@ -213,24 +221,24 @@ def _remap_row(data_at, cols_at, sizes, data_ex, cols_ex, member, starts, lens, 
 
 
 @numba.njit(**_JIT)
-def _remap_serial(ptrs, member, starts, lens, dest, widths, maps, map_at, drops, sort, out_vals, out_cols,
+def _remap_serial(ptrs, member, starts, lens, dest, widths, maps, map_at, drops, identity, sort, out_vals, out_cols,
                   via_double):  # pragma: no cover - compiled
     data_at, cols_at, sizes, data_ex, cols_ex = ptrs
     for i in range(starts.shape[0]):
         if not _remap_row(data_at, cols_at, sizes, data_ex, cols_ex, member, starts, lens, dest, widths, maps, map_at,
-                          drops, sort, out_vals, out_cols, via_double, i):
+                          drops, identity, sort, out_vals, out_cols, via_double, i):
             return i
     return -1
 
 
 @numba.njit(parallel=True, **_JIT)
-def _remap_parallel(ptrs, member, starts, lens, dest, widths, maps, map_at, drops, sort, out_vals, out_cols,
+def _remap_parallel(ptrs, member, starts, lens, dest, widths, maps, map_at, drops, identity, sort, out_vals, out_cols,
                     via_double):  # pragma: no cover - compiled
     data_at, cols_at, sizes, data_ex, cols_ex = ptrs
     bad = 0
     for i in numba.prange(starts.shape[0]):
         if not _remap_row(data_at, cols_at, sizes, data_ex, cols_ex, member, starts, lens, dest, widths, maps,
-                          map_at, drops, sort, out_vals, out_cols, via_double, i):
+                          map_at, drops, identity, sort, out_vals, out_cols, via_double, i):
             bad += 1
     return -1 if bad == 0 else _first_bad(data_at, cols_at, sizes, data_ex, cols_ex, member, starts, lens, widths)
 
@@ -267,14 +275,16 @@ def _bad_column(ptrs_arrays, member, starts, lens, widths, i: int, archives, row
     seg = np.asarray(cols[int(starts[i]) : int(starts[i]) + int(lens[i])]).astype(np.uint64)
     width = int(widths[k])
     c = int(seg[seg >= np.uint64(width)][0])
-    return column_error(archives[k] if archives else "", int(rows[i]) if rows is not None else i, c, width)
+    where = archives[k] if archives else ""
+    file = where if str(where).endswith(".npy") else None  # the atlas's mapped columns, not the member's
+    return column_error(where, int(rows[i]) if rows is not None else i, c, width, file=file)
 
 
 def count_kept(arrays, member, starts, lens, widths, maps, map_at, *, archives=None, rows=None) -> np.ndarray:
     """Entries of each row its member's map keeps (int64). ``arrays``: each member's ``(values,
     columns)``; ``member``/``starts``/``lens``: each row's member, first value and length. A column
-    ``>= widths[k]`` raises ``ArchiveError`` naming ``col_ptr.npy`` under ``archives[k]`` and the
-    member row ``rows[i]``."""
+    ``>= widths[k]`` raises ``ArchiveError`` naming ``col_ptr.npy`` under ``archives[k]`` (or
+    ``archives[k]`` itself when it is a ``.npy`` file) and the member row ``rows[i]``."""
     kept = np.empty(len(starts), np.int64)
     args = (member_pointers(arrays), member, starts, lens, widths, maps, map_at, kept)
     bad = _run(_count_serial, _count_parallel, args, int(lens.sum()), len(starts))
@@ -284,16 +294,18 @@ def count_kept(arrays, member, starts, lens, widths, maps, map_at, *, archives=N
 
 
 def gather_remap(arrays, member, starts, lens, dest, widths, maps, map_at, drops, sort, out_vals, out_cols, *,
-                 archives=None, rows=None) -> None:
+                 identity=None, archives=None, rows=None) -> None:
     """Copy row ``i`` (``lens[i]`` entries from ``starts[i]`` of member ``member[i]``'s arrays) to
     ``dest[i]`` in ``out_vals``/``out_cols``: values cast to ``out_vals``'s dtype, columns through
     the member's map (dropping ``-1`` where ``drops[k]``: then :func:`count_kept` sized the rows),
-    sorted inside the row where ``sort[k]``. Raises ``ArchiveError`` as :func:`count_kept`."""
+    sorted inside the row where ``sort[k]``, copied as they are where ``identity[k]`` (default: no
+    member). Raises ``ArchiveError`` as :func:`count_kept`."""
     for a in (member, starts, lens, dest):
         if a.dtype != np.int64 or len(a) != len(starts):
             raise ValueError("member, starts, lens and dest must be int64 arrays of one length")
-    args = (member_pointers(arrays), member, starts, lens, dest, widths, maps, map_at, drops, sort, out_vals, out_cols,
-            _via_double(arrays[0][0].dtype, out_vals))
+    identity = np.zeros(len(drops), np.bool_) if identity is None else np.asarray(identity, np.bool_)
+    args = (member_pointers(arrays), member, starts, lens, dest, widths, maps, map_at, drops, identity, sort, out_vals,
+            out_cols, _via_double(arrays[0][0].dtype, out_vals))
     bad = _run(_remap_serial, _remap_parallel, args, int(lens.sum()), len(starts))
     if bad >= 0:
         raise _bad_column(arrays, member, starts, lens, widths, bad, archives, rows)
@@ -334,7 +346,7 @@ def warm_up(data_dtype, col_dtype, outputs) -> None:
     for vd, idt in dict.fromkeys(outputs):
         out_v, out_c = np.empty(1, vd), np.empty(1, idt)
         for run in (_remap_serial,) if _forked[0] else (_remap_serial, _remap_parallel):
-            run(ptrs, zero, zero, one, zero, one, maps, map_at, flags, flags, out_v, out_c, False)
+            run(ptrs, zero, zero, one, zero, one, maps, map_at, flags, flags, flags, out_v, out_c, False)
 
 
 __all__ = ["concat_maps", "count_kept", "gather_remap", "gather_remap_reference", "member_pointers", "warm_up"]

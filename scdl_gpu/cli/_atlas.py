@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+MATERIALIZE_HELP = ("also store each flat member's columns mapped onto the vocabulary (members whose genes all "
+                    "stay, in order): batches then skip the per-value map lookup; costs one column file per member")
+
 
 def register(sub) -> None:
     p = sub.add_parser("atlas", help="many archives as one dataset: create, add members, inspect",
@@ -18,12 +21,14 @@ def register(sub) -> None:
     c.add_argument("--name", action="append", dest="names", metavar="NAME",
                    help="a member's name, once per member in order (default: each directory's name)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing manifest in DIR")
+    c.add_argument("--materialize", action="store_true", help=MATERIALIZE_HELP)
     c.set_defaults(handler=create)
 
     a = cmds.add_parser("add", help="add MEMBERS to the atlas DIR (rewrites only the manifest)")
     a.add_argument("atlas", metavar="DIR")
     a.add_argument("members", nargs="+", metavar="MEMBER")
     a.add_argument("--name", action="append", dest="names", metavar="NAME", help="a member's name, once per member")
+    a.add_argument("--materialize", action="store_true", help=MATERIALIZE_HELP)
     a.set_defaults(handler=add)
 
     i = cmds.add_parser("info", help="rows, genes and members of an atlas")
@@ -36,7 +41,7 @@ def create(args) -> int:
     from ..atlas import create_atlas
 
     atlas = create_atlas(args.atlas, args.members, gene_vocab=args.gene_vocab, gene_key=args.gene_key,
-                         names=args.names, overwrite=args.overwrite)
+                         names=args.names, overwrite=args.overwrite, materialize=args.materialize)
     print(f"{args.atlas}: atlas of {len(atlas.members)} member{'s' * (len(atlas.members) != 1)}, "
           f"{atlas.n_rows:,} rows, {atlas.n_genes:,} genes ({atlas.vocab_mode})")
     return 0
@@ -45,7 +50,7 @@ def create(args) -> int:
 def add(args) -> int:
     from ..atlas import add_members
 
-    atlas = add_members(args.atlas, args.members, names=args.names)
+    atlas = add_members(args.atlas, args.members, names=args.names, materialize=args.materialize)
     print(f"{args.atlas}: {len(atlas.members)} members, {atlas.n_rows:,} rows, {atlas.n_genes:,} genes")
     return 0
 
@@ -56,7 +61,8 @@ def summary(atlas, path=None) -> dict:
         path=str(atlas.root if path is None else path), n_rows=atlas.n_rows, n_genes=atlas.n_genes, n_values=atlas.n_values,
         vocab_mode=atlas.vocab_mode, gene_key=atlas.gene_key, obs_schema=atlas.obs_schema,
         members=[dict(name=m.name, path=m.path, n_rows=m.n_rows, n_genes=m.n_genes, genes_kept=m.kept,
-                      n_values=m.n_values, data_dtype=m.data_dtype, checksum=m.checksum) for m in atlas.members],
+                      n_values=m.n_values, data_dtype=m.data_dtype, checksum=m.checksum,
+                      mapped_columns=m.mapped_columns) for m in atlas.members],
     )
 
 
@@ -90,5 +96,5 @@ def show(path, as_json: bool = False) -> int:
     print("members:")
     for m in s["members"]:
         print(f"  {m['name']:<{width}}  {m['n_rows']:>12,} rows  {m['genes_kept']:>7,}/{m['n_genes']:<7,} genes kept  "
-              f"{m['data_dtype']:<8} {m['path']}")
+              f"{m['data_dtype']:<8} {m['path']}" + ("  [columns materialized]" if m["mapped_columns"] else ""))
     return 0
