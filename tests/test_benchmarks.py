@@ -285,8 +285,11 @@ def test_bench_atlas_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((out / "atlas_cpu.json").read_text())
     assert [(r["source"], r["order"], r["batch_size"]) for r in res["results"]] == [
-        ("atlas", "block", 4096), ("flat", "block", 4096), ("atlas_permuted", "block", 4096),
-        ("atlas", "random", 64), ("flat", "random", 64)]
+        ("atlas", "block", 4096), ("atlas_materialized", "block", 4096), ("flat", "block", 4096),
+        ("atlas_permuted", "block", 4096), ("atlas", "random", 64), ("atlas_materialized", "random", 64),
+        ("flat", "random", 64)]
     assert all(r["cells_per_s"] > 0 and len(r["all_cells_per_s"]) == 2 for r in res["results"])
-    assert res["rows_checked"] > 0 and res["targets"][0]["name"] == "atlas_block4096_vs_flat"
+    assert res["rows_checked"] > 0 and [t["name"] for t in res["targets"]] == [
+        "atlas_block4096_vs_flat", "atlas_materialized_block4096_vs_flat"]
+    assert all(m["mapped_columns"] for m in json.loads((tmp_path / "w" / "atlas_materialized" / "atlas.json").read_text())["members"])
     assert str(tmp_path) not in (out / "atlas_cpu.json").read_text() and "| atlas | block | 4096 |" in (out / "atlas_cpu.md").read_text()
