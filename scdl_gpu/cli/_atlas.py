@@ -44,7 +44,16 @@ def create(args) -> int:
                          names=args.names, overwrite=args.overwrite, materialize=args.materialize)
     print(f"{args.atlas}: atlas of {len(atlas.members)} member{'s' * (len(atlas.members) != 1)}, "
           f"{atlas.n_rows:,} rows, {atlas.n_genes:,} genes ({atlas.vocab_mode})")
+    _materialized(atlas, args.materialize)
     return 0
+
+
+def _materialized(atlas, asked: bool) -> None:
+    if asked:
+        skipped = [m.name for m in atlas.members if m.mapped_columns is None]
+        print(f"columns materialized for {len(atlas.members) - len(skipped)} of {len(atlas.members)} members"
+              + (f" (not for {', '.join(skipped)}: chunked, or genes dropped or reordered by the vocabulary)"
+                 if skipped else ""))
 
 
 def add(args) -> int:
@@ -52,6 +61,7 @@ def add(args) -> int:
 
     atlas = add_members(args.atlas, args.members, names=args.names, materialize=args.materialize)
     print(f"{args.atlas}: {len(atlas.members)} members, {atlas.n_rows:,} rows, {atlas.n_genes:,} genes")
+    _materialized(atlas, args.materialize)
     return 0
 
 

@@ -157,8 +157,9 @@ def test_add_keeps_unchanged_copies_and_drops_stale_ones(tmp_path, members):
 def test_cli_materialize_and_info(tmp_path, members, capsys):
     root = tmp_path / "atlas"
     assert main(["atlas", "create", str(root), str(members[0][0]), str(members[3][0]), "--materialize"]) == 0
+    assert "columns materialized for 2 of 2 members" in capsys.readouterr().out
     assert main(["atlas", "add", str(root), str(members[1][0]), "--materialize"]) == 0  # permuted genes: skipped
-    capsys.readouterr()
+    assert "columns materialized for 2 of 3 members (not for m1:" in capsys.readouterr().out
     assert main(["atlas", "info", str(root), "--json"]) == 0
     s = json.loads(capsys.readouterr().out)
     assert [m["mapped_columns"] is not None for m in s["members"]] == [True, True, False]
