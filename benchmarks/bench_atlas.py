@@ -35,6 +35,7 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -222,7 +223,7 @@ def markdown(res: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--workdir", type=Path, default=Path("/tmp/scdl_gpu_bench/atlas"))
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "scdl_gpu_bench" / "atlas")
     ap.add_argument("--members", type=int, default=10)
     ap.add_argument("--cells", type=int, default=20_000, help="cells per member [%(default)s]")
     ap.add_argument("--genes", type=int, default=62_710)
@@ -250,7 +251,7 @@ def main(argv=None) -> int:
     print(text)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "atlas_cpu.json").write_text(json.dumps(res, indent=2) + "\n")
+        (args.out / "atlas_cpu.json").write_text(json.dumps(_report.portable(res, args.workdir), indent=2) + "\n")
         (args.out / "atlas_cpu.md").write_text(text)
     return 0
 

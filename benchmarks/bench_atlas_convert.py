@@ -223,7 +223,8 @@ def main(argv=None) -> int:
         notes=[], config=dict(repeats=a.repeats, runner_code={n: r.convert for n, (r, _) in RUNNERS.items()}),
         runs=runs, summary=summarize(runs),
     )
-    _report.write_outputs(result, markdown(result), a.json, a.markdown)
+    _report.write_outputs(result, markdown(result), a.json, a.markdown,
+                          workdir={"<workdir>": a.workdir, "<inputs>": a.inputs})
     return 1 if any(not r["ok"] for r in runs) else 0
 
 

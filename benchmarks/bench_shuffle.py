@@ -233,12 +233,7 @@ def _loadavg() -> str:
 
 
 def _write(result: dict, a) -> int:
-    text = markdown(result)
-    print(text)
-    if a.json:
-        a.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    if a.markdown:
-        a.markdown.write_text(text)
+    _report.write_outputs(result, markdown(result), a.json, a.markdown, workdir=a.workdir)
     return 0
 
 
