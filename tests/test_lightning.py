@@ -140,6 +140,10 @@ trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2,
 trainer.fit(m, dm)
 json.dump({"rank": trainer.global_rank, "loader": [dm.loaders["train"].rank, dm.loaders["train"].world_size], "seen": m.seen},
           open(f"{out}.{trainer.global_rank}.json", "w"))
+# gloo's worker threads must be joined before the interpreter exits, or libstdc++ aborts the process at
+# exit now and then ("terminate called without an active exception"); Lightning leaves the group open.
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()
 """
 
 
