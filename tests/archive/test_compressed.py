@@ -87,6 +87,22 @@ def test_pipelines_round_trip_every_dtype_and_refuse_unknown_codecs():
         default_pipeline("zstd", "uint16", False, level=40)
 
 
+@pytest.mark.parametrize("itemsize", [1, 2, 3, 4, 8])
+@pytest.mark.parametrize("n", [0, 1, 7, 4099])
+def test_the_compiled_unshuffle_equals_numcodecs(itemsize, n):
+    from numcodecs import Shuffle
+
+    from scdl_gpu.archive._codecs import _unshuffle
+
+    raw = np.random.default_rng(n).integers(0, 256, n * itemsize).astype(np.uint8)
+    shuffled = np.frombuffer(Shuffle(elementsize=itemsize).encode(raw), np.uint8)
+    out = np.empty(n * itemsize + 1, np.uint8)
+    for dst in (out[:-1], out[1:]):  # aligned (whole items rebuilt at once) and not (byte by byte)
+        dst[:] = 0
+        _unshuffle(shuffled, dst, itemsize)
+        assert dst.tobytes() == raw.tobytes()
+
+
 def test_the_layout_and_its_metadata(flat, packed):
     info = open_arrays(packed).header.chunked_info
     assert open_arrays(packed).header.backend is Backend.COMPRESSED_CHUNKED_V0
@@ -246,6 +262,18 @@ def test_the_backend_holds_the_cache_bound(flat, packed, cache_bytes):
         assert z.chunks.cache.nbytes <= cache_bytes
     if cache_bytes == 10_000:  # all five chunks fit: the later batches decode nothing
         assert len(z.chunks.cache) == 5 and z.chunks.cache.hits >= 10
+
+
+def test_decoded_memory_is_reused_only_after_every_reader_let_go(packed):
+    z = get_backend(packed, device="cpu", cache_bytes=150)  # ~1 chunk: every new chunk evicts one
+    storage = z.chunks
+    held = storage.decoded(0)[0][1:]  # a caller keeps part of chunk 0's values
+    expect = held.copy()
+    rows = np.arange(N_ROWS)
+    for _ in range(3):
+        z.batch(rows)  # decodes (and evicts) every chunk, into reused blocks where it can
+    assert storage.spare.reused > 0
+    np.testing.assert_array_equal(held, expect)  # chunk 0's block was never written again
 
 
 # ---------------------------------------------------------------- upstream
