@@ -46,7 +46,7 @@ def get_backend(archive: str | os.PathLike, device: str = "auto", options: Batch
     An atlas (a directory, or a URL, with an ``atlas.json``) gets an
     :class:`~scdl_gpu.backend._atlas.AtlasBackend` on the CPU.
 
-    ``cache_bytes``: decoded chunks kept of a compressed archive (default 512 MiB; decoded on the
+    ``cache_bytes``: decoded chunks kept of a compressed archive (default 128 MiB; decoded on the
     host on either device).
     """
     if residency not in RESIDENCIES:

@@ -304,6 +304,9 @@ class AtlasBackend:
             remote.close()
             raise
 
+    def will_need(self, rows) -> None:
+        """The loader's read-ahead hint (see ``Backend.will_need``): members are read as they are asked for."""
+
     # The loader's hand-off hooks: nothing to order on the CPU.
     def producing(self):
         return contextlib.nullcontext()

@@ -160,6 +160,16 @@ class Backend(ABC):
     @abstractmethod
     def batch(self, rows) -> Batch: ...
 
+    def will_need(self, rows) -> None:
+        """A hint that ``rows`` come next: a compressed archive starts reading the files of their chunks
+        that its cache lacks (the disk works while this batch decodes; block order from a cold page
+        cache gained ~1.3x measured with it). Rows outside the archive are ignored; never required."""
+        if not self.compressed:
+            return
+        rows = np.asarray(rows, np.int64)
+        rows = rows[(rows >= 0) & (rows < self.n_rows)]
+        self.chunks.will_need(np.unique(rows // self.chunks.chunk_size))
+
     # Hand-off hooks for a loader that produces batches in one thread and yields them in another
     # (no-ops on the CPU; the GPU backend orders its stream against the consumer's).
     def producing(self):

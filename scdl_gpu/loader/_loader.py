@@ -349,6 +349,8 @@ class SingleCellLoader:
         for k in range(start, sh.n_batches):
             with self.stages("sample"):
                 rows = sh.batch(k)
+            if k + 1 < sh.n_batches:  # the backend may start reading the next batch's bytes now
+                self.backend.will_need(sh.batch(k + 1))
             with self.backend.producing():  # per batch, exited before the yield: the consumer's
                 out = self._finish(self.backend.batch(rows), epoch, k)  # thread keeps its own stream
                 ready = self.backend.ready_event()

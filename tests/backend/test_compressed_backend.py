@@ -86,3 +86,33 @@ def test_a_forked_worker_decodes_with_its_own_threads(pair):
             os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_will_need_reads_ahead_the_files_of_uncached_chunks_only(pair, monkeypatch):
+    _, packed = pair
+    z = get_backend(packed, device="cpu")
+    size = z.chunks.chunk_size
+    z.batch(np.arange(size))  # chunk 0 decoded: in the cache
+    advised = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, advice: advised.append(
+        (os.readlink(f"/proc/self/fd/{fd}"), advice)))
+    z.will_need(np.array([0, size, size + 1, 3 * size, -1, N, 10**9]))  # rows outside the archive: ignored
+    names = sorted(os.path.relpath(p, packed) for p, _ in advised)
+    assert names == ["chunk_00001/col_ptr.frames", "chunk_00001/data.frames",
+                     "chunk_00003/col_ptr.frames", "chunk_00003/data.frames"]
+    assert {a for _, a in advised} == {os.POSIX_FADV_WILLNEED}
+    assert z.chunks.cache.hits == 0  # a peek: neither counted nor refreshed
+    flat_backend = get_backend(pair[0], device="cpu")
+    flat_backend.will_need(np.arange(5))  # a flat archive: nothing to do
+    assert len(advised) == 4
+
+
+def test_the_loader_hints_each_next_batch(pair, monkeypatch):
+    _, packed = pair
+    loader = SingleCellLoader(packed, batch_size=8, shuffle="block", device="cpu", seed=1)
+    hinted = []
+    monkeypatch.setattr(type(loader.backend), "will_need", lambda self, rows: hinted.append(np.array(rows)))
+    batches = [b["rows"].numpy() for b in loader]
+    assert len(hinted) == len(batches) - 1
+    for h, b in zip(hinted, batches[1:]):
+        np.testing.assert_array_equal(h, b)
