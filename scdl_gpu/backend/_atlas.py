@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..archive._bounds import span_error
 from ..archive._reader import rows_sorted
 from ..atlas import Atlas, RemoteAtlas, open_atlas
 from ..atlas._check import member_problems
@@ -124,6 +125,54 @@ class _Member:
         return (data.view(np.uint16) if self.f16 else data), cols, starts
 
 
+@dataclass
+class _Pass:
+    """One count/copy pass of a batch: the rows (``pos`` in the batch; None: all, in order) of the
+    members that share dtypes, read through ``arrays`` (``ptrs``: their pointers, when made at open)."""
+
+    f16: bool
+    arrays: list
+    ptrs: tuple | None
+    pos: np.ndarray | None
+    member: np.ndarray
+    local: np.ndarray
+    starts: np.ndarray
+    lens: np.ndarray
+
+
+@dataclass
+class _Direct:
+    """An atlas whose members are all read in place: their row pointers and, per group of members
+    sharing dtypes, ``(float16?, arrays, member_pointers)``, made once at open (``group_of``: each
+    member's group)."""
+
+    row_ptrs: tuple
+    n_data: np.ndarray
+    group_of: np.ndarray
+    parts: list
+
+
+def _direct_route(members: list[_Member]) -> _Direct | None:
+    if not members or any(m.flat is None for m in members):
+        return None
+    row_ptrs = _gather_remap.row_pointers([m.reader.row_ptr for m in members])
+    if row_ptrs is None:
+        return None
+    groups: dict[tuple, list[int]] = {}
+    for k, m in enumerate(members):
+        data, cols = m.flat
+        groups.setdefault((np.uint16 if m.f16 else data.dtype, cols.dtype, m.f16), []).append(k)
+    parts, group_of = [], np.empty(len(members), np.int64)
+    for g, ((dd, cd, f16), ks) in enumerate(groups.items()):
+        arrays = [(np.empty(0, dd), np.empty(0, cd))] * len(members)
+        for k in ks:
+            data, cols = members[k].flat
+            arrays[k] = (data.view(np.uint16) if f16 else data, cols)
+        parts.append((f16, arrays, _gather_remap.member_pointers(arrays)))
+        group_of[ks] = g
+    return _Direct(row_ptrs, np.array([len(m.flat[0]) for m in members], np.int64), group_of, parts)
+
+
 class AtlasBackend:
     """Batches of an atlas's rows (global row ids, any order, repeats allowed) on the CPU.
 
@@ -183,6 +232,8 @@ class AtlasBackend:
         self._sort = np.array([m.sort for m in members], np.bool_)
         self._f16 = np.array([m.f16 for m in members], np.bool_)
         self._paths = [m.path for m in members]
+        self._offsets = np.ascontiguousarray(self.atlas.offsets, np.int64)
+        self._direct = _direct_route(members)
         self._outputs = BufferPool()
         self._warm_up()
         if self._sort.any():
@@ -227,6 +278,8 @@ class AtlasBackend:
             if key not in seen:
                 seen.add(key)
                 _gather_remap.warm_up(*key, [self._out_dtypes(0)])
+        if self._direct is not None:  # compiles (or loads) the planner now, not in the first batch
+            _gather_remap.plan_members(self._direct.row_ptrs, self._direct.n_data, self._offsets, np.zeros(0, np.int64))
 
     def batch(self, rows) -> Batch:
         opts, stages = self.options, self.stages
@@ -246,7 +299,10 @@ class AtlasBackend:
         """The rows' values and vocabulary columns, packed in request order, and their pointers.
 
         Each member's rows are planned (and, unless flat, read) apart; then members that share
-        dtypes go through the count and copy passes together, one launch each."""
+        dtypes go through the count and copy passes together, one launch each. When every member
+        is read in place, :meth:`_gather_direct` plans them all in one compiled pass instead."""
+        if self._direct is not None:
+            return self._gather_direct(rows)
         member, local = self.atlas.locate(rows)
         order = np.argsort(member, kind="stable") if np.any(member[1:] < member[:-1]) else np.arange(len(rows))
         grouped = member[order]
@@ -259,7 +315,6 @@ class AtlasBackend:
             data, cols, starts = m.fetch(plan)
             key = (data.dtype, cols.dtype, m.f16)
             groups.setdefault(key, []).append((k, pos, data, cols, starts, np.diff(plan.in_ptr)))
-        out_len = np.zeros(len(rows), np.int64)
         passes = []
         for (dd, cd, f16), parts in groups.items():
             arrays = [(np.empty(0, dd), np.empty(0, cd))] * len(self.members)
@@ -267,23 +322,55 @@ class AtlasBackend:
                 arrays[k] = (data, cols)
             pos, mem, starts, lens = (np.concatenate(x) for x in zip(*[
                 (p, np.full(len(p), k, np.int64), st, ln) for k, p, _, _, st, ln in parts]))
-            kept = lens
-            if self._drops[mem].any():
-                kept = _gather_remap.count_kept(arrays, mem, starts, lens, self._widths, self._maps, self._map_at,
-                                                archives=self._paths, rows=local[pos])
-            out_len[pos] = kept
-            passes.append((f16, arrays, pos, mem, starts, lens))
-        out_ptr = np.zeros(len(rows) + 1, np.int64)
+            passes.append(_Pass(f16, arrays, None, pos, mem, local[pos], starts, lens))
+        return self._copy(len(rows), member, passes)
+
+    def _gather_direct(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`_gather` for atlases of local flat members: one compiled pass plans every row
+        (member, span, checked), and the passes read the members through pointers made at open.
+        Random batches of 64 rows over ten members spent ~130 us of Python planning per member
+        touched before (0.24 of one flattened archive's cells/s)."""
+        d = self._direct
+        status, i, member, local, starts, lens = _gather_remap.plan_members(d.row_ptrs, d.n_data, self._offsets, rows)
+        if status == 1:
+            raise IndexError(f"row {int(rows[i])} out of range for an atlas of {self.n_rows} rows")
+        if status == 2:
+            r = self.members[int(member[i])].reader
+            j = int(local[i])
+            lo, hi = (int(r.row_ptr[j]), int(r.row_ptr[j + 1])) if j + 1 < len(r.row_ptr) else (-1, -1)
+            raise span_error(r.path, j, lo, hi, r.n_data)
+        if len(d.parts) == 1:  # one dtype group: every row in one pass, nothing to select
+            f16, arrays, ptrs = d.parts[0]
+            return self._copy(len(rows), member, [_Pass(f16, arrays, ptrs, None, member, local, starts, lens)])
+        passes = []
+        for g, (f16, arrays, ptrs) in enumerate(d.parts):
+            pos = np.flatnonzero(d.group_of[member] == g)
+            if len(pos):
+                passes.append(_Pass(f16, arrays, ptrs, pos, member[pos], local[pos], starts[pos], lens[pos]))
+        return self._copy(len(rows), member, passes)
+
+    def _copy(self, n_rows: int, member: np.ndarray, passes: list["_Pass"]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Size every row (the count pass where a member drops genes), then run each pass's copy into
+        the batch's outputs; ``pos`` None: the pass holds every row of the batch, in order."""
+        out_len = np.zeros(n_rows, np.int64)
+        for p in passes:
+            kept = p.lens
+            if self._drops[p.member].any():
+                kept = _gather_remap.count_kept(p.arrays, p.member, p.starts, p.lens, self._widths, self._maps,
+                                                self._map_at, archives=self._paths, rows=p.local, ptrs=p.ptrs)
+            out_len[slice(None) if p.pos is None else p.pos] = kept
+        out_ptr = np.zeros(n_rows + 1, np.int64)
         np.cumsum(out_len, out=out_ptr[1:])
         nnz = int(out_ptr[-1])
         vd, idt = self._out_dtypes(nnz)
         values, out_cols = self._outputs.empty(nnz, vd), self._outputs.empty(nnz, idt)
         # float16 members move as their bits (numba has no float16), cast where they landed
-        halves = np.empty(nnz, np.uint16) if any(p[0] for p in passes) else None
-        for f16, arrays, pos, mem, starts, lens in passes:
-            _gather_remap.gather_remap(arrays, mem, starts, lens, out_ptr[pos], self._widths, self._maps, self._map_at,
-                                       self._drops, self._sort, halves if f16 else values, out_cols,
-                                       identity=self._identity, archives=self._paths, rows=local[pos])
+        halves = np.empty(nnz, np.uint16) if any(p.f16 for p in passes) else None
+        for p in passes:
+            dest = out_ptr[:-1] if p.pos is None else out_ptr[p.pos]
+            _gather_remap.gather_remap(p.arrays, p.member, p.starts, p.lens, dest, self._widths, self._maps,
+                                       self._map_at, self._drops, self._sort, halves if p.f16 else values, out_cols,
+                                       identity=self._identity, archives=self._paths, rows=p.local, ptrs=p.ptrs)
         if halves is not None:
             where = np.repeat(self._f16[member], out_len)
             values[where] = halves[where].view(np.float16)

@@ -243,6 +243,70 @@ def _remap_parallel(ptrs, member, starts, lens, dest, widths, maps, map_at, drop
     return -1 if bad == 0 else _first_bad(data_at, cols_at, sizes, data_ex, cols_ex, member, starts, lens, widths)
 
 
+# Row pointer dtypes the compiled planner reads (a member with another takes the per-member route;
+# small archives store 8- and 16-bit pointers).
+ROW_PTR_KINDS = {np.dtype(t): k for k, t in enumerate((np.uint8, np.uint16, np.uint32, np.uint64, np.int32, np.int64))}
+
+
+@numba.njit(inline="always", **_JIT)
+def _row_ptr_at(at, kind, n, j):  # pragma: no cover - compiled
+    """``row_ptr[j]`` of a member as int64 (a uint64 pointer >= 2**63 turns negative: the check fails)."""
+    p = _voidptr(at)
+    if kind == 0:
+        return np.int64(numba.carray(p, n, np.uint8)[j])
+    if kind == 1:
+        return np.int64(numba.carray(p, n, np.uint16)[j])
+    if kind == 2:
+        return np.int64(numba.carray(p, n, np.uint32)[j])
+    if kind == 3:
+        return np.int64(numba.carray(p, n, np.uint64)[j])
+    if kind == 4:
+        return np.int64(numba.carray(p, n, np.int32)[j])
+    return numba.carray(p, n, np.int64)[j]
+
+
+@numba.njit(**_JIT)
+def _plan_members(rp_at, rp_n, rp_kind, n_data, offsets, rows, member, local, starts, lens):  # pragma: no cover
+    """Each global row's member, member row, first value and length, every span checked as
+    ``_gather._plan`` checks one archive's. Returns (status, index): 0 ok, 1 row outside the atlas,
+    2 a span its member's ``row_ptr`` gets wrong."""
+    last = offsets.shape[0] - 1
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        if r < 0 or r >= offsets[last]:
+            return 1, i
+        k = np.searchsorted(offsets, r, side="right") - 1  # empty members are stepped over
+        j = r - offsets[k]
+        member[i], local[i] = k, j
+        if j + 1 >= rp_n[k]:
+            return 2, i
+        lo = _row_ptr_at(rp_at[k], rp_kind[k], rp_n[k], j)
+        hi = _row_ptr_at(rp_at[k], rp_kind[k], rp_n[k], j + 1)
+        if lo < 0 or hi < lo or hi > n_data[k]:
+            return 2, i
+        starts[i], lens[i] = lo, hi - lo
+    return 0, -1
+
+
+def row_pointers(row_ptrs: Sequence[np.ndarray]) -> tuple | None:
+    """What :func:`plan_members` reads the members' ``row_ptr`` through (addresses, lengths, dtype
+    kinds); None when one is of a dtype it does not read or not contiguous. The caller keeps the
+    arrays alive."""
+    if any(np.dtype(r.dtype) not in ROW_PTR_KINDS or not r.flags.c_contiguous or len(r) == 0 for r in row_ptrs):
+        return None
+    return (np.array([r.ctypes.data for r in row_ptrs], np.int64), np.array([len(r) for r in row_ptrs], np.int64),
+            np.array([ROW_PTR_KINDS[np.dtype(r.dtype)] for r in row_ptrs], np.int64))
+
+
+def plan_members(pointers: tuple, n_data: np.ndarray, offsets: np.ndarray, rows: np.ndarray):
+    """``(member, local, starts, lens)`` of global ``rows`` (int64), in one compiled pass.
+    Raises ``(1, i)``/``(2, i)`` as a status for the caller to name: see :func:`_plan_members`."""
+    n = len(rows)
+    member, local, starts, lens = (np.empty(n, np.int64) for _ in range(4))
+    status, i = _plan_members(*pointers, n_data, offsets, rows, member, local, starts, lens)
+    return status, int(i), member, local, starts, lens
+
+
 def member_pointers(arrays: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple:
     """What the passes read members through: each member's value and column addresses and length,
     and a 0-length array of each dtype (all members alike). The caller keeps ``arrays`` alive."""
@@ -280,13 +344,14 @@ def _bad_column(ptrs_arrays, member, starts, lens, widths, i: int, archives, row
     return column_error(where, int(rows[i]) if rows is not None else i, c, width, file=file)
 
 
-def count_kept(arrays, member, starts, lens, widths, maps, map_at, *, archives=None, rows=None) -> np.ndarray:
+def count_kept(arrays, member, starts, lens, widths, maps, map_at, *, archives=None, rows=None,
+               ptrs=None) -> np.ndarray:
     """Entries of each row its member's map keeps (int64). ``arrays``: each member's ``(values,
     columns)``; ``member``/``starts``/``lens``: each row's member, first value and length. A column
     ``>= widths[k]`` raises ``ArchiveError`` naming ``col_ptr.npy`` under ``archives[k]`` (or
     ``archives[k]`` itself when it is a ``.npy`` file) and the member row ``rows[i]``."""
     kept = np.empty(len(starts), np.int64)
-    args = (member_pointers(arrays), member, starts, lens, widths, maps, map_at, kept)
+    args = (member_pointers(arrays) if ptrs is None else ptrs, member, starts, lens, widths, maps, map_at, kept)
     bad = _run(_count_serial, _count_parallel, args, int(lens.sum()), len(starts))
     if bad >= 0:
         raise _bad_column(arrays, member, starts, lens, widths, bad, archives, rows)
@@ -294,17 +359,18 @@ def count_kept(arrays, member, starts, lens, widths, maps, map_at, *, archives=N
 
 
 def gather_remap(arrays, member, starts, lens, dest, widths, maps, map_at, drops, sort, out_vals, out_cols, *,
-                 identity=None, archives=None, rows=None) -> None:
+                 identity=None, archives=None, rows=None, ptrs=None) -> None:
     """Copy row ``i`` (``lens[i]`` entries from ``starts[i]`` of member ``member[i]``'s arrays) to
     ``dest[i]`` in ``out_vals``/``out_cols``: values cast to ``out_vals``'s dtype, columns through
     the member's map (dropping ``-1`` where ``drops[k]``: then :func:`count_kept` sized the rows),
     sorted inside the row where ``sort[k]``, copied as they are where ``identity[k]`` (default: no
-    member). Raises ``ArchiveError`` as :func:`count_kept`."""
+    member). Raises ``ArchiveError`` as :func:`count_kept`. ``ptrs``: :func:`member_pointers` of
+    ``arrays``, when the caller made it once for many batches."""
     for a in (member, starts, lens, dest):
         if a.dtype != np.int64 or len(a) != len(starts):
             raise ValueError("member, starts, lens and dest must be int64 arrays of one length")
     identity = np.zeros(len(drops), np.bool_) if identity is None else np.asarray(identity, np.bool_)
-    args = (member_pointers(arrays), member, starts, lens, dest, widths, maps, map_at, drops, identity, sort, out_vals,
+    args = (member_pointers(arrays) if ptrs is None else ptrs, member, starts, lens, dest, widths, maps, map_at, drops, identity, sort, out_vals,
             out_cols, _via_double(arrays[0][0].dtype, out_vals))
     bad = _run(_remap_serial, _remap_parallel, args, int(lens.sum()), len(starts))
     if bad >= 0:
@@ -349,4 +415,5 @@ def warm_up(data_dtype, col_dtype, outputs) -> None:
             run(ptrs, zero, zero, one, zero, one, maps, map_at, flags, flags, flags, out_v, out_c, False)
 
 
-__all__ = ["concat_maps", "count_kept", "gather_remap", "gather_remap_reference", "member_pointers", "warm_up"]
+__all__ = ["concat_maps", "count_kept", "gather_remap", "gather_remap_reference", "member_pointers", "plan_members",
+           "row_pointers", "warm_up"]

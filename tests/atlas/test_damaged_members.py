@@ -56,13 +56,14 @@ def _poke(path: Path, name: str, index: int, value: int) -> None:
         f.write(np.array([value], dtype).tobytes())
 
 
-def _atlas(tmp: Path) -> tuple[Path, Path, int]:
+def _atlas(tmp: Path, chunked: bool = True) -> tuple[Path, Path, int]:
     """An atlas whose second member (rows 20..39, permuted genes) gets damaged; returns the atlas,
-    that member, and the global id of its row ROW."""
+    that member, and the global id of its row ROW. Without a ``chunked`` member every row is planned
+    by the backend's one compiled pass over all members."""
     rng = np.random.default_rng(4)
     m0 = make_member(tmp, 0, 20, ALL_GENES[:30])[0]
     m1 = make_member(tmp, 1, 20, list(rng.permutation(ALL_GENES[5:25])), data_dtype="uint16")[0]
-    m2 = make_member(tmp, 2, 20, ALL_GENES[10:], chunk_size=7)[0]
+    m2 = make_member(tmp, 2, 20, ALL_GENES[10:], **(dict(chunk_size=7) if chunked else {}))[0]
     create_atlas(tmp / "atlas", [m0, m1, m2])
     return tmp / "atlas", m1, 20 + ROW
 
@@ -89,9 +90,10 @@ def _run(atlas: Path, row: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.parametrize("chunked", [True, False], ids=["with_chunked", "all_flat"])
 @pytest.mark.parametrize("kind", ["row_ptr_not_monotone", "row_ptr_beyond_values", "column_not_below_width"])
-def test_every_atlas_read_path_raises_archive_error(tmp_path, kind):
-    atlas, member, row = _atlas(tmp_path)
+def test_every_atlas_read_path_raises_archive_error(tmp_path, kind, chunked):
+    atlas, member, row = _atlas(tmp_path, chunked)
     culprit = _damage(member, kind)
     for name, got in _run(atlas, row).items():
         assert got is not None, f"{name} read the damaged member without an error"

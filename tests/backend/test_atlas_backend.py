@@ -20,10 +20,12 @@ def members(tmp_path_factory):
     return make_members(tmp_path_factory.mktemp("members"))
 
 
-@pytest.fixture(scope="module")
-def varied(tmp_path_factory):
+@pytest.fixture(scope="module", params=["with_chunked", "all_flat"])
+def varied(tmp_path_factory, request):
     """One member per stored value dtype, each with its own quirk: permuted gene order, empty rows,
-    unsorted columns, the chunked layout, genes other members lack."""
+    unsorted columns, the chunked layout (``all_flat``: none, so the backend plans every row in one
+    compiled pass), genes other members lack."""
+    flat = request.param == "all_flat"
     tmp = tmp_path_factory.mktemp("varied")
     rng = np.random.default_rng(3)
     quirks = [
@@ -38,6 +40,8 @@ def varied(tmp_path_factory):
     out = []
     for k, (dt, q) in enumerate(zip(DTYPES, quirks)):
         q = dict(q)
+        if flat:
+            q.pop("chunk_size", None)
         out.append(make_member(tmp, k, 11 + 3 * k, q.pop("genes"), q.pop("empty_rows", ()), data_dtype=dt, **q))
     return tmp, out
 
@@ -96,6 +100,8 @@ def test_every_stored_dtype_and_quirk(varied, value_dtype, launch):
     assert not atlas.members[1].monotone and not atlas.members[2].rows_sorted
     expected = expected_rows(mem, list(atlas.genes))
     backend = AtlasBackend(atlas.root, BatchOptions(value_dtype=value_dtype))
+    chunked = any((p / "chunk_00000").is_dir() for p, _ in mem)
+    assert (backend._direct is None) == chunked  # the one-pass planner serves atlases of flat members
     for name, rows in _orders(atlas.n_rows).items():
         b = backend.batch(rows)
         assert b.values.numpy().dtype == np.dtype(value_dtype)
@@ -253,3 +259,28 @@ def test_long_rows_of_a_permuted_member_sort_like_the_reference(width, launch):
         _gather_remap.gather_remap([(data, cols)], mem, starts, lens, ptr[:-1], widths, maps, map_at,
                                    np.array([drops]), np.array([True]), out_v, out_c)
         assert np.array_equal(out_c, want_c) and np.array_equal(out_v, want_v)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "uint32", "uint64", "int32", "int64"])
+def test_the_one_pass_planner_equals_planning_each_member(dtype):
+    rng = np.random.default_rng(5)
+    sizes = [7, 0, 12, 1, 0, 9]  # empty members are stepped over
+    ptrs = [np.concatenate([[0], np.cumsum(rng.integers(0, 9, n))]).astype(dtype) for n in sizes]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    n_data = np.array([int(p[-1]) + 3 for p in ptrs], np.int64)  # value files may run past the last row
+    pointers = _gather_remap.row_pointers(ptrs)
+    rows = np.concatenate([rng.integers(0, offsets[-1], 200), [0, offsets[-1] - 1]]).astype(np.int64)
+    status, _, member, local, starts, lens = _gather_remap.plan_members(pointers, n_data, offsets, rows)
+    assert status == 0
+    expect_member = np.searchsorted(offsets, rows, side="right") - 1
+    assert np.array_equal(member, expect_member) and np.array_equal(local, rows - offsets[member])
+    for i, (k, j) in enumerate(zip(member, local)):
+        assert starts[i] == int(ptrs[k][j]) and lens[i] == int(ptrs[k][j + 1]) - int(ptrs[k][j])
+    assert _gather_remap.plan_members(pointers, n_data, offsets, np.array([3, offsets[-1]]))[:2] == (1, 1)
+    assert _gather_remap.plan_members(pointers, n_data, offsets, np.array([-1]))[:2] == (1, 0)
+    bad = [p.copy() for p in ptrs]
+    bad[2][4] = bad[2][5] + 1  # not monotone: row 4 of member 2 ends before it starts (row 3 is fine)
+    status, i, member, local, *_ = _gather_remap.plan_members(_gather_remap.row_pointers(bad), n_data, offsets,
+                                                              np.array([0, 7 + 3, 7 + 4]))
+    assert (status, i, int(member[i]), int(local[i])) == (2, 2, 2, 4)
+    assert _gather_remap.row_pointers([ptrs[0].astype(np.float32)]) is None  # not a pointer dtype: the other route
