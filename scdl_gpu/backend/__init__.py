@@ -44,7 +44,8 @@ def get_backend(archive: str | os.PathLike, device: str = "auto", options: Batch
     into host memory and gathered there (on a GPU, the host reader: kvikio reads local files only).
 
     An atlas (a directory, or a URL, with an ``atlas.json``) gets an
-    :class:`~scdl_gpu.backend._atlas.AtlasBackend` on the CPU.
+    :class:`~scdl_gpu.backend._atlas.AtlasBackend` (its batches assembled on the host); with
+    ``device="cuda"`` they are copied to the GPU (``"auto"`` picks the CPU for an atlas).
 
     ``cache_bytes``: decoded chunks kept of a compressed archive (default 128 MiB; decoded on the
     host on either device).
@@ -76,22 +77,35 @@ def remote_location(archive) -> bool:
 
 
 def _atlas_backend(atlas, device: str, options, residency: str, gpu_kwargs: dict, storage_options: dict | None):
-    """An atlas is read on the CPU: GPU batches over an atlas (members' rows gathered and remapped
-    by a CUDA kernel) are not built yet, so ``device="cuda"`` is refused and ``"auto"`` picks the CPU."""
-    if str(device).lower().startswith("cuda"):
-        raise ValueError(f"device={device!r}: batches over an atlas are assembled on the CPU for now; "
-                         "use device='cpu' or 'auto' (move each batch to the GPU in the training step)")
-    resolve_device(device)  # a bad device name is still an error
+    """An atlas's batches are assembled on the host (:class:`~._atlas.AtlasBackend`); with
+    ``device="cuda"`` (or ``"cuda:N"``) they are then copied to that GPU
+    (:class:`~._atlas_gpu.AtlasGPUBackend`). ``"auto"`` picks the CPU for an atlas: its GPU route
+    is the host route, not yet measured on a GPU."""
+    on_gpu = str(device).lower().startswith("cuda")
+    if not on_gpu:
+        resolve_device(device)  # a bad device name is still an error
     if residency in ("device", "pinned") or gpu_kwargs:
-        raise ValueError(f"residency={residency!r} / {sorted(gpu_kwargs)}: an atlas is read on the CPU, from its "
-                         "members' maps (residency 'auto' or 'stream')")
+        raise ValueError(f"residency={residency!r} / {sorted(gpu_kwargs)}: an atlas's batches are assembled on the "
+                         "host from its members' maps (residency 'auto' or 'stream'), then copied to a GPU")
+    if on_gpu:
+        resolve_device(device)  # no usable GPU: a clear error before any member is opened
     from ._atlas import AtlasBackend
 
     if remote_location(atlas):
-        return AtlasBackend.open_remote(atlas, options, storage_options)
-    if storage_options:
+        host = AtlasBackend.open_remote(atlas, options, storage_options)
+    elif storage_options:
         raise ValueError(f"storage_options are for atlases at a URL; {atlas} is a local path")
-    return AtlasBackend(atlas, options)
+    else:
+        host = AtlasBackend(atlas, options)
+    if not on_gpu:
+        return host
+    from ._atlas_gpu import AtlasGPUBackend
+
+    try:
+        return AtlasGPUBackend(host, device if ":" in str(device) else None)
+    except BaseException:
+        host.close()
+        raise
 
 
 __all__ = ["RESIDENCIES", "Backend", "Batch", "BatchOptions", "get_backend", "gpu_available", "kvikio_available",

@@ -109,6 +109,23 @@ class DeviceContext:
         self.stream.synchronize()
 
 
+class OnDevice:
+    """The loader's hand-off hooks of a backend that works on ``self.ctx`` (a :class:`DeviceContext`):
+    the producing thread runs on the backend's device and stream, each batch is handed over with
+    an event the consumer's stream waits on."""
+
+    ctx: DeviceContext
+
+    def producing(self):
+        return self.ctx.activate()
+
+    def ready_event(self):
+        return self.ctx.record()
+
+    def handoff(self, ready, tensors) -> None:
+        self.ctx.handoff(ready, tensors)
+
+
 class _Active:
     def __init__(self, ctx: DeviceContext) -> None:
         self.ctx = ctx

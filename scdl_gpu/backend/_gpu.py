@@ -31,6 +31,7 @@ from ._assemble import assemble, to_batch
 from ._base import Backend, available_host_memory
 from ._batch import Batch, BatchOptions
 from ._detect import kvikio_available, resolve_device
+from ._device import OnDevice
 from ._plan import RowPlan, as_row_ids
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ READERS = ("auto", "kvikio", "host")
 LOAD_CHUNK_VALUES = 1 << 26  #: values per step while copying resident rows (bounded host staging)
 
 
-class GPUBackend(Backend):
+class GPUBackend(OnDevice, Backend):
     """Batches as CUDA torch tensors sharing CuPy's buffers (zero copy, on the backend's stream).
 
     device
@@ -268,16 +269,6 @@ class GPUBackend(Backend):
             what.append(f"a column not below {self.archive_cols} (from {FileNames.COLPTR.value})")
         return ArchiveError(f"{self.path}: the gather kernel read {' and '.join(what)} in the {self.residency} "
                             "copy; the resident rows were checked when loaded, so device memory was overwritten")
-
-    # -- hand-off to the consumer ----------------------------------------------------------------------
-    def producing(self):
-        return self.ctx.activate()
-
-    def ready_event(self):
-        return self.ctx.record()
-
-    def handoff(self, ready, tensors) -> None:
-        self.ctx.handoff(ready, tensors)
 
     def close(self) -> None:
         if self._files is not None:

@@ -113,7 +113,7 @@ class SingleCellLoader:
         credentials otherwise come from the usual environment and configuration files. An atlas's
         members are read with them too (a member at a URL of another protocol, with its defaults).
     cache_bytes
-        A compressed archive's decoded chunks kept in memory (default 512 MiB).
+        A compressed archive's decoded chunks kept in memory (default 128 MiB).
     prefetch
         Batches assembled ahead by a background thread (0: none). Default: 2 on a GPU (the host
         thread builds the next batches while the device trains), 0 on the CPU, where the compiled

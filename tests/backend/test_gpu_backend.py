@@ -183,3 +183,20 @@ def test_subnormals_are_the_one_documented_difference(tmp_path):
         sub = np.abs(cpu) < np.finfo(np.float32).tiny
         np.testing.assert_array_equal(gpu[~sub], cpu[~sub])
         assert np.all((gpu[sub] == 0) | (gpu[sub] == cpu[sub]))
+
+
+def test_an_atlas_on_the_gpu_equals_the_cpu(tmp_path):
+    """The atlas's host route on a real device: batches copied to the GPU equal the host's."""
+    from scdl_gpu.atlas import create_atlas
+    from tests.atlas.members import make_members
+
+    root = create_atlas(tmp_path / "atlas", [p for p, _ in make_members(tmp_path)]).root
+    for opts in (BatchOptions(), BatchOptions(dense=True, target_sum=100.0, log1p=True)):
+        gpu, cpu = get_backend(root, device="cuda", options=opts), get_backend(root, device="cpu", options=opts)
+        rows = np.random.default_rng(0).integers(0, gpu.n_rows, 50)
+        g, c = gpu.batch(rows), cpu.batch(rows)
+        for name in ("crow", "col", "values", "dense"):
+            a, b = getattr(g, name), getattr(c, name)
+            assert (a is None) == (b is None)
+            if a is not None:
+                assert a.is_cuda and torch.equal(a.cpu(), b), name
