@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
 from ..archive._bounds import span_error
 from ..archive._reader import rows_sorted
@@ -33,7 +32,7 @@ from ..errors import ArchiveError
 from . import _gather_remap
 from . import _reference as reference
 from ._assemble import assemble, to_batch
-from ._batch import Batch, BatchOptions
+from ._batch import Batch, BatchOptions, host_tensor
 from ._plan import RowPlan, as_row_ids, plan_rows
 from ._pool import BufferPool
 from ._stages import NO_STAGES
@@ -289,11 +288,12 @@ class AtlasBackend:
         shape = (len(rows), self.width)
         if self._plain:
             with stages("dlpack"):
-                return Batch(rows, shape, crow=_t(out_ptr.astype(cols.dtype)), col=_t(cols), values=_t(values), sorted=True)
+                return Batch(rows, shape, crow=host_tensor(out_ptr.astype(cols.dtype)), col=host_tensor(cols),
+                             values=host_tensor(values), sorted=True)
         with stages("kernels"):
             out = assemble(reference, np, values, cols, out_ptr, opts, self.width, None)
         with stages("dlpack"):
-            return to_batch(types.SimpleNamespace(rows=rows), shape, out, _t, sorted=True)
+            return to_batch(types.SimpleNamespace(rows=rows), shape, out, host_tensor, sorted=True)
 
     def _gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The rows' values and vocabulary columns, packed in request order, and their pointers.
@@ -419,9 +419,6 @@ class AtlasBackend:
     def __repr__(self) -> str:
         return f"AtlasBackend({str(self.path)!r}, members={len(self.members)}, rows={self.n_rows}, width={self.width})"
 
-
-def _t(a: np.ndarray) -> torch.Tensor:
-    return torch.from_dlpack(np.ascontiguousarray(a))
 
 
 __all__ = ["AtlasBackend", "AtlasMemberReader", "open_member"]

@@ -109,3 +109,11 @@ class Batch:
         return torch.sparse_csr_tensor(
             self.crow, self.col, self.values, size=self.shape, check_invariants=check_invariants
         )
+
+
+def host_tensor(a: np.ndarray) -> torch.Tensor:
+    """A host array as a CPU tensor sharing its memory (the tensor keeps the array alive, as the
+    buffer pool needs). ``torch.from_numpy`` takes ~0.45 us against DLPack's ~1.15 us, three times a
+    batch; read-only arrays (which it would warn about) still go through DLPack."""
+    a = np.ascontiguousarray(a)
+    return torch.from_numpy(a) if a.flags.writeable else torch.from_dlpack(a)

@@ -1,15 +1,14 @@
-"""CPU backend: the compiled gather over the archive's memory maps; batches reach torch through
-DLPack, no copy."""
+"""CPU backend: the compiled gather over the archive's memory maps; batches reach torch sharing the
+output arrays' memory, no copy."""
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from . import _reference as reference
 from ._assemble import assemble, to_batch
 from ._base import Backend
-from ._batch import Batch
+from ._batch import Batch, host_tensor
 from ._pool import BufferPool
 
 
@@ -42,12 +41,12 @@ class CPUBackend(Backend):
                 vals, cols = self.gather_native(plan)
         if self._plain:
             with stages("dlpack"):
-                return Batch(plan.rows, (plan.n_rows, self.width), crow=_t(crow), col=_t(col), values=_t(values),
-                             sorted=True)
+                return Batch(plan.rows, (plan.n_rows, self.width), crow=host_tensor(crow), col=host_tensor(col),
+                             values=host_tensor(values), sorted=True)
         with stages("kernels"):
             out = assemble(reference, np, vals, cols, plan.in_ptr, opts, self.width, opts.gene_remap)
         with stages("dlpack"):
-            return to_batch(plan, (plan.n_rows, self.width), out, _t, sorted=opts.gene_remap is None)
+            return to_batch(plan, (plan.n_rows, self.width), out, host_tensor, sorted=opts.gene_remap is None)
 
     @property
     def _plain(self) -> bool:
@@ -57,6 +56,3 @@ class CPUBackend(Backend):
         transforms = opts.dense or opts.log1p or opts.target_sum is not None or opts.gene_remap is not None
         return not transforms and self.data.dtype != np.float16 and opts.value_dtype != "float16"
 
-
-def _t(a: np.ndarray) -> torch.Tensor:
-    return torch.from_dlpack(np.ascontiguousarray(a))

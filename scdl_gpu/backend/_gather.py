@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
@@ -134,9 +135,56 @@ def _copy_row(data, cols, s, o, n, width, out_vals, out_cols, via_double, sort):
     return True
 
 
+# Random rows wait on memory at every row start (two new streams, a TLB miss each): the first
+# PREFETCH_LINES cache lines of both spans of the row PREFETCH_AHEAD places on are asked for while
+# this row copies. Measured on 2 cores, random uint16 rows into float32: +18% at 64 rows a batch,
+# +17% at 4,096 (median of 5 interleaved repeats); 8 lines or 16 rows ahead gained less.
+PREFETCH_LINES = 16
+PREFETCH_AHEAD = 4
+
+
+@intrinsic
+def _prefetch(typingctx, arr, idx):  # pragma: no cover - compiled
+    """``llvm.prefetch`` of ``arr[idx]`` for reading, into every cache level: a hint, never a fault."""
+    if not isinstance(arr, types.Array) or not isinstance(idx, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        aty = signature.args[0]
+        ary = context.make_array(aty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aty, ary, [args[1]], wraparound=False)
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [cgutils.voidptr_t, i32, i32, i32]),
+                                            "llvm.prefetch.p0i8")
+        builder.call(fn, [builder.bitcast(ptr, cgutils.voidptr_t), ir.Constant(i32, 0), ir.Constant(i32, 3),
+                          ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(arr, idx), codegen
+
+
+@numba.njit(inline="always", **_JIT)
+def _prefetch_row(data, cols, starts, in_ptr, j):  # pragma: no cover - compiled
+    """Ask for the first lines of row ``j``'s values and columns (none past the batch)."""
+    if j < starts.shape[0]:
+        prefetch_span(data, cols, starts[j], in_ptr[j + 1] - in_ptr[j])
+
+
+@numba.njit(inline="always", **_JIT)
+def prefetch_span(data, cols, s, n):  # pragma: no cover - compiled
+    """Ask for the first PREFETCH_LINES lines of ``data[s:s+n]`` and ``cols[s:s+n]`` (inside the span)."""
+    dstep, cstep = 64 // data.itemsize, 64 // cols.itemsize
+    for k in range(PREFETCH_LINES):
+        if k * dstep < n:
+            _prefetch(data, s + k * dstep)
+        if k * cstep < n:
+            _prefetch(cols, s + k * cstep)
+
+
 @numba.njit(**_JIT)
 def _gather_serial(data, cols, starts, in_ptr, width, out_vals, out_cols, via_double, sort):  # pragma: no cover
     for i in range(starts.shape[0]):
+        _prefetch_row(data, cols, starts, in_ptr, i + PREFETCH_AHEAD)
         o = in_ptr[i]
         if not _copy_row(data, cols, starts[i], o, in_ptr[i + 1] - o, width, out_vals, out_cols, via_double, sort):
             return i
@@ -147,6 +195,7 @@ def _gather_serial(data, cols, starts, in_ptr, width, out_vals, out_cols, via_do
 def _gather_parallel(data, cols, starts, in_ptr, width, out_vals, out_cols, via_double, sort):  # pragma: no cover
     bad = 0
     for i in numba.prange(starts.shape[0]):
+        _prefetch_row(data, cols, starts, in_ptr, i + PREFETCH_AHEAD)
         o = in_ptr[i]
         if not _copy_row(data, cols, starts[i], o, in_ptr[i + 1] - o, width, out_vals, out_cols, via_double, sort):
             bad += 1

@@ -30,7 +30,7 @@ import numba
 import numpy as np
 
 from ..archive._bounds import column_error
-from ._gather import _JIT, _forked, _launch, _sort_row, _via_double, _voidptr
+from ._gather import _JIT, PREFETCH_AHEAD, _forked, _launch, _sort_row, _via_double, _voidptr, prefetch_span
 
 
 def _run(serial, parallel, args, n: int, n_rows: int) -> int:
@@ -47,6 +47,14 @@ def _member(data_at, cols_at, sizes, data_ex, cols_ex, k):  # pragma: no cover -
     from every thread at once (measured 2-4x slower in parallel)."""
     return (numba.carray(_voidptr(data_at[k]), sizes[k], data_ex.dtype),
             numba.carray(_voidptr(cols_at[k]), sizes[k], cols_ex.dtype))
+
+
+@numba.njit(inline="always", **_JIT)
+def _prefetch_row(data_at, cols_at, sizes, data_ex, cols_ex, member, starts, lens, j):  # pragma: no cover
+    """The flat gather's read-ahead (``_gather.PREFETCH_LINES``) for row ``j`` of the pass, in its member."""
+    if j < starts.shape[0]:
+        data, cols = _member(data_at, cols_at, sizes, data_ex, cols_ex, member[j])
+        prefetch_span(data, cols, starts[j], lens[j])
 
 
 @numba.njit(inline="always", **_JIT)
@@ -225,6 +233,7 @@ def _remap_serial(ptrs, member, starts, lens, dest, widths, maps, map_at, drops,
                   via_double):  # pragma: no cover - compiled
     data_at, cols_at, sizes, data_ex, cols_ex = ptrs
     for i in range(starts.shape[0]):
+        _prefetch_row(data_at, cols_at, sizes, data_ex, cols_ex, member, starts, lens, i + PREFETCH_AHEAD)
         if not _remap_row(data_at, cols_at, sizes, data_ex, cols_ex, member, starts, lens, dest, widths, maps, map_at,
                           drops, identity, sort, out_vals, out_cols, via_double, i):
             return i
@@ -237,6 +246,7 @@ def _remap_parallel(ptrs, member, starts, lens, dest, widths, maps, map_at, drop
     data_at, cols_at, sizes, data_ex, cols_ex = ptrs
     bad = 0
     for i in numba.prange(starts.shape[0]):
+        _prefetch_row(data_at, cols_at, sizes, data_ex, cols_ex, member, starts, lens, i + PREFETCH_AHEAD)
         if not _remap_row(data_at, cols_at, sizes, data_ex, cols_ex, member, starts, lens, dest, widths, maps,
                           map_at, drops, identity, sort, out_vals, out_cols, via_double, i):
             bad += 1
