@@ -517,7 +517,8 @@ def run_profiles(specs: list[str], archive: Path, device: str, prefetch: int, se
         (out / f"profile_{device}.json").write_text(json.dumps(_report.portable(profiles, archive.parent), indent=2) + "\n")
         (out / f"profile_{device}.md").write_text(f"# `scdl-gpu profile` on {device} ({profiles[0]['system']['date']})\n\n"
                                                   "Written by `benchmarks/bench_loader.py` after its repeats, on the "
-                                                  "`scdl_gpu` archive.\n\n" + "\n".join(texts))
+                                                  "`scdl_gpu` archive.\n\n"
+                                                  + _report.portable("\n".join(texts), archive.parent))
     return profiles
 
 

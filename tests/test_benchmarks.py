@@ -293,3 +293,14 @@ def test_bench_atlas_end_to_end(tmp_path):
         "atlas_block4096_vs_flat", "atlas_materialized_block4096_vs_flat"]
     assert all(m["mapped_columns"] for m in json.loads((tmp_path / "w" / "atlas_materialized" / "atlas.json").read_text())["members"])
     assert str(tmp_path) not in (out / "atlas_cpu.json").read_text() and "| atlas | block | 4096 |" in (out / "atlas_cpu.md").read_text()
+
+
+def test_committed_results_name_no_machines_directories():
+    """Results are written with ``<workdir>`` (``_report.portable``) in place of where they ran."""
+    import re
+
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    absolute = re.compile(r"(?<![\w<>.])/(tmp|home|root|Users|var|mnt|scratch)/")
+    found = [f"{p.name}: {m.group(0)}" for p in sorted(results.glob("*")) if p.suffix in (".md", ".json")
+             for m in [absolute.search(p.read_text())] if m]
+    assert not found, found
