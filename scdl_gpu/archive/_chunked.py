@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import ArchiveError, ArchiveNotFoundError
 from ._constants import CHUNK_DIR_FORMAT, COMPRESSION_FILE, Backend, FileNames
 from ._header import ChunkedInfo, SCDLHeader
-from ._memmap import map_raw, map_values, raw_length
+from ._memmap import map_values, raw_length
 from ._parse import parsing
 
 __all__ = ["ChunkedStorage", "ChunkedVector", "chunk_dir", "open_chunked", "value_files"]
@@ -130,11 +130,6 @@ class ChunkedStorage:
         return self.dir(chunk) / member.value
 
 
-def _map(path: Path, dtype: str, n: int) -> np.ndarray:
-    with parsing(path):
-        return map_raw(path, dtype, n)
-
-
 def _open_chunk(root: Path, k: int, n_rows: int, dtypes: dict[str, str], values: bool = True):
     """Chunk ``k``'s arrays, checked: ``row_ptr`` has ``n_rows + 1`` entries, starts at 0, never
     decreases and ends at the length of the chunk's value and column files (not mapped, and
@@ -147,7 +142,13 @@ def _open_chunk(root: Path, k: int, n_rows: int, dtypes: dict[str, str], values:
     n = raw_length(rp_path, rp_dt)
     if n != n_rows + 1:
         raise ArchiveError(f"{rp_path} holds {n} row pointers; chunk {k} has {n_rows} rows (expected {n_rows + 1})")
-    rp = _map(rp_path, rp_dt, n)
+    with parsing(rp_path):
+        # read, not mapped: a chunk's pointers are small, and an archive of 10^8 rows has ~10^5 chunks,
+        # more maps than the kernel allows one process by default (vm.max_map_count, 65,530)
+        rp = np.fromfile(rp_path, dtype=rp_dt, count=n)
+    if len(rp) != n:
+        raise ArchiveError(f"{rp_path} holds {len(rp)} row pointers, expected {n} (it changed while read)")
+    rp.setflags(write=False)  # as a read-only map was
     if int(rp[0]) != 0:
         raise ArchiveError(f"{rp_path} starts at {int(rp[0])}, expected 0 (every chunk's row_ptr starts at 0)")
     if n > 1 and bool(np.any(rp[1:] < rp[:-1])):

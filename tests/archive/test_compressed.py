@@ -296,3 +296,17 @@ def test_upstream_wheel_refuses_a_compressed_archive(packed):
     out = subprocess.run([sys.executable, "-c", code, str(packed)], capture_output=True, text=True, timeout=120)
     assert "refused:" in out.stdout and "data.npy is missing" in out.stdout, out.stdout + out.stderr
     assert "Invalid backend value: 1001" in out.stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_opening_maps_no_file_per_chunk(flat, tmp_path):
+    """An archive of 10^8 rows has ~10^5 chunks, more maps than a process may hold by default
+    (vm.max_map_count 65,530): chunk row pointers are read, and frames are mapped only to decode."""
+    out = tmp_path / "many"
+    compress_archive(flat, out, chunk_size=1)
+    a = open_arrays(out)
+    assert a.chunks.num_chunks == N_ROWS
+    with open("/proc/self/maps") as f:
+        maps = [line for line in f if str(out) in line]
+    assert maps == []
+    assert not a.chunks.row_ptr[0].flags.writeable
