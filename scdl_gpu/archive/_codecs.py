@@ -122,7 +122,8 @@ class Pipeline:
 def _unshuffle(src: np.ndarray, dst: np.ndarray, itemsize: int) -> None:
     """numcodecs' Shuffle decode: byte ``j`` of item ``i`` is at ``src[j * n + i]``. Items of 2, 4 and 8
     bytes are rebuilt whole from their byte planes (little-endian, as the format stores them), which
-    vectorises: 2-byte items went from 0.6 to ~8 GB/s against the byte-by-byte loop, the fallback."""
+    vectorises: a 256 KiB frame of 2-byte items (in cache) went from 2.7 to ~60 GB/s against the
+    byte-by-byte loop, the fallback."""
     n = dst.size // itemsize
     if itemsize in _WHOLE and dst.size == n * itemsize and dst.ctypes.data % itemsize == 0:
         _WHOLE[itemsize](src, dst.view(f"<u{itemsize}"), n)

@@ -328,8 +328,8 @@ class AtlasBackend:
     def _gather_direct(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`_gather` for atlases of local flat members: one compiled pass plans every row
         (member, span, checked), and the passes read the members through pointers made at open.
-        Random batches of 64 rows over ten members spent ~130 us of Python planning per member
-        touched before (0.24 of one flattened archive's cells/s)."""
+        Random batches of 64 rows over ten members spent ~125 us of their ~200 in per-member Python
+        planning before (then 317k cells/s; 634-679k after)."""
         d = self._direct
         status, i, member, local, starts, lens = _gather_remap.plan_members(d.row_ptrs, d.n_data, self._offsets, rows)
         if status == 1:
