@@ -152,6 +152,8 @@ class _Direct:
 
 
 def _direct_route(members: list[_Member]) -> _Direct | None:
+    """The one-pass route when every member is a local flat archive (else None). The parts' arrays
+    keep the members' maps alive as long as the pointers to them are used."""
     if not members or any(m.flat is None for m in members):
         return None
     row_ptrs = _gather_remap.row_pointers([m.reader.row_ptr for m in members])
