@@ -21,7 +21,10 @@ block (64 rows flat; one whole 1,024-row chunk compressed), timed over the first
 ``--batches`` batches of an epoch (loader construction included), cold (every file of the archive
 dropped from the page cache with ``posix_fadvise(DONTNEED)`` first, as ``scdl-gpu bench --cold``)
 and warm (read once beforehand), the archives interleaved, ``--repeats`` times, medians reported.
-The flat archive is a private copy, so no other reader warms its pages. ``--archive`` replaces the
+The flat archive is a private copy, so no other reader warms its pages. It is timed twice: as the
+loader reads it here (it fits in half the available memory, so a background thread reads every page
+ahead), and as the loader reads an archive larger than memory (``flat_on_demand``: pages come in as
+batches touch them) — the case the issue's cold target is about. ``--archive`` replaces the
 Tahoe-like archive with another flat one (the smoke test's).
 
 Example (``make bench-compress``; about 5 minutes on 2 cores once the Tahoe-like archive exists)::
@@ -33,6 +36,7 @@ Example (``make bench-compress``; about 5 minutes on 2 cores once the Tahoe-like
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import shutil
@@ -58,7 +62,7 @@ except ImportError:  # run as a script
 CODECS = ("zstd", "lz4", "zlib")
 LOADING_CODECS = ("zstd", "lz4")  #: zlib decodes slowest of the three: left out of the loading runs
 REAL = _report.REPO.parent / "shared" / "data" / "real"
-TARGETS = {"tahoe_ratio_vs_uint16": 2.5, "cold_block4096_speedup": 1.5}
+TARGETS = {"tahoe_ratio_vs_uint16": 2.5, "cold_block4096_speedup": 1.5, "cold_block4096_speedup_larger_than_memory": 1.5}
 
 
 def _archive_bytes(path: Path) -> int:
@@ -125,9 +129,14 @@ def codec_rows(name: str, flat: Path, workdir: Path) -> list[dict]:
     return rows
 
 
-def time_block(archive: Path, batches: int, cold: bool) -> float:
-    """Cells/s of the first ``batches`` block-order batches of a fresh loader (its set-up included)."""
+def time_block(archive: Path, batches: int, cold: bool, on_demand: bool = False) -> float:
+    """Cells/s of the first ``batches`` block-order batches of a fresh loader (its set-up included).
+    ``on_demand``: the loader reads a flat archive as it reads one larger than half the available
+    memory (no background thread reading every page ahead; pages come in as batches touch them)."""
+    from unittest import mock
+
     from scdl_gpu import SingleCellLoader
+    from scdl_gpu.backend import _base
     from scdl_gpu.profiling._ceilings import drop_cached
 
     files = [p for p in archive.rglob("*") if p.is_file()]
@@ -138,7 +147,8 @@ def time_block(archive: Path, batches: int, cold: bool) -> float:
         for f in files:
             warm_read(f)
     t0 = time.perf_counter()
-    loader = SingleCellLoader(archive, batch_size=4096, shuffle="block", device="cpu", seed=0)
+    with mock.patch.object(_base, "_fits_in_memory", lambda nbytes: False) if on_demand else contextlib.nullcontext():
+        loader = SingleCellLoader(archive, batch_size=4096, shuffle="block", device="cpu", seed=0)
     cells = 0
     for i, b in enumerate(loader):
         cells += len(b["rows"])
@@ -152,17 +162,25 @@ def time_block(archive: Path, batches: int, cold: bool) -> float:
     return cells / dt
 
 
+ON_DEMAND = "flat_on_demand"  #: the flat archive read as one larger than memory would be
+
+
 def loading(archives: dict[str, Path], batches: int, repeats: int) -> dict:
-    """``archives``: name -> path, the flat one first; speedups are each other's over the flat one's."""
+    """``archives``: name -> path, the flat one first (``ON_DEMAND``, if present, the same flat archive
+    read as one larger than memory); speedups are the compressed ones' over each flat reading."""
     runs = {f"{kind}/{temp}": [] for kind in archives for temp in ("cold", "warm")}
     for r in range(repeats):  # interleaved: a slow moment of the shared machine hits every archive
         for temp in ("cold", "warm"):
             for kind, path in archives.items():
-                runs[f"{kind}/{temp}"].append(time_block(path, batches, temp == "cold"))
+                runs[f"{kind}/{temp}"].append(time_block(path, batches, temp == "cold", on_demand=kind == ON_DEMAND))
                 print(f"repeat {r}: {kind} {temp} {runs[f'{kind}/{temp}'][-1]:,.0f} cells/s", file=sys.stderr)
     med = {k: statistics.median(v) for k, v in runs.items()}
-    flat, *packed = archives
+    flat = next(iter(archives))
+    packed = [k for k in archives if k not in (flat, ON_DEMAND)]
     speedup = {f"{k}/{t}": med[f"{k}/{t}"] / med[f"{flat}/{t}"] for k in packed for t in ("cold", "warm")}
+    if ON_DEMAND in archives:
+        speedup.update({f"{k}/{t}/vs_on_demand": med[f"{k}/{t}"] / med[f"{ON_DEMAND}/{t}"]
+                        for k in packed for t in ("cold", "warm")})
     return dict(batches=batches, batch_size=4096, archives=list(archives), repeats=runs, median_cells_per_s=med,
                 speedup=speedup)
 
@@ -188,11 +206,15 @@ def markdown(result: dict) -> str:
         lines += ["", f"Block order, batch 4,096, first {ld['batches']} batches of a fresh loader "
                   f"({ld['batches'] * 4096:,} cells), median of {len(ld['repeats']['flat/cold'])} interleaved repeats "
                   f"(cells/s; flat: 64-row blocks, compressed: whole 1,024-row chunks):", "",
-                  "| archive | cold | warm | cold vs flat | warm vs flat |", "|---|---:|---:|---:|---:|"]
+                  "| archive | cold | warm | cold vs flat | warm vs flat | cold vs flat on demand |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        labels = {"flat": "flat uint16", ON_DEMAND: "flat uint16, pages on demand (as an archive larger than memory)"}
         for k in ld["archives"]:
-            rel = ("-", "-") if k == "flat" else (f"{sp[k + '/cold']:.2f}x", f"{sp[k + '/warm']:.2f}x")
-            lines.append(f"| {'flat uint16' if k == 'flat' else 'compressed, ' + k} | {m[k + '/cold']:,.0f} | "
-                         f"{m[k + '/warm']:,.0f} | {rel[0]} | {rel[1]} |")
+            packed = k not in labels
+            rel = [f"{sp[k + '/cold']:.2f}x", f"{sp[k + '/warm']:.2f}x"] if packed else ["-", "-"]
+            rel.append(f"{sp[k + '/cold/vs_on_demand']:.2f}x" if packed and k + "/cold/vs_on_demand" in sp else "-")
+            lines.append(f"| {labels.get(k, 'compressed, ' + k)} | {m[k + '/cold']:,.0f} | {m[k + '/warm']:,.0f} | "
+                         + " | ".join(rel) + " |")
         if "cold_read_bytes_per_s" in ld:
             lines.append(f"\nCold sequential read of the flat archive's files: {ld['cold_read_bytes_per_s'] / 1e6:,.0f} MB/s.")
     lines += ["", "Targets:"] + [f"- {k}: {v['value']:.2f} (target >= {v['target']}) {'met' if v['met'] else 'NOT met'}"
@@ -226,7 +248,7 @@ def main(argv=None) -> int:
             shutil.copytree(src, flat.with_suffix(".partial"), dirs_exist_ok=True)
             flat.with_suffix(".partial").rename(flat)
         result["codecs"] += codec_rows(main_name, flat, work)
-        archives = {"flat": flat, **{c: work / f"{main_name}.{c}.scdl" for c in LOADING_CODECS}}
+        archives = {"flat": flat, ON_DEMAND: flat, **{c: work / f"{main_name}.{c}.scdl" for c in LOADING_CODECS}}
         result["loading"] = loading(archives, args.batches, args.repeats)
         result["loading"]["cold_read_bytes_per_s"] = read_bandwidth(value_files(flat), cold=True)["bytes_per_s"]
     if args.real.is_dir():
@@ -238,6 +260,8 @@ def main(argv=None) -> int:
     if tahoe:
         targets["tahoe_ratio_vs_uint16"] = tahoe[0]["ratio"]
         targets["cold_block4096_speedup"] = result["loading"]["speedup"]["zstd/cold"]
+        # the same target where the issue sets it: an archive larger than memory, read from disk
+        targets["cold_block4096_speedup_larger_than_memory"] = result["loading"]["speedup"]["zstd/cold/vs_on_demand"]
     result["targets"] = {k: dict(value=v, target=TARGETS[k], met=v >= TARGETS[k]) for k, v in targets.items()}
     text = markdown(result)
     print(text)
