@@ -57,14 +57,9 @@ class AtlasGPUBackend(OnDevice):
                                                  if getattr(b, name) is not None})
 
     def _upload(self, name: str, t: torch.Tensor) -> torch.Tensor:
-        """``t`` (a host tensor) copied to the device through this backend's pinned staging buffer
-        ``name`` (not CuPy's pinned pool, whose blocks are reused while their copies may be queued)."""
+        """``t`` (a host tensor) on the device, through this backend's pinned staging buffer ``name``."""
         host = t.numpy()
-        buf = self.ctx.staging(name, host.size, host.dtype)
-        buf[...] = host.reshape(-1)
-        dev = self.cp.empty(host.size, host.dtype)
-        dev.set(buf)
-        self.ctx.staged(name)
+        dev = self.ctx.upload(name, host.reshape(-1))
         self.ctx.keep_until_released(dev)
         return torch.from_dlpack(dev).reshape(host.shape)
 

@@ -105,6 +105,16 @@ class DeviceContext:
         buf, _ = self._staging[name]
         self._staging[name] = (buf, self.record())
 
+    def upload(self, name: str, host: np.ndarray):
+        """``host`` (1-D) copied to a new device array through the pinned staging buffer ``name``
+        (not CuPy's pinned pool, whose blocks are handed out again while their copies may be queued)."""
+        buf = self.staging(name, len(host), host.dtype)
+        buf[...] = host
+        dev = self.cp.empty(len(host), host.dtype)
+        dev.set(buf)
+        self.staged(name)
+        return dev
+
     def synchronize(self) -> None:
         self.stream.synchronize()
 

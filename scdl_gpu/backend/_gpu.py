@@ -161,21 +161,11 @@ class GPUBackend(OnDevice, Backend):
         rows = as_row_ids(rows)
         starts, out_ptr = self.index.locate(rows)
         n_b = len(starts)
-        dev = self._upload("ptrs", np.concatenate([out_ptr, starts]))  # one copy for both
+        dev = self.ctx.upload("ptrs", np.concatenate([out_ptr, starts]))  # one copy for both
         d_out_ptr, d_starts = dev[: n_b + 1], dev[n_b + 1 :]
         vals, cols = self.kernels.gather(self._res_data, self._res_cols, d_starts, d_out_ptr, int(out_ptr[-1]),
                                          self.archive_cols, self._err)
         return RowPlan(rows, out_ptr, starts), d_out_ptr, vals, cols
-
-    def _upload(self, name: str, host: np.ndarray):
-        """``host`` copied to the device through this backend's pinned staging (not CuPy's pinned
-        pool, whose blocks are handed out again while their copies may still be queued)."""
-        buf = self.ctx.staging(name, len(host), host.dtype)
-        buf[...] = host
-        dev = self.cp.empty(len(host), host.dtype)
-        dev.set(buf)
-        self.ctx.staged(name)
-        return dev
 
     # -- streaming ---------------------------------------------------------------------------------
     def _use_kvikio(self, plan: RowPlan) -> bool:
@@ -249,7 +239,7 @@ class GPUBackend(OnDevice, Backend):
                 if self._f16:
                     vals = vals.view(cp.float16).astype(cp.float32)
                 if in_ptr is None:
-                    in_ptr = self._upload("in_ptr", plan.in_ptr)
+                    in_ptr = self.ctx.upload("in_ptr", plan.in_ptr)
                 out = assemble(self.kernels, cp, vals, cols, in_ptr, opts, self.width, self.remap, nnz=plan.nnz)
                 bits = int(self._err.get()[0]) if self.index is not None else 0  # synchronize! (the one flag read)
                 if bits:
