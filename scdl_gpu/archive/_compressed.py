@@ -46,6 +46,7 @@ from ._constants import COMPRESSION_FILE, Backend, FileNames
 from ._spare import SpareBlocks
 from ._header import ChunkedInfo, SCDLHeader
 from ._parse import read_json
+from ._readahead import read_ahead_later
 from ._partition import _write_chunks, check_chunk_size, rewrite_rows
 
 __all__ = ["COMPRESSION_FILE", "DEFAULT_CACHE_BYTES", "DEFAULT_COMPRESSED_CHUNK", "ChunkCache", "CompressedStorage",
@@ -64,7 +65,6 @@ DEFAULT_COMPRESSED_CHUNK = 1024
 # costs a page fault per 4 KiB): the first 24 block batches of 4,096 ran 15% faster than at 512 MiB.
 DEFAULT_CACHE_BYTES = 128 << 20
 _MEMBERS = (FileNames.DATA, FileNames.COLPTR)
-_FRAMES_PER_JOB = 4  # frames decoded per task of the pool: 1 MiB a task at the default frame size
 
 
 def frames_file(member: FileNames) -> str:
@@ -175,6 +175,9 @@ class CompressedStorage(ChunkedStorage):
 
     def __post_init__(self) -> None:
         self.cache.on_evict = self.spare.give
+        self._lock = threading.RLock()  # a future already done runs its callback in the submitting thread
+        self._ahead: dict = {}  # chunk -> its (values, columns) futures, while they decode
+        self._pid = os.getpid()
 
     def file(self, chunk: int, member: FileNames) -> Path:
         return self.dir(chunk) / frames_file(member)
@@ -189,54 +192,99 @@ class CompressedStorage(ChunkedStorage):
         return self.decode_many([chunk])[chunk]
 
     def will_need(self, chunks) -> None:
-        """Start reading the compressed files of those of ``chunks`` not in the cache, in the background
-        (``posix_fadvise(WILLNEED)``); a hint: missing files and platforms without it are passed over."""
-        advise = getattr(os, "posix_fadvise", None)
-        if advise is None:
-            return
-        for k in map(int, chunks):
-            if not 0 <= k < self.num_chunks or self.cache.get(k, count=False) is not None:
-                continue
-            for member in _MEMBERS:
-                with contextlib.suppress(OSError):
-                    fd = os.open(self.file(k, member), os.O_RDONLY)
-                    try:
-                        advise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-                    finally:
-                        os.close(fd)
+        """Start decoding those of ``chunks`` that are neither cached nor already on their way, on
+        the decode pool, while the caller goes on (a loader hints the next batch's rows while it
+        builds this one): their files are read and decoded there, and a later :meth:`decode_many`
+        takes them as they finish. At most the cache's size is decoded ahead; the error of a
+        damaged chunk is raised by the call that needs it."""
+        budget, started = self.cache.limit, []
+        with self._lock:
+            self._forget_if_forked()
+            budget -= sum(self.chunk_nbytes(k) for k in self._ahead)
+            for k in dict.fromkeys(map(int, chunks)):
+                n = self.chunk_nbytes(k) if 0 <= k < self.num_chunks else 0
+                if not n or k in self._ahead or n > budget or self.cache.get(k, count=False) is not None:
+                    continue
+                budget -= n
+                started.append(k)
+        # the disk starts on their files now; the pool decodes them after the chunks queued before
+        read_ahead_later(self.file(k, member) for k in started for member in _MEMBERS)
+        with self._lock:
+            for k in started:
+                if k not in self._ahead:
+                    self._ahead[k] = self._submit(k)
 
     def decode_many(self, chunks) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """``{chunk: (values, columns)}``; the chunks not cached are decoded together, their frames
-        spread over a thread pool. Raises ``ArchiveError`` naming the file of a damaged chunk."""
-        out, missing = {}, []
-        for k in map(int, chunks):
+        """``{chunk: (values, columns)}``: from the cache, from decoding already under way
+        (:meth:`will_need`), or decoded now, every array of the chunks missing on the pool at once.
+        Raises ``ArchiveError`` naming the file of a damaged chunk."""
+        out, waits = {}, {}
+        for k in dict.fromkeys(map(int, chunks)):
             hit = self.cache.get(k)
-            if hit is None:
-                missing.append(k)
-            else:
+            if hit is not None:
                 out[k] = hit
-        if not missing:
-            return out
-        jobs, checks = [], []
-        for k in missing:
-            index = self._index(k)
-            for member in _MEMBERS:
-                arr, frames = self._frames(k, member, index[member.value])
-                checks.append((k, member, arr, index[member.value]["crc32c"]))
-                jobs.extend(frames)
-        _run([jobs[i : i + _FRAMES_PER_JOB] for i in range(0, len(jobs), _FRAMES_PER_JOB)], _decode_frames)
-        decoded = {k: [] for k in missing}
-        sums = _run([arr for _, _, arr, _ in checks], _crc)  # on the pool too: 15 GB/s a thread, not free
-        for (k, member, arr, crc), got in zip(checks, sums):
-            if got != crc:
-                raise ArchiveError(f"{self.file(k, member)}: the decoded {member.value} of chunk {k} fails its "
-                                   f"CRC-32C ({crc} in {self.dir(k) / FRAMES_INDEX}); the chunk is damaged")
-            arr.setflags(write=False)
-            decoded[k].append(arr)
-        for k in missing:
-            pair = out[k] = tuple(decoded[k])
+                continue
+            with self._lock:
+                self._forget_if_forked()
+                ahead = self._ahead.get(k)
+                if ahead is None:  # registered, so a read-ahead hint meanwhile does not decode it twice
+                    ahead = self._ahead[k] = self._submit(k)
+            waits[k] = ahead
+        for k, (values, columns) in waits.items():
+            pair = out[k] = (values.result(), columns.result())  # a damaged chunk raises here
             self.cache.put(k, pair, self.chunk_nbytes(k))
         return out
+
+    def _submit(self, k: int):
+        """Chunk ``k``'s values and columns decoding on the pool: two futures. Once both are done the
+        chunk leaves the table of chunks under way and, decoded, enters the cache."""
+        pool = _executor()
+        pair = tuple(pool.submit(self._decode_array, k, member) for member in _MEMBERS)
+        # The callbacks stay on the futures: they must not keep the futures (and so the decoded
+        # arrays) alive through a reference cycle, or evicted memory could not be reused.
+        holder = [pair]
+
+        def finished(_) -> None:
+            with self._lock:
+                both = holder[0]
+                if both is None or not all(f.done() for f in both):
+                    return
+                holder[0] = None
+                if self._ahead.get(k) is both:
+                    del self._ahead[k]
+            if not any(f.cancelled() or f.exception() is not None for f in both):
+                self.cache.put(k, (both[0].result(), both[1].result()), self.chunk_nbytes(k))
+
+        for f in pair:
+            f.add_done_callback(finished)
+        return pair
+
+    @property
+    def decoding(self) -> bool:
+        """Whether chunks are being decoded on the pool now."""
+        with self._lock:
+            self._forget_if_forked()
+            return bool(self._ahead)
+
+    def _forget_if_forked(self) -> None:
+        """A forked child (a DataLoader worker) inherits futures its own pool will never run."""
+        if self._pid != os.getpid():
+            self._pid, self._ahead = os.getpid(), {}
+
+    def _decode_array(self, k: int, member: FileNames) -> np.ndarray:
+        """One array of chunk ``k``, decoded frame by frame and checked against its CRC-32C as the
+        frames come out (while they are still in cache), read-only."""
+        entry = self._index(k)[member.value]
+        arr, jobs = self._frames(k, member, entry)
+        crc = 0
+        for job in jobs:
+            _decode_frame(job)
+            crc = google_crc32c.extend(crc, _readonly_bytes(job[2]))
+        if f"{crc:08x}" != entry["crc32c"]:
+            raise ArchiveError(f"{self.file(k, member)}: the decoded {member.value} of chunk {k} fails its "
+                               f"CRC-32C ({entry['crc32c']} in {self.dir(k) / FRAMES_INDEX}); the chunk is damaged")
+        arr.setflags(write=False)
+        return arr
 
     def _frames(self, k: int, member: FileNames, entry: dict):
         """``(output array, decode jobs)`` of one array of chunk ``k``, checked against its ``entry`` in
@@ -299,18 +347,18 @@ def _map_file(path: Path, index: Path):
 
 def _crc(arr: np.ndarray) -> str:
     """CRC-32C of an array's bytes, as the manifest writes checksums (8 hex digits)."""
+    return f"{google_crc32c.value(_readonly_bytes(arr)):08x}"
+
+
+def _readonly_bytes(arr: np.ndarray) -> np.ndarray:
+    """The array's bytes as a read-only view: the CRC extension takes those without a copy."""
     view = np.ascontiguousarray(arr).view(np.uint8)
-    view.setflags(write=False)  # the C extension takes read-only buffers only (no copy then)
-    return f"{google_crc32c.value(view):08x}"
+    view.setflags(write=False)
+    return view
 
 
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
-
-
-def _decode_frames(jobs) -> None:
-    for job in jobs:
-        _decode_frame(job)
 
 
 def _decode_frame(job) -> None:

@@ -312,12 +312,13 @@ def gather(data: np.ndarray, cols: np.ndarray, starts: np.ndarray, in_ptr: np.nd
 
 def gather_chunked(chunks: ChunkedStorage, pointers: tuple, rows: np.ndarray, starts: np.ndarray, in_ptr: np.ndarray,
                    width: int, out_vals: np.ndarray, out_cols: np.ndarray, *, sort: bool = True,
-                   positions: np.ndarray | None = None) -> None:
+                   positions: np.ndarray | None = None, threads: bool = True) -> None:
     """:func:`gather` over a chunked archive: ``pointers`` is :func:`chunk_pointers` of its chunks'
     value and column arrays (float16 values as uint16), ``starts`` the rows' starts in the global
     value numbering (from the global ``row_ptr``). ``positions``: copy only these batch positions
-    (their chunks' arrays must be in ``pointers``; default all). A bad column raises
-    ``ArchiveError`` naming the chunk's file."""
+    (their chunks' arrays must be in ``pointers``; default all). ``threads=False``: on the calling
+    thread only (the cores are busy elsewhere). A bad column raises ``ArchiveError`` naming the
+    chunk's file."""
     n = _check_outputs(starts, in_ptr, out_vals, out_cols)
     if len(rows) != len(starts):
         raise ValueError(f"{len(rows)} row ids for a plan of {len(starts)} rows")
@@ -325,7 +326,7 @@ def gather_chunked(chunks: ChunkedStorage, pointers: tuple, rows: np.ndarray, st
         return
     args = (pointers, np.int64(chunks.chunk_size), rows, *_chunk_runs(rows, chunks.chunk_size, positions), starts,
             in_ptr, np.int64(width), out_vals, out_cols, _via_double(pointers[3].dtype, out_vals), sort)
-    bad = _launch(_gather_chunked_serial, _gather_chunked_parallel, args, n, len(starts))
+    bad = _launch(_gather_chunked_serial, _gather_chunked_parallel, args, n, len(starts), threads)
     if bad >= 0:
         r = int(rows[bad])
         k = chunks.chunk_of(r)
@@ -374,8 +375,8 @@ def _via_double(data_dtype, out_vals) -> bool:
     return data_dtype == np.uint64 and out_vals.dtype == np.float32
 
 
-def _launch(serial, parallel, args, n: int, n_rows: int) -> int:
-    if n >= PARALLEL_MIN_VALUES and n_rows > 1 and not _forked[0] and _parallel.acquire(blocking=False):
+def _launch(serial, parallel, args, n: int, n_rows: int, threads: bool = True) -> int:
+    if threads and n >= PARALLEL_MIN_VALUES and n_rows > 1 and not _forked[0] and _parallel.acquire(blocking=False):
         try:  # one parallel gather at a time: not every threading layer takes concurrent launches
             return parallel(*args)
         finally:

@@ -346,10 +346,12 @@ class SingleCellLoader:
         if self.order == "block" and self.fetch_factor > 1 and self.backend.device == "cpu":
             yield from self._fetched(sh, epoch, start)
             return
+        if start < sh.n_batches:  # hinted first, so the first batch's reads are not queued behind the next's
+            self.backend.will_need(sh.batch(start))
         for k in range(start, sh.n_batches):
             with self.stages("sample"):
                 rows = sh.batch(k)
-            if k + 1 < sh.n_batches:  # the backend may start reading the next batch's bytes now
+            if k + 1 < sh.n_batches:  # the backend may start reading (decoding) the next batch's bytes now
                 self.backend.will_need(sh.batch(k + 1))
             with self.backend.producing():  # per batch, exited before the yield: the consumer's
                 out = self._finish(self.backend.batch(rows), epoch, k)  # thread keeps its own stream

@@ -14,6 +14,7 @@ import torch
 from scdl_gpu import SingleCellLoader
 from scdl_gpu.archive._codecs import Pipeline
 from scdl_gpu.archive._compressed import _crc, compress_archive
+from scdl_gpu.archive._constants import FileNames
 from scdl_gpu.backend import get_backend
 from scdl_gpu.backend._gather import PARALLEL_MIN_VALUES
 from scdl_gpu.errors import ArchiveError
@@ -88,23 +89,52 @@ def test_a_forked_worker_decodes_with_its_own_threads(pair):
     assert os.waitstatus_to_exitcode(status) == 0
 
 
-def test_will_need_reads_ahead_the_files_of_uncached_chunks_only(pair, monkeypatch):
-    _, packed = pair
+def test_will_need_decodes_uncached_chunks_ahead_once(pair, monkeypatch):
+    from scdl_gpu.archive._compressed import CompressedStorage
+
+    flat, packed = pair
     z = get_backend(packed, device="cpu")
     size = z.chunks.chunk_size
     z.batch(np.arange(size))  # chunk 0 decoded: in the cache
-    advised = []
-    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, advice: advised.append(
-        (os.readlink(f"/proc/self/fd/{fd}"), advice)))
+    decoded = []
+    real = CompressedStorage._decode_array
+    monkeypatch.setattr(CompressedStorage, "_decode_array",
+                        lambda self, k, member: decoded.append((k, member.value)) or real(self, k, member))
     z.will_need(np.array([0, size, size + 1, 3 * size, -1, N, 10**9]))  # rows outside the archive: ignored
-    names = sorted(os.path.relpath(p, packed) for p, _ in advised)
-    assert names == ["chunk_00001/col_ptr.frames", "chunk_00001/data.frames",
-                     "chunk_00003/col_ptr.frames", "chunk_00003/data.frames"]
-    assert {a for _, a in advised} == {os.POSIX_FADV_WILLNEED}
     assert z.chunks.cache.hits == 0  # a peek: neither counted nor refreshed
-    flat_backend = get_backend(pair[0], device="cpu")
+    rows = np.array([size + 2, 3 * size, 1])
+    np.testing.assert_array_equal(z.batch(rows).values.numpy(), get_backend(flat, device="cpu").batch(rows).values.numpy())
+    z.will_need(np.array([size, 3 * size]))  # decoded already: nothing more to do
+    z.batch(np.array([size, 3 * size + 1]))
+    assert sorted(decoded) == [(k, m) for k in (1, 3) for m in ("col_ptr.npy", "data.npy")]  # each array once
+    assert not z.chunks._ahead  # nothing left under way
+    flat_backend = get_backend(flat, device="cpu")
     flat_backend.will_need(np.arange(5))  # a flat archive: nothing to do
-    assert len(advised) == 4
+
+
+def test_will_need_stays_within_the_cache(pair):
+    _, packed = pair
+    z = get_backend(packed, device="cpu", cache_bytes=0)
+    z.will_need(np.arange(N))
+    assert not z.chunks._ahead  # nothing may be kept: nothing is decoded ahead
+    one = z.chunks.chunk_nbytes(0)
+    z.chunks.cache.limit = 2 * one
+    z.will_need(np.arange(N))
+    assert len(z.chunks._ahead) + len(z.chunks.cache) <= 2
+
+
+def test_a_damaged_chunk_decoded_ahead_raises_when_it_is_needed(pair):
+    _, packed = pair
+    z = get_backend(packed, device="cpu")
+    size = z.chunks.chunk_size
+    path = z.chunks.file(1, FileNames.DATA)
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    z.will_need(np.arange(size, 2 * size))  # decoding ahead fails quietly on the pool
+    z.batch(np.arange(size))  # chunk 0 is sound
+    with pytest.raises(ArchiveError, match="chunk_00001"):
+        z.batch(np.arange(size, size + 2))
 
 
 def test_the_loader_hints_each_next_batch(pair, monkeypatch):
@@ -113,6 +143,6 @@ def test_the_loader_hints_each_next_batch(pair, monkeypatch):
     hinted = []
     monkeypatch.setattr(type(loader.backend), "will_need", lambda self, rows: hinted.append(np.array(rows)))
     batches = [b["rows"].numpy() for b in loader]
-    assert len(hinted) == len(batches) - 1
-    for h, b in zip(hinted, batches[1:]):
+    assert len(hinted) == len(batches)  # each batch before it is read: the first one too
+    for h, b in zip(hinted, batches):
         np.testing.assert_array_equal(h, b)
