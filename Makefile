@@ -85,14 +85,17 @@ bench-compress: $(STAMP)
 	PYTHONPATH=. $(PY) benchmarks/bench_compress.py --repeats 3 --json benchmarks/results/compress_cpu.json --markdown benchmarks/results/compress_cpu.md
 
 # A lent GPU machine has no network and no .venv, and only the checkout (plus named ignored paths)
-# travels: `make gpu-kit` here copies the wheels its image lacks into .whl/ (git-ignored), the device
+# travels: `make gpu-kit` here copies the wheels its image lacks (and nvCOMP's, from $(GPU_KIT)-nvcomp:
+# 47 MB in all) into .whl/ (git-ignored), the device
 # call carries [".whl"] and runs `make gpu-check` there, with the image's python3. Here (no GPU) the
 # same target is a dry run with the project's venv when it exists.
 GPU_KIT ?= ../shared/gpu-kit/wheels
 GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 
 gpu-kit:
-	@if [ -d "$(GPU_KIT)" ]; then mkdir -p .whl && cp "$(GPU_KIT)"/*.whl .whl/ && echo "$$(ls .whl/*.whl | wc -l) wheels in .whl/"; \
+	@if [ -d "$(GPU_KIT)" ]; then mkdir -p .whl && cp "$(GPU_KIT)"/*.whl .whl/ && \
+	  if [ -d "$(GPU_KIT)-nvcomp" ]; then cp "$(GPU_KIT)-nvcomp"/*.whl .whl/; fi && \
+	  echo "$$(ls .whl/*.whl | wc -l) wheels ($$(du -sm .whl | cut -f1) MiB; a carry holds 64) in .whl/"; \
 	else echo "no $(GPU_KIT): .whl/ left as it is"; fi
 
 gpu-check:

@@ -14,9 +14,11 @@ each runs in a child process under a timeout cut to what is left of ``--budget``
   pytest         ``pytest -m gpu`` over the test files that carry the ``gpu`` marker
   bench:<res>    ``scdl-gpu bench --device cuda`` per residency: orders x batch sizes, with the ceilings
   profile        ``scdl-gpu profile --device cuda`` (block @4096)
+  nvcomp         the archive compressed (zstd, lz4); nvCOMP's device decode in GB/s, and block order @4096
+                 (stream residency, first 24 batches) cold and warm, compressed vs flat
 
 Results go to ``$OUT`` when set, else ``benchmarks/results``: ``gpu_check.{json,md}`` (every step),
-``gpu_bench.{json,md}``, ``gpu_profile.{json,md}`` and ``gpu_check.log`` (all output). Exit status 1
+``gpu_bench.{json,md}``, ``gpu_profile.{json,md}``, ``gpu_nvcomp.json`` and ``gpu_check.log`` (all output). Exit status 1
 when any step FAILed.
 
 Without a usable GPU (no working nvidia-smi), or with ``--dry-run``, it does what it can here (wheel
@@ -50,12 +52,14 @@ EXPECTED_FAIL = {"R4": "review R4: pinned staging reused while its copy is queue
 RESIDENCIES = ("auto", "device", "pinned", "stream")
 ORDERS = ("sequential", "random", "block")
 BATCH_SIZES = (64, 4096)
-KIT = ("anndata", "kvikio_cu13", "libkvikio_cu13", "rapids_logger", "zarr", "numcodecs")  # wheels the image lacks
+KIT = ("anndata", "kvikio_cu13", "libkvikio_cu13", "rapids_logger", "zarr", "numcodecs",  # wheels the image lacks
+       "nvidia_nvcomp_cu13", "nvidia_libnvcomp_cu13")
 # step: (seconds it may take, seconds it needs to be worth starting), in run order. A step's timeout
 # is cut so that every later step keeps what it needs (the bench needs its share per residency).
 SMOKE_CHECK_S = 90  # the longest a smoke check may take (R6 compiles every kernel instantiation)
 PLAN = {"wheels": (90, 20), "project": (120, 30), "imports": (120, 30), "kvikio-auto": (45, 10), "archive": (180, 30),
-        "smoke": (200, 45), "pytest": (200, 45), "bench": (60, 30), "report": (60, 10), "profile": (45, 20)}
+        "smoke": (200, 45), "pytest": (200, 45), "bench": (60, 30), "report": (60, 10), "profile": (45, 20),
+        "nvcomp": (150, 60)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -431,6 +435,19 @@ class Check:
             why = f"timed out after {limit:.0f}s" if rc is None else f"rc={rc}: {failure(lines, 2)}"
             self.record("profile", "FAIL", why, secs, cmd)
 
+    def nvcomp(self, archive: Path | None, dry: bool) -> None:
+        cmd = self.child("nvcomp", archive or "ARCHIVE", self.out / "gpu_nvcomp.json")
+        if dry or archive is None:
+            self.record("nvcomp", "SKIP", "no usable CUDA device" if dry else "no archive", command=cmd)
+            return
+        run = self.budgeted("nvcomp", "nvcomp", cmd)
+        if run is None:
+            return
+        rc, lines, results, limit, secs = run
+        if not results:
+            why = f"timed out after {limit:.0f}s" if rc is None else f"rc={rc}: {failure(lines, 3)}"
+            self.record("nvcomp", "FAIL", why, secs, cmd)
+
     # the run --------------------------------------------------------------------------------------
     def run(self) -> int:
         a = self.a
@@ -454,6 +471,7 @@ class Check:
         self._guard("pytest", lambda: self.pytest(dry))
         self._guard("bench", lambda: self.bench(archive, dry))
         self._guard("profile", lambda: self.profile(archive, dry))
+        self._guard("nvcomp", lambda: self.nvcomp(archive, dry))
         return self.finish(dry)
 
     def _guard(self, name: str, fn):
@@ -606,7 +624,8 @@ def child_imports(gpu: bool) -> None:
             ("SKIP", "SingleCellLoader takes no residency= yet: bench runs auto only")
 
     run_checks([one("numpy"), one("scipy"), one("h5py"), one("numba"), one("torch"), one("cupy", gpu_only=True),
-                one("kvikio", kit=True), one("anndata", kit=True), one("scdl_gpu"), one("scdl_gpu.kernels"),
+                one("kvikio", kit=True), one("anndata", kit=True), one("nvidia.nvcomp", kit=True), one("scdl_gpu"),
+                one("scdl_gpu.kernels"),
                 ("import:residency", residency)])
 
 
@@ -941,6 +960,83 @@ def _bench_report(out: Path, gpu: bool, parts: list[Path]):
     return "PASS", f"{len(merged['results'])} results of {len(runs)} runs in {out / stem}.{{json,md}}"
 
 
+# nvCOMP: device decode and block order over compressed copies of the archive -----------------------
+NVCOMP_CODECS = ("zstd", "lz4")
+DECODE_GROUP = 32  # chunks per timed decode: ~190 MB decoded of the Tahoe-like archive
+BLOCK_BATCHES = 24  # as the CPU's compressed-archive benchmark (README, Compressed archives)
+
+
+def child_nvcomp(flat: Path, out: Path) -> None:
+    """Compress ``flat`` per codec (reused when present), then time the device decode of whole chunk groups
+    (cold: nothing cached; after one group that compiles the kernels) and block order through the loader
+    (stream residency, decode on the device) cold (files dropped from the page cache) and warm."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from scdl_gpu import SingleCellLoader
+    from scdl_gpu.archive._compressed import compress_archive
+    from scdl_gpu.backend import get_backend
+    from scdl_gpu.profiling._ceilings import drop_cached
+
+    result: dict = {"archive": str(flat), "decode": {}, "block": {}}
+
+    def files(path: Path) -> list[Path]:
+        return [p for p in path.rglob("*") if p.is_file()]
+
+    def block(path: Path, label: str):
+        for state in ("cold", "warm"):
+            if state == "cold":
+                drop_cached(files(path))
+            t = time.perf_counter()
+            loader = SingleCellLoader(path, batch_size=4096, shuffle="block", device="cuda", residency="stream", seed=0)
+            cells = 0
+            for i, b in enumerate(loader):
+                cells += len(b["rows"])
+                if i + 1 == BLOCK_BATCHES:
+                    break
+            torch.cuda.synchronize()
+            result["block"].setdefault(label, {})[state] = round(cells / (time.perf_counter() - t))
+            decoder = getattr(loader.backend, "decoder", None)
+            if decoder is not None:
+                result["block"][label]["decoder"] = "device"
+        return result["block"][label]
+
+    def codec(name: str):
+        def check():
+            packed = flat.parent / f"{flat.stem}_{name}.scdl"
+            t = time.perf_counter()
+            if not (packed / "header.sch").exists():
+                compress_archive(flat, packed, codec=name)
+            made = time.perf_counter() - t
+            with get_backend(packed, device="cuda", residency="stream", decode="device") as gpu:
+                dec, n = gpu.decoder, gpu.chunks.num_chunks
+                dec.cache.limit = 0  # every group decoded, none kept
+                dec.chunks(range(min(2, n)))  # compiles the kernels, starts nvCOMP
+                before, secs = dec.decoded_bytes, dec.seconds
+                z0 = dec.compressed_bytes
+                for a in range(2, min(n, 2 + 3 * DECODE_GROUP), DECODE_GROUP):
+                    dec.chunks(range(a, min(n, a + DECODE_GROUP)))
+                gb = (dec.decoded_bytes - before) / 1e9
+                took = dec.seconds - secs
+                result["decode"][name] = dict(decoded_gb=round(gb, 3), seconds=round(took, 3),
+                                              gb_per_s=round(gb / took, 2) if took else None,
+                                              ratio=round((dec.decoded_bytes - before) / max(1, dec.compressed_bytes - z0), 2))
+            b = block(packed, name)
+            return "PASS", (f"{name}: decode {result['decode'][name]['gb_per_s']} GB/s (staging + nvCOMP + filters + "
+                            f"CRC, {gb:.2f} GB); block@4096 {b['cold']:,} cold / {b['warm']:,} warm cells/s"
+                            f"{'' if made < 1 else f'; compressed in {made:.0f}s'}")
+        return f"nvcomp:{name}", check
+
+    def flat_block():
+        b = block(flat, "flat")
+        return "PASS", f"flat: block@4096 {b['cold']:,} cold / {b['warm']:,} warm cells/s (stream residency)"
+
+    try:
+        run_checks([("nvcomp:flat", flat_block)] + [codec(c) for c in NVCOMP_CODECS])
+    finally:
+        out.write_text(json.dumps(result, indent=2) + "\n")
+
+
 # --------------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -963,6 +1059,7 @@ def main(argv=None) -> int:
             "archive": lambda: child_archive(Path(a.rest[0]), int(a.rest[1])),
             "smoke": lambda: child_smoke(a.rest),
             "bench-report": lambda: child_bench_report(Path(a.rest[0]), a.gpu, [Path(p) for p in a.rest[1:]]),
+            "nvcomp": lambda: child_nvcomp(Path(a.rest[0]), Path(a.rest[1])),
         }
         kids[a.child]()
         return 0

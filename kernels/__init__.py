@@ -49,10 +49,21 @@ def _csr_batch_expressions() -> list[str]:
 
 def _gather_expressions() -> list[str]:
     # Resident values keep the archive dtype (float16 travels as its uint16 bits).
-    return [expression("scdl_gather", tv, tc) for tv in VALUE_TYPES for tc in COLUMN_TYPES]
+    return [expression(k, tv, tc) for k in ("scdl_gather", "scdl_gather_chunks") for tv in VALUE_TYPES
+            for tc in COLUMN_TYPES]
 
 
-_EXPRESSIONS = {"csr_batch.cu": _csr_batch_expressions, "gather.cu": _gather_expressions}
+#: unsigned item types the decode kernels work in (a value dtype travels as the unsigned type of its size)
+ITEM_TYPES = ("uint8", "uint16", "uint32", "uint64")
+DECODE_KERNELS = ("scdl_unshuffle", "scdl_delta_sums", "scdl_delta_scan", "scdl_delta_apply")
+
+
+def _decode_expressions() -> list[str]:
+    return [expression(k, t) for k in DECODE_KERNELS for t in ITEM_TYPES] + ["scdl_crc32c_blocks"]
+
+
+_EXPRESSIONS = {"csr_batch.cu": _csr_batch_expressions, "gather.cu": _gather_expressions,
+                "decode.cu": _decode_expressions}
 #: every kernel file; each is its own NVRTC program
 SOURCES = tuple(_EXPRESSIONS)
 

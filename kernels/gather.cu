@@ -62,12 +62,55 @@ __global__ void scdl_gather(const TV* __restrict__ data, const TC* __restrict__ 
     out_cols[i] = c;
 }
 
+// Row gather from decoded chunks (a compressed archive read on the device): each chunk's values and columns
+// are separate device arrays, addressed through the tables chunk_vals/chunk_cols (device pointers) and
+// chunk_len (entries). Row r of this launch has row_ptr[r + 1] - row_ptr[r] entries (row_ptr int64,
+// n_rows + 1, non-decreasing, row_ptr[0] == 0), read from entries [src_start[r], ...) of chunk slot
+// row_chunk[r] (the caller's table index, 0 <= row_chunk[r] < number of slots) and written to
+// out[dst_start[r] ...]: the rows of one launch may be any subset of a batch, so a batch spanning more
+// chunks than the device holds at once is gathered group by group. Error bits and the zeroed output of an
+// offending entry are scdl_gather's; bit 1 here means outside [0, chunk_len[row_chunk[r]]).
+// NumPy twin: gather_chunks() in scdl_gpu/backend/_reference.py.
+template <typename TV, typename TC>
+__global__ void scdl_gather_chunks(const unsigned long long* __restrict__ chunk_vals,
+                                   const unsigned long long* __restrict__ chunk_cols,
+                                   const long long* __restrict__ chunk_len, const long long* __restrict__ row_chunk,
+                                   const long long* __restrict__ src_start, const long long* __restrict__ row_ptr,
+                                   const long long* __restrict__ dst_start, long long n_rows, long long width,
+                                   TV* __restrict__ out_vals, TC* __restrict__ out_cols, int* __restrict__ err)
+{
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= row_ptr[n_rows]) return;
+    const long long r = scdl_gather_row(row_ptr, n_rows, i);
+    const long long j = i - row_ptr[r];
+    const long long slot = row_chunk[r];
+    const long long k = (long long)((unsigned long long)src_start[r] + (unsigned long long)j);  // as in scdl_gather
+    const long long d = dst_start[r] + j;
+    int bad = (k < 0 || k >= chunk_len[slot]) ? 1 : 0;
+    const TC c = bad ? TC(0) : ((const TC*)chunk_cols[slot])[k];
+    if (!bad && (unsigned long long)c >= (unsigned long long)width) {
+        bad = 2;
+    }
+    if (bad) {
+        atomicOr(err, bad);
+        out_vals[d] = TV(0);
+        out_cols[d] = TC(0);
+        return;
+    }
+    out_vals[d] = ((const TV*)chunk_vals[slot])[k];
+    out_cols[d] = c;
+}
+
 // Every combination, for nvcc (compile test) and g++ (CPU shim); CuPy instantiates through
 // name_expressions instead.
 #ifdef SCDL_INSTANTIATE_ALL
 #define SCDL_GATHER(TV, TC)                                                                                   \
     template __global__ void scdl_gather<TV, TC>(const TV*, const TC*, long long, const long long*,          \
-                                                 const long long*, long long, long long, TV*, TC*, int*);
+                                                 const long long*, long long, long long, TV*, TC*, int*);     \
+    template __global__ void scdl_gather_chunks<TV, TC>(const unsigned long long*, const unsigned long long*,  \
+                                                        const long long*, const long long*, const long long*, \
+                                                        const long long*, const long long*, long long, long long, \
+                                                        TV*, TC*, int*);
 #define SCDL_GATHER_ALL_TV(TC)                                                                                \
     SCDL_GATHER(unsigned char, TC) SCDL_GATHER(unsigned short, TC) SCDL_GATHER(unsigned int, TC)              \
     SCDL_GATHER(unsigned long long, TC) SCDL_GATHER(float, TC) SCDL_GATHER(double, TC)

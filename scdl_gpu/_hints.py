@@ -9,3 +9,8 @@ GPU = (
     "pip install 'cupy-cuda13x[ctk]' kvikio-cu13 for CUDA 13, or 'cupy-cuda12x[ctk]' kvikio-cu12 for CUDA 12 "
     "(from a scdl-gpu checkout: pip install -e '.[gpu-cu13]' or '.[gpu-cu12]')"
 )
+
+NVCOMP = (
+    "pip install nvidia-nvcomp-cu13 for CUDA 13, or nvidia-nvcomp-cu12 for CUDA 12 (version 6 or later; from a "
+    "scdl-gpu checkout the gpu extras bring it)"
+)

@@ -74,7 +74,7 @@ class Pipeline:
         buf = self.compressor.decode(frame)
         if len(memoryview(buf).cast("B")) != raw.size:
             raise ValueError(f"the frame decodes to {len(memoryview(buf).cast('B'))} bytes, expected {raw.size}")
-        fast = self._fast_filters(out.dtype)
+        fast = self.fast_filters(out.dtype)
         if fast is not None:
             delta, shuffle = fast
             src = np.frombuffer(buf, np.uint8)
@@ -89,7 +89,7 @@ class Pipeline:
             buf = f.decode(buf)
         self.filters[0].decode(buf, out=out)
 
-    def _fast_filters(self, dtype: np.dtype) -> tuple[bool, bool] | None:
+    def fast_filters(self, dtype: np.dtype) -> tuple[bool, bool] | None:
         """``(delta, shuffle)`` when the filters are a delta in ``dtype`` and/or a shuffle of its size, in
         that order; None otherwise."""
         ids = [f.codec_id for f in self.filters]

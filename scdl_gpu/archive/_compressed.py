@@ -50,7 +50,7 @@ from ._readahead import read_ahead_later
 from ._partition import _write_chunks, check_chunk_size, rewrite_rows
 
 __all__ = ["COMPRESSION_FILE", "DEFAULT_CACHE_BYTES", "DEFAULT_COMPRESSED_CHUNK", "ChunkCache", "CompressedStorage",
-           "compress_archive", "compressed_storage", "frames_file"]
+           "FrameLayout", "compress_archive", "compressed_storage", "frames_file"]
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +162,22 @@ class _Decoded(Sequence):
         return self._storage.decoded(k % len(self))[self._which]
 
 
+@dataclass(frozen=True)
+class FrameLayout:
+    """One array of one chunk as stored: its file (``blob``: mapped), the frames' compressed ``sizes`` in
+    file order, ``n`` items of ``dtype`` decoded, ``per_frame`` items a frame (the last one may hold
+    fewer), the CRC-32C of the decoded array (8 hex digits) and the pipeline that wrote it."""
+
+    path: Path
+    blob: object
+    sizes: list
+    n: int
+    dtype: np.dtype
+    per_frame: int
+    crc32c: str
+    pipeline: Pipeline
+
+
 @dataclass
 class CompressedStorage(ChunkedStorage):
     """A compressed chunked archive: ``data``/``col_ptr`` decode chunks on first use, through ``cache``."""
@@ -207,12 +223,15 @@ class CompressedStorage(ChunkedStorage):
                     continue
                 budget -= n
                 started.append(k)
-        # the disk starts on their files now; the pool decodes them after the chunks queued before
-        read_ahead_later(self.file(k, member) for k in started for member in _MEMBERS)
+        self.read_ahead(started)  # the disk starts now; the pool decodes them after the chunks queued before
         with self._lock:
             for k in started:
                 if k not in self._ahead:
                     self._ahead[k] = self._submit(k)
+
+    def read_ahead(self, chunks) -> None:
+        """Start reading the compressed files of ``chunks`` into the page cache, on a thread of its own."""
+        read_ahead_later(self.file(k, member) for k in map(int, chunks) for member in _MEMBERS)
 
     def decode_many(self, chunks) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """``{chunk: (values, columns)}``: from the cache, from decoding already under way
@@ -286,9 +305,11 @@ class CompressedStorage(ChunkedStorage):
         arr.setflags(write=False)
         return arr
 
-    def _frames(self, k: int, member: FileNames, entry: dict):
-        """``(output array, decode jobs)`` of one array of chunk ``k``, checked against its ``entry`` in
-        the chunk's frame index and the chunk's row pointers before anything is decoded."""
+    def frame_layout(self, k: int, member: FileNames, entry: dict | None = None) -> FrameLayout:
+        """Where the frames of one array of chunk ``k`` are and what they decode to, with the file mapped,
+        every size checked against the chunk's frame index (``entry``: its item, read when None) and row
+        pointers before anything is decoded: what a decoder on another device needs."""
+        entry = self._index(k)[member.value] if entry is None else entry
         path = self.file(k, member)
         dt = np.dtype(self.dtypes[member.value])
         n = int(self.value_offsets[k + 1] - self.value_offsets[k])
@@ -304,6 +325,12 @@ class CompressedStorage(ChunkedStorage):
         if len(blob) != sum(sizes):
             raise ArchiveError(f"{path} is {len(blob)} bytes; its {len(sizes)} frames add up to {sum(sizes)} "
                                "(truncated or extended)")
+        return FrameLayout(path, blob, sizes, n, dt, per_frame, entry["crc32c"], self.pipelines[member.value])
+
+    def _frames(self, k: int, member: FileNames, entry: dict):
+        """``(output array, decode jobs)`` of one array of chunk ``k``, checked (:meth:`frame_layout`)."""
+        lay = self.frame_layout(k, member, entry)
+        path, blob, sizes, n, dt, per_frame = lay.path, lay.blob, lay.sizes, lay.n, lay.dtype, lay.per_frame
         out = self.spare.empty(n, dt)
         pipe, view, jobs, at = self.pipelines[member.value], memoryview(blob), [], 0
         for j, size in enumerate(sizes):

@@ -8,7 +8,8 @@ Where the rows come from is the backend's residency (see :mod:`._residency`):
   violations in a word read once per batch.
 - ``stream``: each batch is read from the archive: with kvikio, ``CuFile.pread`` of each long span
   straight into device memory; otherwise (short spans, random rows) the compiled host gather into
-  pinned staging and one copy per array.
+  pinned staging and one copy per array. A compressed archive's chunks are decoded on the GPU by
+  nvCOMP when it is importable (:mod:`._gpu_decode`), then gathered by ``scdl_gather_chunks``.
 
 Then the kernels of ``kernels/csr_batch.cu`` remap, scale, ``log1p``, cast and emit CSR or dense.
 All of it runs on the backend's own stream and device (:mod:`._device`). Imports CuPy (and kvikio)
@@ -28,7 +29,7 @@ from ..archive._constants import FileNames
 from ..errors import ArchiveError
 from . import _residency
 from ._assemble import assemble, to_batch
-from ._base import Backend, available_host_memory
+from ._base import Backend, _cache_groups, available_host_memory
 from ._batch import Batch, BatchOptions
 from ._detect import kvikio_available, resolve_device
 from ._device import OnDevice
@@ -37,6 +38,7 @@ from ._plan import RowPlan, as_row_ids
 log = logging.getLogger(__name__)
 
 READERS = ("auto", "kvikio", "host")
+DECODES = ("auto", "device", "host")
 LOAD_CHUNK_VALUES = 1 << 26  #: values per step while copying resident rows (bounded host staging)
 
 
@@ -57,6 +59,11 @@ class GPUBackend(OnDevice, Backend):
         or ``"auto"``: kvikio for batches whose spans average at least ``kvikio_min_span`` bytes.
     kvikio_threads, kvikio_task_size
         kvikio's thread pool size (default: the CPU count, at most 16) and task size, set once.
+    decode
+        Where a compressed archive's chunks are decoded when streaming: ``"device"`` (nvCOMP, into a
+        device cache of ``cache_bytes``), ``"host"`` (the CPU's decode, then one upload) or ``"auto"``:
+        the device when nvCOMP is importable and the archive's codecs are ones it decodes; the choice
+        and its reason are logged. ``device``/``pinned`` residency decodes once on the host when loading.
     """
 
     device = "cuda"
@@ -76,15 +83,18 @@ class GPUBackend(OnDevice, Backend):
         kvikio_task_size: int | None = None,
         storage_options: dict | None = None,
         cache_bytes: int | None = None,
+        decode: str = "auto",
     ) -> None:
         resolve_device("cuda")  # a clear error when no usable GPU
+        if decode not in DECODES:
+            raise ValueError(f"decode must be one of {DECODES}, got {decode!r}")
         if residency not in _residency.RESIDENCIES:
             raise ValueError(f"residency must be one of {_residency.RESIDENCIES}, got {residency!r}")
         if reader not in READERS:
             raise ValueError(f"reader must be one of {READERS}, got {reader!r}")
         if reader == "kvikio" and not kvikio_available():
             raise RuntimeError(f"reader='kvikio' but kvikio is not installed: {GPU}")
-        super().__init__(archive, options, storage_options=storage_options, cache_bytes=cache_bytes)  # compressed: decoded on the host
+        super().__init__(archive, options, storage_options=storage_options, cache_bytes=cache_bytes)
         if self.remote is not None and reader == "kvikio":
             raise ValueError(f"reader='kvikio' reads local files; {self.remote.url} is read by range on the host "
                              "(reader='host')")
@@ -117,6 +127,7 @@ class GPUBackend(OnDevice, Backend):
             self.index = None
             if self.residency in ("device", "pinned"):
                 self._load_resident(rows)
+            self.decoder = self._decoder(decode) if self.compressed else None
         log.info("GPU backend on cuda:%d, residency %s%s", self.device_index, self.residency,
                  f" (auto; {need / 2**30:.2f} GiB of rows)" if residency == "auto" else "")
 
@@ -166,6 +177,66 @@ class GPUBackend(OnDevice, Backend):
         vals, cols = self.kernels.gather(self._res_data, self._res_cols, d_starts, d_out_ptr, int(out_ptr[-1]),
                                          self.archive_cols, self._err)
         return RowPlan(rows, out_ptr, starts), d_out_ptr, vals, cols
+
+    # -- compressed chunks ------------------------------------------------------------------------
+    def will_need(self, rows) -> None:
+        """As ``Backend.will_need``; when the GPU decodes the chunks, their files are only read ahead
+        (decoding them on the host as well would take the CPU from the training step for nothing)."""
+        if getattr(self, "decoder", None) is None:
+            super().will_need(rows)
+            return
+        rows = np.asarray(rows, np.int64)
+        rows = rows[(rows >= 0) & (rows < self.n_rows)]
+        self.chunks.read_ahead(k for k in np.unique(rows // self.chunks.chunk_size)
+                                if self.decoder.cache.get(int(k), count=False) is None)
+
+    def _decoder(self, decode: str):
+        """The device decoder of this compressed archive's chunks, or None (host decode), logged with why."""
+        from . import _gpu_decode
+
+        why = None
+        if decode == "host":
+            why = "decode='host'"
+        elif self.residency != "stream":
+            why = f"residency {self.residency!r}: its rows were decoded once, on the host, when loaded"
+        else:
+            why = _gpu_decode.unsupported(self.chunks)
+            if why is None:
+                try:
+                    nvcomp = _gpu_decode.load_nvcomp()
+                except ImportError as e:
+                    why = str(e)
+        if why is not None:
+            if decode == "device":
+                raise RuntimeError(f"decode='device' is not possible for {self.path}: {why}")
+            log.info("%s: compressed chunks decoded on the host (%s)", self.path, why)
+            return None
+        from ._cuda import DecodeKernels
+
+        limit = self.chunks.cache.limit
+        log.info("%s: compressed chunks decoded on the GPU by nvCOMP %s (%s), %d MiB of them cached there", self.path,
+                 getattr(nvcomp, "__version__", "?"), sorted({p.codec for p in self.chunks.pipelines.values()}), limit >> 20)
+        return _gpu_decode.DeviceDecoder(self.chunks, self.ctx, DecodeKernels(self.ctx.upload), nvcomp, limit)
+
+    def _stage_decoded(self, plan: RowPlan):
+        """Stream a compressed archive: the batch's chunks decoded on the device (or cached there), in
+        groups that fit the device cache, each group's rows gathered by one ``scdl_gather_chunks``."""
+        cp, storage = self.cp, self.chunks
+        vals, cols = cp.empty(plan.nnz, self._v_dt), cp.empty(plan.nnz, self.col_ptr.dtype)
+        lengths = np.diff(plan.in_ptr)
+        chunk_of = plan.rows // storage.chunk_size
+        needed = np.unique(chunk_of[lengths > 0])  # empty rows read nothing
+        for group in _cache_groups(needed, [storage.chunk_nbytes(int(k)) for k in needed], self.decoder.cache.limit):
+            decoded = self.decoder.chunks(group)
+            sel = np.flatnonzero((lengths > 0) & np.isin(chunk_of, group))
+            row_ptr = np.zeros(len(sel) + 1, np.int64)
+            np.cumsum(lengths[sel], out=row_ptr[1:])
+            table = [(decoded[int(k)][0].view(self._v_dt), decoded[int(k)][1].view(self.col_ptr.dtype)) for k in group]
+            self.kernels.gather_chunks(table, np.searchsorted(group, chunk_of[sel]),
+                                       plan.starts[sel] - storage.value_offsets[chunk_of[sel]], row_ptr,
+                                       plan.in_ptr[sel], vals, cols, self.archive_cols, self._err, self.ctx.upload)
+            del decoded, table  # the cache may drop them now (their reads are queued on this stream)
+        return vals, cols
 
     # -- streaming ---------------------------------------------------------------------------------
     def _use_kvikio(self, plan: RowPlan) -> bool:
@@ -228,7 +299,12 @@ class GPUBackend(OnDevice, Backend):
                     plan, in_ptr, vals, cols = self._stage_resident(rows)
             else:
                 plan = self.plan(rows)
-                if self._use_kvikio(plan):
+                if self.decoder is not None:
+                    with stages("read"):
+                        self._err.fill(0)
+                        vals, cols = self._stage_decoded(plan)
+                    sorted_rows = self.archive_sorted  # rows as stored, as kvikio's
+                elif self._use_kvikio(plan):
                     with stages("read"):
                         vals, cols = self._stage_kvikio(plan)
                     sorted_rows = self.archive_sorted
@@ -241,9 +317,10 @@ class GPUBackend(OnDevice, Backend):
                 if in_ptr is None:
                     in_ptr = self.ctx.upload("in_ptr", plan.in_ptr)
                 out = assemble(self.kernels, cp, vals, cols, in_ptr, opts, self.width, self.remap, nnz=plan.nnz)
-                bits = int(self._err.get()[0]) if self.index is not None else 0  # synchronize! (the one flag read)
+                flagged = self.index is not None or self.decoder is not None
+                bits = int(self._err.get()[0]) if flagged else 0  # synchronize! (the one flag read)
                 if bits:
-                    raise self._device_error(bits)
+                    raise self._device_error(bits, plan)
             with stages("dlpack"):
                 for a in (out.crow, out.col, out.values, out.dense):
                     if a is not None:
@@ -251,12 +328,17 @@ class GPUBackend(OnDevice, Backend):
                 return to_batch(plan, (plan.n_rows, self.width), out, torch.from_dlpack,
                                 sorted=sorted_rows and opts.gene_remap is None)
 
-    def _device_error(self, bits: int) -> ArchiveError:
+    def _device_error(self, bits: int, plan: RowPlan) -> ArchiveError:
+        if self.decoder is not None:
+            self.gather_native(plan)  # the host gather's checks name the chunk's file and the row
         what = []
         if bits & 1:
             what.append(f"a row span outside the resident values (from {FileNames.ROWPTR.value})")
         if bits & 2:
             what.append(f"a column not below {self.archive_cols} (from {FileNames.COLPTR.value})")
+        if self.decoder is not None:
+            return ArchiveError(f"{self.path}: the gather kernel read {' and '.join(what)} in the chunks decoded on "
+                                "the GPU, which the host decodes differently; device memory was overwritten")
         return ArchiveError(f"{self.path}: the gather kernel read {' and '.join(what)} in the {self.residency} "
                             "copy; the resident rows were checked when loaded, so device memory was overwritten")
 
@@ -267,6 +349,9 @@ class GPUBackend(OnDevice, Backend):
             self._files = None
         self._res_data = self._res_cols = self._host_data = self._host_cols = None
         self.index = None
+        if getattr(self, "decoder", None) is not None:
+            self.decoder.close()
+            self.decoder = None
         super().close()
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "emit",
     "exclusive_scan",
     "gather",
+    "gather_chunks",
     "keep_flags",
     "out_indptr",
     "row_of_entries",
@@ -222,3 +223,23 @@ def gather(
     out_vals[slot[good]] = data[k[slot[good]]]
     out_cols[slot[good]] = c[good]
     return out_vals, out_cols, err
+
+
+def gather_chunks(
+    chunk_vals: list[np.ndarray], chunk_cols: list[np.ndarray], row_chunk, src_start, row_ptr, dst_start, width: int,
+    out_vals: np.ndarray, out_cols: np.ndarray,
+) -> int:
+    """``scdl_gather_chunks``: row r's ``row_ptr[r + 1] - row_ptr[r]`` entries, read from entries
+    ``src_start[r]...`` of chunk slot ``row_chunk[r]`` (``chunk_vals``/``chunk_cols``: one array per
+    slot), written to ``out_*[dst_start[r]...]`` in place. Returns the error bits, as :func:`gather`'s
+    (bit 1: outside the chunk's entries); an offending entry is written as value 0, column 0."""
+    row_ptr = np.asarray(row_ptr, dtype=np.int64)
+    err = 0
+    for r, slot in enumerate(np.asarray(row_chunk, dtype=np.int64).tolist()):
+        n = int(row_ptr[r + 1] - row_ptr[r])
+        v, c, bits = gather(chunk_vals[slot], chunk_cols[slot], np.asarray(src_start, np.int64)[r : r + 1],
+                            np.array([0, n], np.int64), width)
+        d = int(dst_start[r])
+        out_vals[d : d + n], out_cols[d : d + n] = v, c
+        err |= bits
+    return err

@@ -18,6 +18,8 @@ import types
 import numpy as np
 import torch
 
+from scdl_gpu.backend import _crc32c
+from scdl_gpu.backend import _decode_reference as dref
 from scdl_gpu.backend import _reference as ref
 
 
@@ -201,14 +203,47 @@ class ReferenceKernels:
         err[0] |= bits
         return self.dev(v), self.dev(c)
 
+    def gather_chunks(self, chunks, row_chunk, src_start, row_ptr, dst_start, out_vals, out_cols, width, err, upload):
+        self._launch("gather_chunks")
+        err[0] |= ref.gather_chunks([np.asarray(v) for v, _ in chunks], [np.asarray(c) for _, c in chunks], row_chunk,
+                                    src_start, row_ptr, dst_start, width, out_vals, out_cols)
+
+
+class ReferenceDecodeKernels:
+    """``DecodeKernels`` answered by the NumPy twins of ``kernels/decode.cu`` (the CRC through the same
+    block layout and host chaining as the real launcher)."""
+
+    world: World = None
+
+    def __init__(self, upload):
+        self.upload = upload
+
+    def unshuffle(self, src, frame_src, outs):
+        self.world.note("launch", *self.world.current(), "unshuffle")
+        dref.unshuffle(np.asarray(src), frame_src, outs)
+
+    def delta(self, frames):
+        self.world.note("launch", *self.world.current(), "delta")
+        dref.delta_decode(frames)
+
+    def crc32c(self, arrays):
+        self.world.note("launch", *self.world.current(), "crc32c")
+        nbytes = [a.nbytes for a in arrays]
+        array, offset, length, start = _crc32c.block_layout(nbytes)
+        raw = [np.asarray(a).view(np.uint8) for a in arrays]
+        regs = dref.crc32c_blocks([raw[a][o : o + n] for a, o, n in zip(array, offset, length)], start)
+        return _crc32c.chain(regs, nbytes)
+
 
 def install(monkeypatch) -> World:
     """Replace CuPy, the launchers and torch's CUDA streams/events with the fake GPU."""
     world = World()
     cp, cupyx, patches, dev = make_world_modules(world)
     ReferenceKernels.world, ReferenceKernels.dev = world, staticmethod(dev)
+    ReferenceDecodeKernels.world = world
     cuda_mod = types.ModuleType("scdl_gpu.backend._cuda")
     cuda_mod.CudaKernels = ReferenceKernels
+    cuda_mod.DecodeKernels = ReferenceDecodeKernels
     monkeypatch.setitem(sys.modules, "cupy", cp)
     monkeypatch.setitem(sys.modules, "cupyx", cupyx)
     monkeypatch.setitem(sys.modules, "scdl_gpu.backend._cuda", cuda_mod)
@@ -225,4 +260,5 @@ def install(monkeypatch) -> World:
     # stand-in arrays are host memory; copying also lets them die at once, as a released batch would
     monkeypatch.setattr(torch, "from_dlpack", lambda a: torch.from_numpy(np.array(a)))
     monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, s: world.note("record_stream", s.cuda_stream))
+    monkeypatch.setitem(sys.modules, "nvidia.nvcomp", None)  # no nvCOMP unless a test installs fake_nvcomp
     return world

@@ -1,4 +1,4 @@
-"""Run a real kernel file (``kernels/csr_batch.cu``, ``kernels/gather.cu``) on the CPU: g++ builds it with
+"""Run a real kernel file (``kernels/csr_batch.cu``, ``kernels/gather.cu``, ``kernels/decode.cu``) on the CPU: g++ builds it with
 ``cuda_cpu_shim.h`` into a shared library whose ``extern "C"`` launchers walk a real grid (every block,
 every thread, one after another) and call the kernel body; Python calls them through ctypes with NumPy
 arrays.
@@ -36,10 +36,12 @@ TV = {
 TC = {k: TV[k] for k in ("u8", "u16", "u32", "u64")}
 OV = {k: TV[k] for k in ("f32", "f64")}
 OI = {"i32": ("int", np.int32), "i64": ("long long", np.int64)}
+IT = {k: TV[k] for k in ("u8", "u16", "u32", "u64")}  # the decode kernels' unsigned item types
 CODE = {np.dtype(dt): code for table in (TV, OI) for code, (_, dt) in table.items()}
 
 # Each kernel's parameters: (C++ type, ctypes type); template parameters are written {TV} and so on.
 P, LL, INT = ctypes.c_void_p, ctypes.c_longlong, ctypes.c_int
+ULLP = "const unsigned long long*"  # a table of device (here: host) addresses
 PARAMS = {
     "keep_flags": [("const {TC}*", P), ("long long", LL), ("const long long*", P), ("int*", P)],
     "row_sums": [
@@ -59,17 +61,38 @@ PARAMS = {
         ("const {TV}*", P), ("const {TC}*", P), ("long long", LL), ("const long long*", P), ("const long long*", P),
         ("long long", LL), ("long long", LL), ("{TV}*", P), ("{TC}*", P), ("int*", P),
     ],
+    "gather_chunks": [
+        (ULLP, P), (ULLP, P), ("const long long*", P), ("const long long*", P), ("const long long*", P),
+        ("const long long*", P), ("const long long*", P), ("long long", LL), ("long long", LL), ("{TV}*", P),
+        ("{TC}*", P), ("int*", P),
+    ],
+    "unshuffle": [("const unsigned char*", P), ("const long long*", P), (ULLP, P), ("const long long*", P), ("long long", LL)],
+    "delta_sums": [(ULLP, P), ("const long long*", P), ("const long long*", P), ("long long", LL), ("long long", LL), ("{IT}*", P)],
+    "delta_scan": [("const long long*", P), ("long long", LL), ("{IT}*", P)],
+    "delta_apply": [
+        (ULLP, P), ("const long long*", P), ("const long long*", P), ("long long", LL), ("long long", LL),
+        ("const {IT}*", P),
+    ],
+    "crc32c_blocks": [(ULLP, P), ("const long long*", P), ("const unsigned int*", P), ("const unsigned int*", P),
+                      ("long long", LL), ("unsigned int*", P)],
 }
 # The kernels each file defines; ``build`` makes one library per file.
-FILES = {"csr_batch.cu": ("keep_flags", "row_sums", "emit", "densify"), "gather.cu": ("gather",)}
+FILES = {"csr_batch.cu": ("keep_flags", "row_sums", "emit", "densify"), "gather.cu": ("gather", "gather_chunks"),
+         "decode.cu": ("unshuffle", "delta_sums", "delta_scan", "delta_apply", "crc32c_blocks")}
 TEMPLATE = {
     "keep_flags": ("TC",),
     "row_sums": ("TV", "TC"),
     "emit": ("TV", "TC", "OV", "OI"),
     "densify": ("TV", "TC", "OV"),
     "gather": ("TV", "TC"),
+    "gather_chunks": ("TV", "TC"),
+    "unshuffle": ("IT",),
+    "delta_sums": ("IT",),
+    "delta_scan": ("IT",),
+    "delta_apply": ("IT",),
+    "crc32c_blocks": (),
 }
-TABLES = {"TV": TV, "TC": TC, "OV": OV, "OI": OI}
+TABLES = {"TV": TV, "TC": TC, "OV": OV, "OI": OI, "IT": IT}
 
 PRELUDE = """
 // One launch: a real 1-D grid walked block by block, thread by thread.
@@ -107,9 +130,10 @@ def wrapper_source(file: str) -> str:
             decl = ", ".join(f"{ctype.format(**types)} a{k}" for k, (ctype, _) in enumerate(params))
             args = ", ".join(f"a{k}" for k in range(len(params)))
             targs = ", ".join(types[t] for t in TEMPLATE[kernel])
+            name = f"scdl_{kernel}<{targs}>" if targs else f"scdl_{kernel}"
             out.append(
                 f'extern "C" void {symbol(kernel, *codes)}(long long grid, int block, {decl})\n'
-                f"{{ scdl_shim_launch(scdl_{kernel}<{targs}>, grid, block, {args}); }}"
+                f"{{ scdl_shim_launch({name}, grid, block, {args}); }}"
             )
     return "\n".join(out) + "\n"
 
@@ -204,3 +228,46 @@ class Kernels:
         fn(self._grid(n, block, grid), block, _ptr(data), _ptr(cols), len(data), _ptr(src_start, np.int64),
            _ptr(out_ptr, np.int64), n_rows, width, _ptr(out_vals, data.dtype), _ptr(out_cols, cols.dtype),
            _ptr(err, np.int32))  # fmt: skip
+
+    def gather_chunks(self, chunk_vals, chunk_cols, chunk_len, row_chunk, src_start, row_ptr, dst_start, width,
+                      out_vals, out_cols, err, *, block=128, grid=None):
+        """``chunk_vals``/``chunk_cols``: int64 tables of the chunks' addresses (see ``addresses``)."""
+        n, n_rows = int(row_ptr[-1]), len(row_ptr) - 1
+        fn = self._fn("gather_chunks", CODE[out_vals.dtype], CODE[out_cols.dtype])
+        fn(self._grid(n, block, grid), block, _ptr(chunk_vals, np.int64), _ptr(chunk_cols, np.int64),
+           _ptr(chunk_len, np.int64), _ptr(row_chunk, np.int64), _ptr(src_start, np.int64), _ptr(row_ptr, np.int64),
+           _ptr(dst_start, np.int64), n_rows, width, _ptr(out_vals), _ptr(out_cols), _ptr(err, np.int32))  # fmt: skip
+
+    def unshuffle(self, item, src, frame_src, frame_dst, item_ptr, *, block=128, grid=None):
+        n_frames = len(item_ptr) - 1
+        fn = self._fn("unshuffle", CODE[np.dtype(item)])
+        fn(self._grid(int(item_ptr[-1]), block, grid), block, _ptr(src, np.uint8), _ptr(frame_src, np.int64),
+           _ptr(frame_dst, np.int64), _ptr(item_ptr, np.int64), n_frames)  # fmt: skip
+
+    def delta_sums(self, frame_ptr, item_ptr, seg_ptr, seg, seg_sums, *, block=128, grid=None):
+        n_frames = len(item_ptr) - 1
+        fn = self._fn("delta_sums", CODE[seg_sums.dtype])
+        fn(self._grid(int(seg_ptr[-1]), block, grid), block, _ptr(frame_ptr, np.int64), _ptr(item_ptr, np.int64),
+           _ptr(seg_ptr, np.int64), n_frames, seg, _ptr(seg_sums))  # fmt: skip
+
+    def delta_scan(self, seg_ptr, seg_sums, *, block=128, grid=None):
+        n_frames = len(seg_ptr) - 1
+        fn = self._fn("delta_scan", CODE[seg_sums.dtype])
+        fn(self._grid(n_frames, block, grid), block, _ptr(seg_ptr, np.int64), n_frames, _ptr(seg_sums))
+
+    def delta_apply(self, frame_ptr, item_ptr, seg_ptr, seg, seg_sums, *, block=128, grid=None):
+        n_frames = len(item_ptr) - 1
+        fn = self._fn("delta_apply", CODE[seg_sums.dtype])
+        fn(self._grid(int(seg_ptr[-1]), block, grid), block, _ptr(frame_ptr, np.int64), _ptr(item_ptr, np.int64),
+           _ptr(seg_ptr, np.int64), n_frames, seg, _ptr(seg_sums))  # fmt: skip
+
+    def crc32c_blocks(self, block_ptr, block_len, block_init, table, out, *, block=128, grid=None):
+        n = len(block_ptr)
+        fn = self._fn("crc32c_blocks")
+        fn(self._grid(n, block, grid), block, _ptr(block_ptr, np.int64), _ptr(block_len, np.int64),
+           _ptr(block_init, np.uint32), _ptr(table, np.uint32), n, _ptr(out, np.uint32))  # fmt: skip
+
+
+def addresses(arrays) -> np.ndarray:
+    """The host addresses of ``arrays`` as the int64 table a kernel reads as ``unsigned long long``."""
+    return np.array([a.ctypes.data for a in arrays], dtype=np.int64)

@@ -20,8 +20,9 @@ def _check(result):
 
 
 # Instantiations per file: keep_flags per column type, then per value x column type (6 x 4) row_sums,
-# densify x 2 outputs and emit x 4 outputs; gather once per value x column type.
-COUNTS = {"csr_batch.cu": 4 + 6 * 4 * (1 + 2 + 4), "gather.cu": 6 * 4}
+# densify x 2 outputs and emit x 4 outputs; gather and gather_chunks once per value x column type; the
+# four decode kernels per unsigned item type, and the CRC.
+COUNTS = {"csr_batch.cu": 4 + 6 * 4 * (1 + 2 + 4), "gather.cu": 2 * 6 * 4, "decode.cu": 4 * 4 + 1}
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
