@@ -82,7 +82,7 @@ bench-atlas: $(STAMP)
 # Compressed archives: ratio and CPU decode GB/s per codec on the 200k Tahoe-like archive and every real
 # file, block-order cells/s cold and warm against the flat archive (~5 minutes once the archive exists).
 bench-compress: $(STAMP)
-	PYTHONPATH=. $(PY) benchmarks/bench_compress.py --repeats 3 --json benchmarks/results/compress_cpu.json --markdown benchmarks/results/compress_cpu.md
+	PYTHONPATH=. $(PY) benchmarks/bench_compress.py --repeats 5 --json benchmarks/results/compress_cpu.json --markdown benchmarks/results/compress_cpu.md
 
 # A lent GPU machine has no network and no .venv, and only the checkout (plus named ignored paths)
 # travels: `make gpu-kit` here copies the wheels its image lacks (and nvCOMP's, from $(GPU_KIT)-nvcomp:

@@ -29,7 +29,7 @@ Tahoe-like archive with another flat one (the smoke test's).
 
 Example (``make bench-compress``; about 5 minutes on 2 cores once the Tahoe-like archive exists)::
 
-    PYTHONPATH=. python benchmarks/bench_compress.py --repeats 3 --json benchmarks/results/compress_cpu.json \\
+    PYTHONPATH=. python benchmarks/bench_compress.py --repeats 5 --json benchmarks/results/compress_cpu.json \\
         --markdown benchmarks/results/compress_cpu.md
 """
 
@@ -62,6 +62,8 @@ except ImportError:  # run as a script
 CODECS = ("zstd", "lz4", "zlib")
 LOADING_CODECS = ("zstd", "lz4")  #: zlib decodes slowest of the three: left out of the loading runs
 REAL = _report.REPO.parent / "shared" / "data" / "real"
+#: The issue's targets, reported for each codec timed (``<target>_<codec>``): no codec is the issue's
+#: own choice, and the two trade ratio against decode speed.
 TARGETS = {"tahoe_ratio_vs_uint16": 2.5, "cold_block4096_speedup": 1.5, "cold_block4096_speedup_larger_than_memory": 1.5}
 
 
@@ -255,14 +257,15 @@ def main(argv=None) -> int:
         for src in sorted(p for p in args.real.iterdir() if p.suffix in (".h5ad", ".h5") or p.is_dir()):
             name = src.name.removesuffix(".h5ad").removesuffix(".h5")
             result["codecs"] += codec_rows(name, convert_real(src, work / f"{name}.flat.scdl"), work)
-    tahoe = [r for r in result["codecs"] if r["dataset"] == main_name and r["codec"] == "zstd"]
     targets = {}
-    if tahoe:
-        targets["tahoe_ratio_vs_uint16"] = tahoe[0]["ratio"]
-        targets["cold_block4096_speedup"] = result["loading"]["speedup"]["zstd/cold"]
+    for codec in LOADING_CODECS if not args.no_tahoe else ():
+        tahoe = [r for r in result["codecs"] if r["dataset"] == main_name and r["codec"] == codec]
+        targets[f"tahoe_ratio_vs_uint16_{codec}"] = ("tahoe_ratio_vs_uint16", tahoe[0]["ratio"])
+        targets[f"cold_block4096_speedup_{codec}"] = ("cold_block4096_speedup", result["loading"]["speedup"][f"{codec}/cold"])
         # the same target where the issue sets it: an archive larger than memory, read from disk
-        targets["cold_block4096_speedup_larger_than_memory"] = result["loading"]["speedup"]["zstd/cold/vs_on_demand"]
-    result["targets"] = {k: dict(value=v, target=TARGETS[k], met=v >= TARGETS[k]) for k, v in targets.items()}
+        targets[f"cold_block4096_speedup_larger_than_memory_{codec}"] = (
+            "cold_block4096_speedup_larger_than_memory", result["loading"]["speedup"][f"{codec}/cold/vs_on_demand"])
+    result["targets"] = {k: dict(value=v, target=TARGETS[t], met=v >= TARGETS[t]) for k, (t, v) in targets.items()}
     text = markdown(result)
     print(text)
     if args.json:
