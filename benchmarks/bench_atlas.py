@@ -212,7 +212,7 @@ def markdown(res: dict) -> str:
         lines.append(f"- target {t['name']}: {t['value']:.2f} (>= {t['threshold']:.2f}): {'met' if t['met'] else 'NOT met'}")
     lines.append(f"- rows compared between the atlases and the flat archive before timing: {res['rows_checked']:,}")
     lines.append("- both read in parallel over rows from 8,192 values a batch; the atlas maps every column through "
-                 "its member's column map (one table lookup per value, about ten times a plain copy's cost per "
+                 "its member's column map (one table lookup per value, about five times a plain copy's cost per "
                  "value), which the flat archive, stored in vocabulary columns, does not (an atlas of local flat "
                  "members plans every row in one compiled pass). The materialized atlas reads its members' columns "
                  "already in vocabulary columns (one more column file per member, written by the atlas), so it "

@@ -5,7 +5,8 @@ One script for what ``bench_backend.py``, ``bench_loader.py``, ``bench_profiling
 the routine behind ``scdl-gpu bench`` (the stream's set-up and first batch recorded but untimed,
 ``--warmup`` untimed batches, then cells/s over ``--seconds``; the device synchronised; host memory
 peaks), in one run, ``--repeats`` interleaved repeats, the median reported (every repeat in the
-JSON). The page cache is warmed by a plain read of every file involved before each repeat.
+JSON). The page cache is warmed by a plain read of every file involved before each repeat, and of
+the files a measurement reads just before it (a shared machine may have evicted them meanwhile).
 
 Archives, made once in ``--workdir`` from the same h5ad inputs (by default the 200,000-cell
 Tahoe-like directory of ``bench_convert_dir.py``: 10 files x 20,000 cells, 62,710 genes, ~1,450
@@ -181,6 +182,16 @@ def archive_labels(archive: Path, label: str, n_rows: int) -> np.ndarray | None:
         return ObsColumns(archive, [label], n_rows).values[label]
     except (KeyError, ValueError, OSError):
         return None
+
+
+def _files_read(m, archives: dict, workdir: Path, inputs) -> list[Path]:
+    """The files measurement ``m`` reads: its archive's (bionemo-scdl: its own copy's), or the inputs."""
+    if RUNNERS[m.runner].reads == "inputs":
+        from scdl_gpu.convert import discover_inputs
+
+        return list(discover_inputs([inputs]))
+    root = archives[m.archive] if m.runner != "bionemo-scdl" else bionemo_copy(archives[m.archive], workdir)
+    return [root / f for f in ("data.npy", "col_ptr.npy", "row_ptr.npy")]
 
 
 def warm_page_cache(paths: list[Path]) -> float:
@@ -445,7 +456,8 @@ def markdown(result: dict) -> str:
         f"- method: `scdl_gpu.profiling.measure` (as `scdl-gpu bench`): {c['seconds']} s per measurement "
         f"({c['peer_seconds']} s for {' and '.join(PEERS_TIMED_SHORTER)}) after {c['warmup']} warm-up batches, set-up "
         f"and first batch untimed; median of {c['repeats']} interleaved repeats (± sd; all in the JSON); page cache "
-        "warmed before each repeat; every batch a full-width torch sparse CSR tensor on the device; ceiling = memcpy "
+        "warmed before each repeat and each measurement's files again before it; every batch a full-width torch "
+        "sparse CSR tensor on the device; ceiling = memcpy "
         "of the archive's value and column bytes, best repeat, as cells/s",
         "", f"| runner | archive | order | batch | cells/s | of ceiling | x bionemo-scdl | distinct {c['label']}s per batch "
         "| first batch ms | peak anon MiB |",
@@ -630,6 +642,7 @@ def main(argv=None) -> int:
         print(f"r{rep} warm {warm_s[-1]:.1f} s; memcpy " + ", ".join(f"{k} {v[-1]['cells_per_s']:,.0f}"
                                                                    for k, v in memcpy.items()) + " cells/s", file=sys.stderr)
         for m in plan_:
+            warm_page_cache(_files_read(m, archives, a.workdir, inputs))  # what the machine evicted since
             t = measure(m.make, a.device, m.seconds, a.warmup)
             m.repeats.append(t.to_dict())
             print(f"r{rep} {m.runner} [{m.archive or 'h5ad'}] {m.order} @{m.batch_size}: {t.cells_per_s:,.0f} cells/s "
