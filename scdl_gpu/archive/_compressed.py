@@ -30,6 +30,7 @@ import logging
 import mmap
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -193,7 +194,7 @@ class CompressedStorage(ChunkedStorage):
         self.cache.on_evict = self.spare.give
         self._lock = threading.RLock()  # a future already done runs its callback in the submitting thread
         self._ahead: dict = {}  # chunk -> its (values, columns) futures, while they decode
-        self._pid = os.getpid()
+        _open_storages[id(self)] = self
 
     def file(self, chunk: int, member: FileNames) -> Path:
         return self.dir(chunk) / frames_file(member)
@@ -215,7 +216,6 @@ class CompressedStorage(ChunkedStorage):
         damaged chunk is raised by the call that needs it."""
         budget, started = self.cache.limit, []
         with self._lock:
-            self._forget_if_forked()
             budget -= sum(self.chunk_nbytes(k) for k in self._ahead)
             for k in dict.fromkeys(map(int, chunks)):
                 n = self.chunk_nbytes(k) if 0 <= k < self.num_chunks else 0
@@ -226,7 +226,7 @@ class CompressedStorage(ChunkedStorage):
         self.read_ahead(started)  # the disk starts now; the pool decodes them after the chunks queued before
         with self._lock:
             for k in started:
-                if k not in self._ahead:
+                if k not in self._ahead and self.cache.get(k, count=False) is None:
                     self._ahead[k] = self._submit(k)
 
     def read_ahead(self, chunks) -> None:
@@ -244,7 +244,6 @@ class CompressedStorage(ChunkedStorage):
                 out[k] = hit
                 continue
             with self._lock:
-                self._forget_if_forked()
                 ahead = self._ahead.get(k)
                 if ahead is None:  # registered, so a read-ahead hint meanwhile does not decode it twice
                     ahead = self._ahead[k] = self._submit(k)
@@ -282,13 +281,7 @@ class CompressedStorage(ChunkedStorage):
     def decoding(self) -> bool:
         """Whether chunks are being decoded on the pool now."""
         with self._lock:
-            self._forget_if_forked()
             return bool(self._ahead)
-
-    def _forget_if_forked(self) -> None:
-        """A forked child (a DataLoader worker) inherits futures its own pool will never run."""
-        if self._pid != os.getpid():
-            self._pid, self._ahead = os.getpid(), {}
 
     def _decode_array(self, k: int, member: FileNames) -> np.ndarray:
         """One array of chunk ``k``, decoded frame by frame and checked against its CRC-32C as the
@@ -352,6 +345,20 @@ class CompressedStorage(ChunkedStorage):
             raise ArchiveError(f"{path}: expected {{'data.npy'|'col_ptr.npy': {{'nbytes', 'crc32c', 'frames'}}}}; "
                                "the chunk's frame index is damaged")
         return doc
+
+
+_open_storages: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (a DataLoader worker) inherits futures its own pool will never run, and locks
+    that a thread of the parent may have held at the fork: each open storage starts afresh."""
+    for storage in list(_open_storages.values()):
+        storage._lock, storage._ahead = threading.RLock(), {}
+        storage.cache._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _map_file(path: Path, index: Path):

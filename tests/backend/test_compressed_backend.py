@@ -89,6 +89,48 @@ def test_a_forked_worker_decodes_with_its_own_threads(pair):
     assert os.waitstatus_to_exitcode(status) == 0
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_worker_forked_while_chunks_decode_ahead_reads_the_parents_backend(pair):
+    """The parent's decode-ahead table and its locks (held by a thread of the parent at the fork)
+    start afresh in the child, which reads through the backend it inherited."""
+    import threading
+    import time
+
+    flat, packed = pair
+    z = get_backend(packed, device="cpu")
+    z.will_need(np.arange(N))  # futures of the parent's pool, maybe still running
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with z.chunks._lock, z.chunks.cache._lock:
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    held.wait(10)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child's result is its exit status
+        ok = False
+        try:
+            ok = np.array_equal(z.batch(np.arange(N)).values.numpy(),
+                                get_backend(flat, device="cpu").batch(np.arange(N)).values.numpy())
+        finally:
+            os._exit(0 if ok else 1)
+    release.set()
+    t.join()
+    for _ in range(600):  # a child stuck on an inherited lock would hang: give it 30 s
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung on the parent's locks")
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 def test_will_need_decodes_uncached_chunks_ahead_once(pair, monkeypatch):
     from scdl_gpu.archive._compressed import CompressedStorage
 
