@@ -110,14 +110,32 @@ def _copy_row(data, cols, s, o, n, width, out_vals, out_cols, via_double, sort):
     measured 2-3x slower (block rows 0.7M against 2.0M cells/s on one core)."""
     src, dst, src_v, dst_v = cols[s : s + n], out_cols[o : o + n], data[s : s + n], out_vals[o : o + n]
     top = src.dtype.type(0)  # columns are unsigned, so uint64 columns >= 2**63 stay huge here
+    unsorted = False
+    if n:
+        top = src[0]
+        dst[0] = src[0]
+        if via_double:  # two statements: a conditional expression would unify the types (int64 rounded twice)
+            dst_v[0] = np.float64(src_v[0])
+        else:
+            dst_v[0] = src_v[0]
+    # The order check rides along in the copy loop (a second loop over the row measured 10% slower
+    # at random rows of 4,096); each loop is branch-free, so LLVM vectorises it.
     if via_double:
-        for j in range(n):
+        for j in range(1, n):
             x = src[j]
             top = max(top, x)
+            unsorted |= x < src[j - 1]
             dst[j] = x
             dst_v[j] = np.float64(src_v[j])  # uint64 -> float32 rounds through double, as the kernels do
+    elif sort:
+        for j in range(1, n):
+            x = src[j]
+            top = max(top, x)
+            unsorted |= x < src[j - 1]
+            dst[j] = x
+            dst_v[j] = src_v[j]
     else:
-        for j in range(n):
+        for j in range(1, n):
             x = src[j]
             top = max(top, x)
             dst[j] = x
@@ -126,12 +144,8 @@ def _copy_row(data, cols, s, o, n, width, out_vals, out_cols, via_double, sort):
         dst[:] = 0
         dst_v[:] = 0
         return False
-    if sort and n > 1:
-        unsorted = False
-        for j in range(1, n):
-            unsorted |= src[j] < src[j - 1]
-        if unsorted:
-            _sort_row(out_cols, out_vals, o, n)
+    if sort and unsorted:
+        _sort_row(out_cols, out_vals, o, n)
     return True
 
 
