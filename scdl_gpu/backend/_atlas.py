@@ -57,6 +57,7 @@ class AtlasMemberReader:
     flat: tuple[np.ndarray, np.ndarray] | None = None
     compact: Callable[[RowPlan], tuple[np.ndarray, np.ndarray]] | None = None
     close: Callable[[], None] = lambda: None
+    will_need: Callable[[np.ndarray], None] = lambda rows: None  #: the member's read-ahead hint (its own row ids)
 
     @property
     def n_rows(self) -> int:
@@ -86,7 +87,7 @@ def open_member(path: Path, name: str) -> AtlasMemberReader:
                   data_dtype=np.dtype(b.data.dtype), col_dtype=np.dtype(b.col_ptr.dtype), close=b.close)
     if b.chunks is None:
         return AtlasMemberReader(**common, rows_sorted=b.archive_sorted, flat=(b.data, b.col_ptr))
-    return AtlasMemberReader(**common, rows_sorted=True, compact=b.gather_native)
+    return AtlasMemberReader(**common, rows_sorted=True, compact=b.gather_native, will_need=b.will_need)
 
 
 class _Member:
@@ -394,7 +395,15 @@ class AtlasBackend:
             raise
 
     def will_need(self, rows) -> None:
-        """The loader's read-ahead hint (see ``Backend.will_need``): members are read as they are asked for."""
+        """The loader's read-ahead hint (see ``Backend.will_need``), passed to each member its rows fall in
+        (a compressed member starts decoding them); rows outside the atlas are ignored."""
+        rows = np.asarray(rows, np.int64)
+        rows = rows[(rows >= 0) & (rows < self.n_rows)]
+        if not len(rows):
+            return
+        member, local = self.atlas.locate(rows)
+        for k in np.unique(member):
+            self.members[int(k)].reader.will_need(local[member == k])
 
     # The loader's hand-off hooks: nothing to order on the CPU.
     def producing(self):

@@ -287,3 +287,25 @@ def test_the_one_pass_planner_equals_planning_each_member(dtype):
                                                               np.array([0, 7 + 3, 7 + 4]))
     assert (status, i, int(member[i]), int(local[i])) == (2, 2, 2, 4)
     assert _gather_remap.row_pointers([ptrs[0].astype(np.float32)]) is None  # not a pointer dtype: the other route
+
+
+def test_the_loaders_hint_reaches_a_compressed_member(members, tmp_path, monkeypatch):
+    """``will_need`` passes each member its own rows: a compressed member starts decoding them."""
+    from scdl_gpu.archive._compressed import compress_archive
+
+    packed = tmp_path / "m1-z.scdl"
+    compress_archive(members[1][0], packed, chunk_size=4)
+    atlas = create_atlas(tmp_path / "atlas", [members[0][0], packed, members[2][0]])
+    backend = AtlasBackend(atlas.root)
+    hinted = {}
+    for k, m in enumerate(backend.members):
+        real = m.reader.will_need
+        m.reader.will_need = lambda rows, k=k, real=real: hinted.setdefault(k, []).extend(rows) or real(rows)
+    names, offsets = backend.groups
+    rows = np.array([offsets[1] + 9, 0, offsets[1] + 1, offsets[2] + 3, -1, atlas.n_rows])  # outside: ignored
+    backend.will_need(rows)
+    assert sorted(hinted) == [0, 1, 2] and sorted(hinted[1]) == [1, 9] and hinted[0] == [0] and hinted[2] == [3]
+    storage = backend.members[1].reader.compact.__self__.chunks  # the member's own CPU backend
+    assert set(storage._ahead) | set(storage.cache._items) == {0, 2}  # chunks of rows 1 and 9, decoding or done
+    got = _dense(backend.batch(rows[:4]))
+    assert np.array_equal(got, expected_rows(members, list(atlas.genes))[rows[:4]])
