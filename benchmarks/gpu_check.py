@@ -412,13 +412,18 @@ class Check:
             else:
                 self.say("\n".join(lines))  # the table, for whoever reads the run's output
 
+    def start_on_archive(self, step: str, cmd, archive: Path | None, dry: bool):
+        """Run ``cmd`` as ``step`` within its budget (see :meth:`budgeted`); None, the step recorded as
+        skipped, without a GPU or an archive (or when its budget is spent)."""
+        if dry or archive is None:
+            self.record(step, "SKIP", "no usable CUDA device" if dry else "no archive", command=cmd)
+            return None
+        return self.budgeted(step, step, cmd)
+
     def profile(self, archive: Path | None, dry: bool) -> None:
         cmd = [PY, "-m", "scdl_gpu.cli", "profile", str(archive or "ARCHIVE"), "--device", "cuda", "--shuffle", "block",
                "--batch-size", "4096", "--seconds", "2", "--json", str(self.out / "gpu_profile.json"), "--quiet"]
-        if dry or archive is None:
-            self.record("profile", "SKIP", "no usable CUDA device" if dry else "no archive", command=cmd)
-            return
-        run = self.budgeted("profile", "profile", cmd)
+        run = self.start_on_archive("profile", cmd, archive, dry)
         if run is None:
             return
         rc, lines, _, limit, secs = run
@@ -437,10 +442,7 @@ class Check:
 
     def nvcomp(self, archive: Path | None, dry: bool) -> None:
         cmd = self.child("nvcomp", archive or "ARCHIVE", self.out / "gpu_nvcomp.json")
-        if dry or archive is None:
-            self.record("nvcomp", "SKIP", "no usable CUDA device" if dry else "no archive", command=cmd)
-            return
-        run = self.budgeted("nvcomp", "nvcomp", cmd)
+        run = self.start_on_archive("nvcomp", cmd, archive, dry)
         if run is None:
             return
         rc, lines, results, limit, secs = run

@@ -185,10 +185,7 @@ class GPUBackend(OnDevice, Backend):
         if getattr(self, "decoder", None) is None:
             super().will_need(rows)
             return
-        rows = np.asarray(rows, np.int64)
-        rows = rows[(rows >= 0) & (rows < self.n_rows)]
-        self.chunks.read_ahead(k for k in np.unique(rows // self.chunks.chunk_size)
-                                if self.decoder.cache.get(int(k), count=False) is None)
+        self.chunks.read_ahead(k for k in self._chunks_of(rows) if self.decoder.cache.get(int(k), count=False) is None)
 
     def _decoder(self, decode: str):
         """The device decoder of this compressed archive's chunks, or None (host decode), logged with why."""
