@@ -59,7 +59,7 @@ KIT = ("anndata", "kvikio_cu13", "libkvikio_cu13", "rapids_logger", "zarr", "num
 SMOKE_CHECK_S = 90  # the longest a smoke check may take (R6 compiles every kernel instantiation)
 PLAN = {"wheels": (90, 20), "project": (120, 30), "imports": (120, 30), "kvikio-auto": (45, 10), "archive": (180, 30),
         "smoke": (200, 45), "pytest": (200, 45), "bench": (60, 30), "report": (60, 10), "profile": (45, 20),
-        "nvcomp": (150, 60)}
+        "breakdown": (60, 25), "nvcomp": (150, 60)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -83,6 +83,7 @@ class Check:
         self.residency = False  # whether this checkout's SingleCellLoader takes residency=
         self._shown = None  # the last command printed
         self.n_bench = len(RESIDENCIES)  # bench runs still to come (one per residency)
+        self.skip = set(getattr(a, "skip", None) or ())  # steps and checks not to run (--skip)
 
     # output ---------------------------------------------------------------------------------------
     def say(self, text: str = "") -> None:
@@ -307,6 +308,9 @@ class Check:
 
     def smoke(self, dry: bool) -> None:
         names = SMOKE + [f"R5:{r}" for r in RESIDENCIES[1:] if self.residency] + ["R2b"]
+        for n in [n for n in names if n in self.skip]:
+            self.record(n, "SKIP", "--skip")
+        names = [n for n in names if n not in self.skip]
         if dry:
             for n in names:
                 self.record(n, "SKIP", "no usable CUDA device", command=self.child("smoke", *names))
@@ -374,6 +378,9 @@ class Check:
         device = "cpu" if dry else "cuda"
         wanted = (("auto", "stream") if self.residency else ("auto",)) if dry else \
             (RESIDENCIES if self.residency else ("auto",))
+        for res in [r for r in wanted if f"bench:{r}" in self.skip]:
+            self.record(f"bench:{res}", "SKIP", "--skip")
+        wanted = tuple(r for r in wanted if f"bench:{r}" not in self.skip)
         skipped = [r for r in (("stream",) if dry else RESIDENCIES) if r not in wanted]
         orders, sizes, secs = (("random", "block"), (64,), 0.2) if dry else (ORDERS, BATCH_SIZES, self.a.bench_seconds)
         parts = []
@@ -387,7 +394,7 @@ class Check:
             run = self.budgeted(f"bench:{res}", "bench", cmd)
             if run is None:
                 continue
-            rc, lines, _, limit, secs = run
+            rc, lines, _, limit, took = run
             if rc == 0 and part.exists():
                 r = json.loads(part.read_text())
                 best = max(r["results"], key=lambda x: x["cells_per_s"])
@@ -395,11 +402,11 @@ class Check:
                 self.record(f"bench:{res}", "PASS",
                             f"{len(r['results'])} configs; best {best['shuffle']}@{best['batch_size']} "
                             f"{best['cells_per_s']:,.0f} cells/s"
-                            + (f" = {frac:.0%} of {best['bound'].replace('_', ' ')}" if frac else ""), secs, cmd)
+                            + (f" = {frac:.0%} of {best['bound'].replace('_', ' ')}" if frac else ""), took, cmd)
                 parts.append(part)
             else:
                 why = f"timed out after {limit:.0f}s" if rc is None else f"rc={rc}: {failure(lines, 2)}"
-                self.record(f"bench:{res}", "FAIL", why, secs, cmd)
+                self.record(f"bench:{res}", "FAIL", why, took, cmd)
         for res in skipped:
             self.record(f"bench:{res}", "SKIP", "SingleCellLoader takes no residency= in this checkout yet")
         if parts:
@@ -421,8 +428,9 @@ class Check:
         return self.budgeted(step, step, cmd)
 
     def profile(self, archive: Path | None, dry: bool) -> None:
-        cmd = [PY, "-m", "scdl_gpu.cli", "profile", str(archive or "ARCHIVE"), "--device", "cuda", "--shuffle", "block",
-               "--batch-size", "4096", "--seconds", "2", "--json", str(self.out / "gpu_profile.json"), "--quiet"]
+        cmd = [PY, "-m", "scdl_gpu.cli", "profile", str(archive or "ARCHIVE"), "--device", "cuda", "--residency", "device",
+               "--shuffle", "random", "--batch-size", "4096", "--seconds", "2", "--json", str(self.out / "gpu_profile.json"),
+               "--quiet"]
         run = self.start_on_archive("profile", cmd, archive, dry)
         if run is None:
             return
@@ -439,6 +447,16 @@ class Check:
         else:
             why = f"timed out after {limit:.0f}s" if rc is None else f"rc={rc}: {failure(lines, 2)}"
             self.record("profile", "FAIL", why, secs, cmd)
+
+    def breakdown(self, archive: Path | None, dry: bool) -> None:
+        cmd = self.child("breakdown", archive or "ARCHIVE")
+        run = self.start_on_archive("breakdown", cmd, archive, dry)
+        if run is None:
+            return
+        rc, lines, results, limit, secs = run
+        if not results:
+            why = f"timed out after {limit:.0f}s" if rc is None else f"rc={rc}: {failure(lines, 3)}"
+            self.record("breakdown", "FAIL", why, secs, cmd)
 
     def nvcomp(self, archive: Path | None, dry: bool) -> None:
         cmd = self.child("nvcomp", archive or "ARCHIVE", self.out / "gpu_nvcomp.json")
@@ -473,11 +491,15 @@ class Check:
         self._guard("pytest", lambda: self.pytest(dry))
         self._guard("bench", lambda: self.bench(archive, dry))
         self._guard("profile", lambda: self.profile(archive, dry))
+        self._guard("breakdown", lambda: self.breakdown(archive, dry))
         self._guard("nvcomp", lambda: self.nvcomp(archive, dry))
         return self.finish(dry)
 
     def _guard(self, name: str, fn):
-        """A bug in this script fails its step, not the run."""
+        """A bug in this script fails its step, not the run; a step named in ``--skip`` is recorded as skipped."""
+        if name in self.skip:
+            self.record(name, "SKIP", "--skip")
+            return None
         try:
             return fn()
         except Exception as e:
@@ -639,6 +661,7 @@ def child_kvikio_probe() -> None:
     def probe():
         try:
             import kvikio
+            import kvikio.defaults  # not imported by kvikio's __init__ (26.x)
         except Exception as e:
             return "SKIP", f"kvikio not importable: {e!r}"[:300]
         import cupy as cp
@@ -864,7 +887,7 @@ def child_smoke(names: list[str]) -> None:
     def r3():
         if not kvikio_available():
             return "SKIP", "kvikio not installed"
-        import kvikio
+        import kvikio.defaults  # not imported by kvikio's __init__ (26.x)
 
         n0 = kvikio.defaults.get("num_threads")
         with kvikio.defaults.set({"num_threads": 4, "task_size": 1 << 16}):
@@ -878,21 +901,32 @@ def child_smoke(names: list[str]) -> None:
         def check():
             from scdl_gpu import SingleCellLoader
 
-            kw, n = dict(batch_size=16, shuffle="random", seed=3), 0
+            p, kw, n, seen_rows = A()["uint16"], dict(batch_size=16, shuffle="random", seed=3), 0, []
             extra = {} if residency is None else {"residency": residency}
-            lc = SingleCellLoader(A()["uint16"], device="cpu", **kw)
-            lg = SingleCellLoader(A()["uint16"], device="cuda", prefetch=2, **kw, **extra)
+            lc = SingleCellLoader(p, device="cpu", **kw)
+            lg = SingleCellLoader(p, device="cuda", prefetch=2, **kw, **extra)
+            cpu = get_backend(p, device="cpu", options=lg.backend.options)
+            # a resident loader permutes its own share, not all rows: its rows differ from the CPU
+            # loader's, so each batch is compared with the CPU backend's batch of the same rows
+            glob = lg.partition == "global"
             ig = iter(lg)
             for bc, bg in zip(lc, ig):
-                x = bg["X"]
+                x, rows = bg["X"], bg["rows"].cpu()
                 assert x.device.type == "cuda" and x.layout == torch.sparse_csr and bg["rows"].device.type == "cuda"
                 crow, col = x.crow_indices().cpu().numpy(), x.col_indices().cpu().numpy()
                 assert all((np.diff(col[crow[i]:crow[i + 1]]) > 0).all() for i in range(len(crow) - 1)), "unsorted row"
-                assert torch.equal(bg["rows"].cpu(), bc["rows"]) and torch.equal(x.to_dense().cpu(), bc["X"].to_dense())
+                want = cpu.batch(rows.numpy()).to_sparse_csr().to_dense()
+                assert torch.equal(x.to_dense().cpu(), want), f"batch {n}: values differ from the CPU's for its rows"
+                if glob:
+                    assert torch.equal(rows, bc["rows"]) and torch.equal(x.to_dense().cpu(), bc["X"].to_dense()), n
+                seen_rows.append(rows.numpy())
                 n += 1
             ig.close()
             lg.close()
-            return ("PASS" if n else "FAIL"), f"{n} batches: sorted CSR on cuda, equal to the CPU loader's"
+            got = np.sort(np.concatenate(seen_rows)) if seen_rows else np.array([])
+            assert glob or np.array_equal(got, np.arange(len(got))), "a resident epoch is not a permutation of its share"
+            return ("PASS" if n else "FAIL"), (f"{n} batches ({lg.residency}, {lg.partition} order): sorted CSR on cuda, "
+                                               "equal to the CPU's for the same rows")
         return check
 
     def r8():
@@ -912,6 +946,13 @@ def child_smoke(names: list[str]) -> None:
                                                            + ("" if torch.equal(g, c) else f" ({EXPECTED_FAIL['R9']} flushes subnormals)"))
 
     def r2b():
+        import re
+        import tomllib
+
+        # what pytest ignores (pyproject's "ignore:message:Category" filters) is no error there either
+        filters = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["filterwarnings"]
+        ignored = [f.split(":")[1:3] for f in filters if f.startswith("ignore:")]
+        seen[:] = [(c, m, f) for c, m, f in seen if not any(c == cat and re.match(msg, m, re.I) for msg, cat in ignored)]
         mine = sorted({f"{c}: {m}" for c, m, f in seen if os.path.realpath(f).startswith(ours)})
         theirs = sorted({f"{c}: {m}" for c, m, f in seen if not os.path.realpath(f).startswith(ours)})
         for w in mine + theirs:
@@ -1039,6 +1080,112 @@ def child_nvcomp(flat: Path, out: Path) -> None:
         out.write_text(json.dumps(result, indent=2) + "\n")
 
 
+def child_breakdown(path: Path) -> None:
+    """Where a device-resident batch's time goes (issue 11's 20M cells/s target): per batch size, the
+    backend's wall per batch, the gather + assembly launches alone (host time to queue them, and CUDA
+    events around them), the loader's wall per batch without and with its prefetch thread, and the
+    functions that take the backend's and the loader's time (cProfile, printed)."""
+    import cProfile
+    import pstats
+
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from scdl_gpu import SingleCellLoader
+    from scdl_gpu.backend import get_backend
+    from scdl_gpu.backend._assemble import assemble
+
+    N_B = 200
+
+    def top(prof: cProfile.Profile, label: str, n: int = 14) -> None:
+        print(f"--- {label}: top {n} functions by own time")
+        st = pstats.Stats(prof, stream=sys.stdout)
+        st.sort_stats("tottime").print_stats(n)
+
+    def per_batch(fn, n=N_B) -> float:
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for i in range(n):
+            fn(i)
+        torch.cuda.synchronize()
+        return (time.perf_counter() - t) / n * 1e3
+
+    def backend_part():
+        info = {}
+        with get_backend(path, device="cuda", residency="device") as be:
+            rng = np.random.default_rng(0)
+            for bs in (64, 4096):
+                rows = [rng.integers(0, be.n_rows, bs) for _ in range(N_B)]
+                for r in rows[:5]:
+                    be.batch(r)
+                wall = per_batch(lambda i: be.batch(rows[i]))
+                # the launches alone: rows located and uploaded once, then gather + assembly queued N_B times
+                with be.ctx.activate():
+                    starts, out_ptr = be.index.locate(rows[0])
+                    dev = be.ctx.upload("ptrs", np.concatenate([out_ptr, starts]))
+                    d_out, d_st = dev[: bs + 1], dev[bs + 1:]
+                    nnz = int(out_ptr[-1])
+
+                    def launches(_):
+                        v, c = be.kernels.gather(be._res_data, be._res_cols, d_st, d_out, nnz, be.archive_cols, be._err)
+                        return assemble(be.kernels, be.cp, v, c, d_out, be.options, be.width, be.remap, nnz=nnz)
+
+                    launches(0)
+                    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    be.ctx.torch_stream.synchronize()
+                    t = time.perf_counter()
+                    s.record(be.ctx.torch_stream)
+                    for i in range(N_B):
+                        launches(i)
+                    host = (time.perf_counter() - t) / N_B * 1e3
+                    e.record(be.ctx.torch_stream)
+                    e.synchronize()
+                    gpu = s.elapsed_time(e) / N_B
+                info[bs] = dict(backend_ms=round(wall, 4), launch_host_ms=round(host, 4), launch_gpu_ms=round(gpu, 4),
+                                nnz=nnz, gather_gb_per_s=round(nnz * (be.data.itemsize + be.col_ptr.itemsize) / gpu / 1e6, 1))
+                print(f"batch {bs}: backend.batch {wall:.3f} ms; gather+assemble queued in {host:.3f} ms host, "
+                      f"{gpu:.3f} ms GPU ({info[bs]['gather_gb_per_s']} GB/s of entries)")
+                if bs == 4096:
+                    prof = cProfile.Profile()
+                    prof.enable()
+                    for r in rows[:100]:
+                        be.batch(r)
+                    prof.disable()
+                    top(prof, "backend.batch x100 @4096")
+        return "PASS", "; ".join(f"@{b}: backend {v['backend_ms']:.3f} ms/batch, launches {v['launch_host_ms']:.3f} host / "
+                                 f"{v['launch_gpu_ms']:.3f} GPU" for b, v in info.items()), info
+
+    def loader_part():
+        info = {}
+        for bs in (64, 4096):
+            for prefetch in (0, 2):
+                lo = SingleCellLoader(path, batch_size=bs, shuffle="random", device="cuda", residency="device",
+                                      prefetch=prefetch, seed=0)
+
+                def epochs():  # 48 batches of 4,096 make an epoch of the archive
+                    while True:
+                        yield from lo
+
+                it = epochs()
+                for _ in range(5):
+                    next(it)
+                prof = cProfile.Profile() if (bs, prefetch) == (4096, 0) else None
+                if prof:
+                    prof.enable()
+                ms = per_batch(lambda i: next(it))
+                if prof:
+                    prof.disable()
+                    top(prof, "loader batches @4096, prefetch 0")
+                it.close()
+                lo.close()
+                info[f"{bs}/p{prefetch}"] = round(ms, 4)
+                print(f"loader @{bs} prefetch {prefetch}: {ms:.3f} ms/batch = {bs / ms * 1e3:,.0f} cells/s")
+        return "PASS", "ms/batch " + ", ".join(f"@{k}: {v:.3f}" for k, v in info.items()), info
+
+    run_checks([("breakdown:backend", backend_part), ("breakdown:loader", loader_part)])
+
+
 # --------------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -1050,6 +1197,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cells", type=int, help="archive size [200000; a dry run: 2000]")
     ap.add_argument("--budget", type=float, default=450.0, help="seconds for the whole run [%(default)s]")
     ap.add_argument("--bench-seconds", type=float, default=2.0, help="timed window per bench configuration [%(default)s]")
+    ap.add_argument("--skip", nargs="*", default=[], metavar="STEP",
+                    help="steps not to run, by name (pytest, R6b, bench:auto, nvcomp, ...): a second run of the same day")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--gpu", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
@@ -1062,6 +1211,7 @@ def main(argv=None) -> int:
             "smoke": lambda: child_smoke(a.rest),
             "bench-report": lambda: child_bench_report(Path(a.rest[0]), a.gpu, [Path(p) for p in a.rest[1:]]),
             "nvcomp": lambda: child_nvcomp(Path(a.rest[0]), Path(a.rest[1])),
+            "breakdown": lambda: child_breakdown(Path(a.rest[0])),
         }
         kids[a.child]()
         return 0

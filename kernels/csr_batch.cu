@@ -51,6 +51,36 @@ __device__ __forceinline__ double scdl_transform(double v, const double* __restr
     return v;
 }
 
+// CuPy compiles with -ftz=true, under which float<->double conversions flush subnormals (cvt.ftz) that
+// the CPU keeps; inline PTX pins the plain conversions. (Densify's float atomicAdd flushes regardless:
+// PTX's atom.add.f32 does.)
+template <typename T>
+__device__ __forceinline__ double scdl_widen(T v)
+{
+    return (double)v;
+}
+template <typename T>
+__device__ __forceinline__ T scdl_narrow(double v)
+{
+    return (T)v;
+}
+#ifdef __CUDA_ARCH__
+template <>
+__device__ __forceinline__ double scdl_widen<float>(float v)
+{
+    double r;
+    asm("cvt.f64.f32 %0, %1;" : "=d"(r) : "f"(v));
+    return r;
+}
+template <>
+__device__ __forceinline__ float scdl_narrow<float>(double v)
+{
+    float r;
+    asm("cvt.rn.f32.f64 %0, %1;" : "=f"(r) : "d"(v));
+    return r;
+}
+#endif
+
 __device__ __forceinline__ long long scdl_thread_index()
 {
     return (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -77,7 +107,7 @@ __global__ void scdl_row_sums(const TV* __restrict__ vals, const TC* __restrict_
     double s = 0.0;
     for (long long k = in_ptr[r]; k < in_ptr[r + 1]; ++k) {
         if (remap == nullptr || remap[cols[k]] >= 0) {
-            s += (double)vals[k];
+            s += scdl_widen(vals[k]);
         }
     }
     sums[r] = s;
@@ -98,7 +128,7 @@ __global__ void scdl_emit(const TV* __restrict__ vals, const TC* __restrict__ co
     const long long j = pos ? pos[i] : i;
     // The row search is only needed for the scale; skip it otherwise.
     const long long r = row_scale ? scdl_row_of(in_ptr, n_rows, i) : 0;
-    out_vals[j] = (OV)scdl_transform((double)vals[i], row_scale, r, do_log1p);
+    out_vals[j] = scdl_narrow<OV>(scdl_transform(scdl_widen(vals[i]), row_scale, r, do_log1p));
     out_cols[j] = (OI)c;
 }
 
@@ -116,7 +146,7 @@ __global__ void scdl_densify(const TV* __restrict__ vals, const TC* __restrict__
     const long long c = remap ? remap[cols[i]] : (long long)cols[i];
     if (c < 0) return;
     const long long r = scdl_row_of(in_ptr, n_rows, i);
-    atomicAdd(&out[r * n_out_cols + c], (OV)scdl_transform((double)vals[i], row_scale, r, do_log1p));
+    atomicAdd(&out[r * n_out_cols + c], scdl_narrow<OV>(scdl_transform(scdl_widen(vals[i]), row_scale, r, do_log1p)));
 }
 
 // Every combination the loader can ask for, so that nvcc (compile test) and g++ (CPU shim) build

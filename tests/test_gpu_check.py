@@ -55,6 +55,8 @@ def test_dry_run(tmp_path):
     report = json.loads((out / "gpu_check.json").read_text())
     assert report["dry_run"] and report["counts"]["FAIL"] == 0
     assert {s["name"]: s["status"] for s in report["steps"]} == status
+    benches = [s["command"] for s in report["steps"] if s["name"] in ("bench:auto", "bench:stream")]
+    assert len(benches) == 2 and all(c.split()[c.split().index("--seconds") + 1] == "0.2" for c in benches)  # each its own window
     bench = json.loads((out / "gpu_bench_dryrun_cpu.json").read_text())
     assert bench["archive"]["n_rows"] == 1500 and bench["archive"]["dtypes"]["data.npy"] == "uint16"
     assert {x["residency"] for x in bench["results"]} <= {"auto", "stream"}

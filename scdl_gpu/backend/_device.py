@@ -20,6 +20,7 @@ Imports CuPy and torch's CUDA side only when constructed.
 from __future__ import annotations
 
 import threading
+import warnings
 import weakref
 
 import numpy as np
@@ -33,6 +34,33 @@ def device_index(device: str | None) -> int:
     return torch.cuda.current_device()
 
 
+class _StreamHandle:
+    """A raw ``cudaStream_t`` behind the CUDA stream protocol (``(version, handle)``)."""
+
+    def __init__(self, ptr: int) -> None:
+        self.ptr = ptr
+
+    def __cuda_stream__(self) -> tuple[int, int]:
+        return 0, self.ptr
+
+
+def _cupy_view(cp, ptr: int, index: int):
+    """CuPy's handle on torch's stream ``ptr`` of device ``index`` (current). CuPy 14 deprecates
+    ``ExternalStream`` for ``Stream.from_external`` (a DeprecationWarning: an error under our tests);
+    older CuPy has only the former, and a ``from_external`` that refuses the handle falls back to it."""
+    from_external = getattr(cp.cuda.Stream, "from_external", None) if hasattr(cp.cuda, "Stream") else None
+    if from_external is not None:
+        try:
+            view = from_external(_StreamHandle(ptr))
+            if getattr(view, "ptr", None) == ptr:
+                return view
+        except (TypeError, ValueError, AttributeError):
+            pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return cp.cuda.ExternalStream(ptr, index)
+
+
 class DeviceContext:
     def __init__(self, device: str | None = None) -> None:
         import cupy as cp
@@ -41,7 +69,7 @@ class DeviceContext:
         self.index = device_index(device)
         with cp.cuda.Device(self.index):
             self.torch_stream = torch.cuda.Stream(device=self.index)
-            self.stream = cp.cuda.ExternalStream(self.torch_stream.cuda_stream, self.index)
+            self.stream = _cupy_view(cp, self.torch_stream.cuda_stream, self.index)
         self._held: list[tuple[torch.cuda.Event, object]] = []
         self._held_lock = threading.Lock()
         self._staging: dict[str, tuple[np.ndarray, torch.cuda.Event | None]] = {}

@@ -123,7 +123,10 @@ class DeviceDecoder:
                 out[k] = hit
         if missing:
             t0 = time.perf_counter()
-            decoded = self._decode(missing)
+            # the backend's device and stream, whoever calls: an upload queued on another stream
+            # races the decode on this one (nvCOMP then reads a half-copied frame: an illegal address)
+            with self.ctx.activate():
+                decoded = self._decode(missing)
             self.seconds += time.perf_counter() - t0
             for k in missing:
                 out[k] = decoded[k]

@@ -89,6 +89,19 @@ def test_device_decode_equals_the_cpu(nvcomp, tmp_path, codec, dtype):
     gpu.close()
 
 
+def test_frames_upload_on_the_backends_stream_whoever_calls(nvcomp, world, tmp_path):
+    """The decoder called from outside the backend (as a benchmark does) still queues its upload on the
+    stream the decode runs on: on another stream the copy races nvCOMP's reads."""
+    _, packed = _archives(tmp_path, "uint16", "zstd")
+    gpu = get_backend(packed, device="cuda", residency="stream")
+    start = len(world.log)
+    gpu.decoder.chunks([0, 1])
+    copies = [e for e in world.log[start:] if e[0] == "h2d"]
+    assert copies and {e[2] for e in copies} == {gpu.ctx.torch_stream.cuda_stream}
+    assert world.current() == (0, 0)  # and the caller's stream is current again
+    gpu.close()
+
+
 def test_big_frames_and_a_single_chunk(nvcomp, tmp_path):
     """The default frame size (one frame per array, shorter than a frame) and a batch of one chunk."""
     flat, packed = _archives(tmp_path, "uint32", "lz4", frame_bytes=256 << 10)

@@ -231,3 +231,34 @@ def test_kvikio_is_configured_once_per_backend_not_per_batch(world, tmp_path, mo
     syncs = [e for e in world.log if e[0] == "sync_stream"]
     assert len(syncs) >= 3  # kvikio's writes wait for the kernels queued on the stream, every batch
     gpu.close()
+
+
+def test_cupys_view_of_torchs_stream_without_deprecated_calls():
+    """CuPy 14 deprecates ``ExternalStream`` (an error under our tests): ``Stream.from_external`` gets the
+    stream through the CUDA stream protocol; a CuPy without it, or refusing the handle, gets the old call
+    with its notice silenced."""
+    import types
+    import warnings
+
+    from scdl_gpu.backend._device import _cupy_view
+
+    class New:
+        @staticmethod
+        def from_external(obj):
+            return types.SimpleNamespace(ptr=obj.__cuda_stream__()[1], how="protocol")
+
+    def old(ptr, device):
+        warnings.warn("ExternalStream is deprecated", DeprecationWarning)
+        return types.SimpleNamespace(ptr=ptr, how="external", device=device)
+
+    class Refusing:
+        @staticmethod
+        def from_external(obj):
+            raise TypeError("not a stream")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _cupy_view(types.SimpleNamespace(cuda=types.SimpleNamespace(Stream=New, ExternalStream=old)), 77, 1).how == "protocol"
+        for cuda in (types.SimpleNamespace(ExternalStream=old), types.SimpleNamespace(Stream=Refusing, ExternalStream=old)):
+            view = _cupy_view(types.SimpleNamespace(cuda=cuda), 77, 1)
+            assert (view.how, view.ptr, view.device) == ("external", 77, 1)

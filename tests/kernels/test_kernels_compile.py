@@ -35,6 +35,20 @@ def test_nvcc_compiles(path, arch, tmp_path):
     assert (tmp_path / f"{path.stem}.{arch}.cubin").stat().st_size > 0
 
 
+@pytest.mark.nvcc
+@pytest.mark.parametrize("path", KERNELS, ids=lambda p: p.name)
+def test_no_subnormal_flush_under_cupys_ftz(path, tmp_path):
+    """CuPy compiles with ``-ftz=true``; a float<->double conversion must still keep subnormals, as the CPU
+    does (no ``cvt.ftz``/``cvt.rn.ftz`` in the PTX)."""
+    out = tmp_path / f"{path.stem}.ptx"
+    cmd = [shutil.which("nvcc") or "nvcc", "-std=c++17", "-DSCDL_INSTANTIATE_ALL", "-arch=sm_90", "-ptx", "-ftz=true",
+           "-o", str(out), str(path)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stderr}"
+    flushing = sorted(set(re.findall(r"cvt(?:\.\w+)*\.ftz(?:\.\w+)*", out.read_text())))
+    assert not flushing, f"{path.name}: {flushing}"
+
+
 def _outside_rtc_guard(text: str) -> list[str]:
     """``#include`` lines NVRTC would see: all but those in the ``#else`` of ``#ifdef __CUDACC_RTC__``
     or inside ``#ifndef __CUDACC_RTC__`` (other conditionals nest but are assumed true)."""
