@@ -13,7 +13,9 @@ each runs in a child process under a timeout cut to what is left of ``--budget``
   R0-R9, R2b     the first-GPU review's smoke checks (numbered as in docs/gpu-review/report.md)
   pytest         ``pytest -m gpu`` over the test files that carry the ``gpu`` marker
   bench:<res>    ``scdl-gpu bench --device cuda`` per residency: orders x batch sizes, with the ceilings
-  profile        ``scdl-gpu profile --device cuda`` (block @4096)
+  profile        ``scdl-gpu profile --device cuda --residency device`` (random @4096)
+  breakdown      where a device-resident batch's time goes: backend, launches (host and GPU), loader with and
+                 without prefetch, cProfile's top functions (batches of 64 and 4,096)
   nvcomp         the archive compressed (zstd, lz4); nvCOMP's device decode in GB/s, and block order @4096
                  (stream residency, first 24 batches) cold and warm, compressed vs flat
 
@@ -343,7 +345,7 @@ class Check:
         files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py")
                        if "pytest.mark.gpu" in p.read_text(errors="replace"))
         # --third-party-warnings=show: our warnings stay errors, CuPy/kvikio/torch notices do not (tests/conftest.py)
-        cmd = [PY, "-m", "pytest", "-m", "gpu", "-p", "no:cacheprovider", "-q", "-rfEs", "--durations=5",
+        cmd = [PY, "-m", "pytest", "-m", "gpu", "-p", "no:cacheprovider", "-q", "-rfEs", "--durations=5", "--maxfail=25",
                "--third-party-warnings=show", *files]
         if not files:
             self.record("pytest", "FAIL", "no test file carries the gpu marker", command=cmd)
@@ -449,24 +451,21 @@ class Check:
             self.record("profile", "FAIL", why, secs, cmd)
 
     def breakdown(self, archive: Path | None, dry: bool) -> None:
-        cmd = self.child("breakdown", archive or "ARCHIVE")
-        run = self.start_on_archive("breakdown", cmd, archive, dry)
-        if run is None:
-            return
-        rc, lines, results, limit, secs = run
-        if not results:
-            why = f"timed out after {limit:.0f}s" if rc is None else f"rc={rc}: {failure(lines, 3)}"
-            self.record("breakdown", "FAIL", why, secs, cmd)
+        self.child_step("breakdown", archive, dry)
 
     def nvcomp(self, archive: Path | None, dry: bool) -> None:
-        cmd = self.child("nvcomp", archive or "ARCHIVE", self.out / "gpu_nvcomp.json")
-        run = self.start_on_archive("nvcomp", cmd, archive, dry)
+        self.child_step("nvcomp", archive, dry, self.out / "gpu_nvcomp.json")
+
+    def child_step(self, step: str, archive: Path | None, dry: bool, *args) -> None:
+        """``step``'s child over the archive (its checks record themselves); FAIL if it reported none."""
+        cmd = self.child(step, archive or "ARCHIVE", *args)
+        run = self.start_on_archive(step, cmd, archive, dry)
         if run is None:
             return
         rc, lines, results, limit, secs = run
         if not results:
             why = f"timed out after {limit:.0f}s" if rc is None else f"rc={rc}: {failure(lines, 3)}"
-            self.record("nvcomp", "FAIL", why, secs, cmd)
+            self.record(step, "FAIL", why, secs, cmd)
 
     # the run --------------------------------------------------------------------------------------
     def run(self) -> int:
