@@ -34,28 +34,12 @@ def device_index(device: str | None) -> int:
     return torch.cuda.current_device()
 
 
-class _StreamHandle:
-    """A raw ``cudaStream_t`` behind the CUDA stream protocol (``(version, handle)``)."""
-
-    def __init__(self, ptr: int) -> None:
-        self.ptr = ptr
-
-    def __cuda_stream__(self) -> tuple[int, int]:
-        return 0, self.ptr
-
-
 def _cupy_view(cp, ptr: int, index: int):
-    """CuPy's handle on torch's stream ``ptr`` of device ``index`` (current). CuPy 14 deprecates
-    ``ExternalStream`` for ``Stream.from_external`` (a DeprecationWarning: an error under our tests);
-    older CuPy has only the former, and a ``from_external`` that refuses the handle falls back to it."""
-    from_external = getattr(cp.cuda.Stream, "from_external", None) if hasattr(cp.cuda, "Stream") else None
-    if from_external is not None:
-        try:
-            view = from_external(_StreamHandle(ptr))
-            if getattr(view, "ptr", None) == ptr:
-                return view
-        except (TypeError, ValueError, AttributeError):
-            pass
+    """CuPy's handle on torch's stream ``ptr`` of device ``index``, owning nothing. CuPy 14 deprecates
+    ``ExternalStream`` (a DeprecationWarning: an error under our tests) for ``Stream.from_external``, but the
+    ``Stream`` that returns destroys the stream when collected (CuPy 14.2's ``Stream.__del__``): torch's pooled
+    stream would go with it, and the next backend to draw it from the pool hangs. So the non-owning
+    ``ExternalStream``, its notice silenced."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         return cp.cuda.ExternalStream(ptr, index)
