@@ -68,3 +68,20 @@ def to_batch(plan, shape: tuple[int, int], out: Assembled, to_torch, sorted: boo
         return Batch(plan.rows, shape, dense=to_torch(out.dense))
     return Batch(plan.rows, shape, crow=to_torch(out.crow), col=to_torch(out.col), values=to_torch(out.values),
                  sorted=sorted)
+
+
+def split(plan, cuts: np.ndarray, out: Assembled, width: int, to_torch, upload, index_dtype: str,
+          sorted: bool = False) -> list[Batch]:
+    """The batches that ``cuts`` (row offsets, 0 ... ``plan.n_rows``) delimit in one group assembled
+    without a gene remap, each a view of the group's arrays: dense rows, or CSR values and columns
+    sliced at the rows' entry offsets (``plan.in_ptr``, known on the host) with each batch's own row
+    pointers, computed on the host and sent in one ``upload``. ``to_torch`` hands an array to torch."""
+    spans = list(zip(cuts[:-1].tolist(), cuts[1:].tolist()))
+    if out.dense is not None:
+        dense = to_torch(out.dense)
+        return [Batch(plan.rows[a:b], (b - a, width), dense=dense[a:b]) for a, b in spans]
+    ptr = plan.in_ptr
+    crows = np.concatenate([ptr[a : b + 1] - ptr[a] for a, b in spans]).astype(index_dtype)
+    crow, col, values = to_torch(upload(crows)), to_torch(out.col), to_torch(out.values)
+    return [Batch(plan.rows[a:b], (b - a, width), crow=crow[a + j : b + j + 1], col=col[ptr[a] : ptr[b]],
+                  values=values[ptr[a] : ptr[b]], sorted=sorted) for j, (a, b) in enumerate(spans)]

@@ -161,6 +161,11 @@ class Backend(ABC):
     @abstractmethod
     def batch(self, rows) -> Batch: ...
 
+    def batches(self, groups) -> list[Batch]:
+        """One batch per array of row ids in ``groups``, each equal to ``batch`` of it. A GPU backend
+        with resident rows gathers and assembles them together (see ``GPUBackend.batches``)."""
+        return [self.batch(rows) for rows in groups]
+
     def will_need(self, rows) -> None:
         """A hint that ``rows`` come next: a compressed archive starts reading and decoding the chunks
         its cache lacks on its decode pool, so they decode while this batch is copied and trained on

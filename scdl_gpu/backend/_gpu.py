@@ -28,7 +28,7 @@ from .._hints import GPU
 from ..archive._constants import FileNames
 from ..errors import ArchiveError
 from . import _residency
-from ._assemble import assemble, to_batch
+from ._assemble import assemble, split, to_batch
 from ._base import Backend, _cache_groups, available_host_memory
 from ._batch import Batch, BatchOptions
 from ._detect import kvikio_available, resolve_device
@@ -324,6 +324,39 @@ class GPUBackend(OnDevice, Backend):
                         self.ctx.keep_until_released(a)
                 return to_batch(plan, (plan.n_rows, self.width), out, torch.from_dlpack,
                                 sorted=sorted_rows and opts.gene_remap is None)
+
+    def batches(self, groups) -> list[Batch]:
+        """As ``Backend.batches``. With device or pinned residency and no gene remap, the groups' rows are
+        located, uploaded, gathered, assembled and flag-checked once for all, and each batch is a view
+        of the group's arrays: the per-batch launches and host work (what bounds a device-resident
+        batch) are paid once per group."""
+        groups = [as_row_ids(g) for g in groups]
+        if self.index is None or self.options.gene_remap is not None or len(groups) < 2:
+            return [self.batch(g) for g in groups]
+        cp, stages, opts = self.cp, self.stages, self.options
+        cuts = np.concatenate([[0], np.cumsum([len(g) for g in groups])])
+        with self.ctx.activate():
+            self.ctx.collect()
+            with stages("read"):
+                self._err.fill(0)
+                plan, in_ptr, vals, cols = self._stage_resident(np.concatenate(groups))
+            index_dtype = opts.index_dtype_for(self.width, plan.nnz)
+            if index_dtype != opts.index_dtype_for(self.width, 0):  # a group beyond 2**31 values: per batch
+                return [self.batch(g) for g in groups]
+            with stages("kernels"):
+                if self._f16:
+                    vals = vals.view(cp.float16).astype(cp.float32)
+                out = assemble(self.kernels, cp, vals, cols, in_ptr, opts, self.width, None, nnz=plan.nnz)
+                bits = int(self._err.get()[0])  # synchronize! (the group's one flag read)
+                if bits:
+                    raise self._device_error(bits, plan)
+            with stages("dlpack"):
+                return split(plan, cuts, out, self.width, self._to_torch, lambda a: self.ctx.upload("crows", a),
+                             index_dtype, sorted=True)
+
+    def _to_torch(self, array) -> torch.Tensor:
+        self.ctx.keep_until_released(array)
+        return torch.from_dlpack(array)
 
     def _device_error(self, bits: int, plan: RowPlan) -> ArchiveError:
         if self.decoder is not None:

@@ -106,6 +106,8 @@ def test_a_device_side_bounds_flag_raises(world, tmp_path):
     gpu.batch([4, 6])  # rows that do not read it are fine
     with pytest.raises(ArchiveError, match="col_ptr.npy"):
         gpu.batch([4, 5])
+    with pytest.raises(ArchiveError, match="col_ptr.npy"):  # a group with one bad row: no batch of it
+        gpu.batches([[4], [6, 5], [7]])
     gpu._err[0] = 0
     n = gpu.index.nnz
     gpu.index.ptr[6:8] = n + 5, n + 8  # row 6 now points past the resident values
@@ -255,3 +257,74 @@ def test_cupys_view_of_torchs_stream_owns_nothing_and_warns_nothing():
         warnings.simplefilter("error")
         view = _cupy_view(types.SimpleNamespace(cuda=types.SimpleNamespace(Stream=Owning, ExternalStream=external)), 77, 1)
     assert (view.ptr, view.device) == (77, 1)
+
+
+@pytest.mark.parametrize("residency", ["device", "pinned", "stream"])
+@pytest.mark.parametrize("opts", OPTIONS, ids=["plain", "half", "dense-transforms", "wide"])
+def test_batches_gathered_together_equal_one_by_one(world, tmp_path, residency, opts):
+    """``batches`` of several row sets: each equals ``batch`` of it (and the CPU's); with resident rows the
+    group costs one gather, one assembly and one flag read, and each batch is a view of the group's arrays."""
+    path = _archive(tmp_path, "float16" if opts.value_dtype == "float16" else "uint16")
+    gpu = get_backend(path, device="cuda", options=opts, residency=residency)
+    cpu = get_backend(path, device="cpu", options=opts)
+    rng = np.random.default_rng(3)
+    groups = [rng.integers(0, 40, 9), np.array([], np.int64), np.arange(40), np.array([5, 5, 0])]
+    start = len(world.log)
+    got = gpu.batches(groups)
+    launches = [e[3] for e in world.log[start:] if e[0] == "launch"]
+    for g, rows in zip(got, groups):
+        np.testing.assert_array_equal(g.rows, rows)
+        _assert_same(g, cpu.batch(rows), rtol=2.5e-7 if opts.log1p else 0)
+        assert g.sorted == cpu.batch(rows).sorted
+    if residency != "stream":  # streamed batches are read one by one
+        assert launches.count("gather") == 1 and launches.count("emit") + launches.count("densify") == 1
+    assert gpu.batches([]) == [] and len(gpu.batches([groups[0]])) == 1
+    gpu.close()
+
+
+def test_batches_with_a_gene_remap_go_one_by_one(world, tmp_path):
+    path = _archive(tmp_path)
+    remap = np.full(90, -1, np.int64)
+    remap[1::3] = np.arange(30)
+    opts = BatchOptions(gene_remap=remap)
+    gpu = get_backend(path, device="cuda", options=opts, residency="device")
+    groups = [np.arange(10), np.arange(30, 40)]
+    start = len(world.log)
+    got = gpu.batches(groups)
+    assert [e[3] for e in world.log[start:] if e[0] == "launch"].count("gather") == 2
+    for g, rows in zip(got, groups):
+        _assert_same(g, get_backend(path, device="cpu", options=opts).batch(rows))
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_a_resident_loader_gathers_groups_of_batches(world, tmp_path, prefetch):
+    """With rows resident the loader asks for ``RESIDENT_GROUP`` batches at once: every batch still equals
+    the CPU's for its rows, an epoch still covers the share once, and a resumed epoch (inside a group)
+    yields what the uninterrupted one did."""
+    from scdl_gpu.loader._loader import RESIDENT_GROUP
+
+    path = _archive(tmp_path, n=60)
+    kw = dict(batch_size=4, shuffle="random", device="cuda", residency="device", prefetch=prefetch, seed=2)
+    loader = SingleCellLoader(path, **kw)
+    cpu = get_backend(path, device="cpu")
+    start = len(world.log)
+    full = list(loader)
+    gathers = [e for e in world.log[start:] if e[0] == "launch" and e[3] == "gather"]
+    assert len(full) == 15 and len(gathers) == -(-15 // RESIDENT_GROUP)  # 8 + 7 batches: two gathers
+    for b in full:
+        torch.testing.assert_close(b["X"].to_dense(), cpu.batch(b["rows"].numpy()).to_sparse_csr().to_dense(),
+                                   rtol=0, atol=0)
+    assert sorted(np.concatenate([b["rows"].numpy() for b in full]).tolist()) == list(range(60))
+
+    again = SingleCellLoader(path, **kw)
+    it = iter(again)
+    for _ in range(3):
+        next(it)
+    state = again.state_dict()
+    it.close()
+    resumed = SingleCellLoader(path, **kw)
+    resumed.load_state_dict(state)
+    rest = list(resumed)
+    assert len(rest) == 12
+    for a, b in zip(rest, full[3:]):
+        assert torch.equal(a["rows"], b["rows"]) and torch.equal(a["X"].to_dense(), b["X"].to_dense())
