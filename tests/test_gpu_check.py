@@ -79,6 +79,25 @@ def test_hung_check_is_killed_and_reported(gpu_check, check):
     assert rc == 0 and current is None and [s["name"] for s in c.steps] == ["Y"]
 
 
+@pytest.mark.parametrize("script, status, says", [
+    ("print('3 passed in 0.2s')", "PASS", "3 passed"),
+    ("print('FAILED tests/x.py::t - boom'); print('1 failed, 2 passed in 0.2s'); raise SystemExit(1)", "FAIL", "tests/x.py::t"),
+    # still running when its time is up: stopped with SIGINT, as Ctrl-C, so its summary still comes
+    ("import time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    print('4 passed in 9.0s')", "SKIP", "stopped after"),
+])
+def test_pytest_runs_in_the_background_until_the_benchmarks(check, monkeypatch, script, status, says):
+    c = check
+    monkeypatch.setattr(c, "_pytest_cmd", lambda: [sys.executable, "-c", script])
+    monkeypatch.setattr(c, "timeout", lambda step: 3.0)
+    c.pytest_start(dry=False)
+    t = time.monotonic()
+    c.pytest(dry=False)
+    assert time.monotonic() - t < 15
+    (step,) = [s for s in c.steps if s["name"] == "pytest"]
+    assert step["status"] == status and says in step["reason"], step
+    assert c._pytest.poll() is not None  # nothing left running
+
+
 def test_timeouts_leave_later_steps_what_they_need(gpu_check, check):
     plan, c = gpu_check.PLAN, check
     c.n_bench = 4
