@@ -12,7 +12,8 @@
 // An offending entry is written as value 0, column 0, so the output is fully defined either way.
 // NumPy twin: gather() in scdl_gpu/backend/_reference.py.
 //
-// Launches are 1-D, one thread per output entry; n = out_ptr[n_rows] == 0: the caller launches nothing.
+// Launches are 1-D: scdl_gather takes 32 threads per row, scdl_gather_chunks one per output entry;
+// n = out_ptr[n_rows] == 0: the caller launches nothing.
 // Self-contained like csr_batch.cu and compiled the same three ways (NVRTC without std headers, nvcc,
 // g++ through tests/kernels/cuda_cpu_shim.h). It names built-in types only, so it needs no header or
 // typedef, and its helpers have their own names, so the two files could even share a translation unit.
@@ -35,31 +36,44 @@ __device__ __forceinline__ long long scdl_gather_row(const long long* __restrict
     return first - 1;
 }
 
+// One warp per row: virtual thread v = 32 * r + lane copies entries lane, lane + 32, ... of row r, so a
+// warp's reads and writes are contiguous and no thread searches for its row. A grid-stride loop over v
+// covers every launch shape (the CPU shim's single threads too); the caller launches 32 * n_rows threads.
 template <typename TV, typename TC>
 __global__ void scdl_gather(const TV* __restrict__ data, const TC* __restrict__ cols, long long n_data,
                             const long long* __restrict__ src_start, const long long* __restrict__ out_ptr,
                             long long n_rows, long long width, TV* __restrict__ out_vals, TC* __restrict__ out_cols,
                             int* __restrict__ err)
 {
-    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= out_ptr[n_rows]) return;
-    const long long r = scdl_gather_row(out_ptr, n_rows, i);
-    // Added as unsigned: a corrupt src_start near 2**63 wraps to a negative k (flagged) instead of
-    // overflowing, which would be undefined. The reference's int64 arrays wrap the same way.
-    const long long k = (long long)((unsigned long long)src_start[r] + (unsigned long long)(i - out_ptr[r]));
-    int bad = (k < 0 || k >= n_data) ? 1 : 0;
-    const TC c = bad ? TC(0) : cols[k];
-    if (!bad && (unsigned long long)c >= (unsigned long long)width) {
-        bad = 2;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long v = (long long)blockIdx.x * blockDim.x + threadIdx.x; v < 32 * n_rows; v += stride) {
+        const long long r = v / 32;
+        const long long o = out_ptr[r], len = out_ptr[r + 1] - o;
+        // Added as unsigned: a corrupt src_start near 2**63 wraps to a negative k (flagged) instead of
+        // overflowing, which would be undefined. The reference's int64 arrays wrap the same way.
+        const unsigned long long s = (unsigned long long)src_start[r];
+        int bad_any = 0;
+        for (long long j = v % 32; j < len; j += 32) {
+            const long long i = o + j;
+            const long long k = (long long)(s + (unsigned long long)j);
+            int bad = (k < 0 || k >= n_data) ? 1 : 0;
+            const TC c = bad ? TC(0) : cols[k];
+            if (!bad && (unsigned long long)c >= (unsigned long long)width) {
+                bad = 2;
+            }
+            if (bad) {  // an offending entry is written as value 0, column 0
+                bad_any |= bad;
+                out_vals[i] = TV(0);
+                out_cols[i] = TC(0);
+                continue;
+            }
+            out_vals[i] = data[k];
+            out_cols[i] = c;
+        }
+        if (bad_any) {
+            atomicOr(err, bad_any);
+        }
     }
-    if (bad) {
-        atomicOr(err, bad);
-        out_vals[i] = TV(0);
-        out_cols[i] = TC(0);
-        return;
-    }
-    out_vals[i] = data[k];
-    out_cols[i] = c;
 }
 
 // Row gather from decoded chunks (a compressed archive read on the device): each chunk's values and columns

@@ -98,7 +98,8 @@ class CudaKernels(_Compiled):
             data, cols, np.int64(len(data)), src_start, out_ptr, np.int64(n_rows), np.int64(width),
             out_vals, out_cols, err,
         )
-        self._launch(self._fn("scdl_gather", data.dtype, cols.dtype, file="gather.cu"), n_out, args)
+        if n_out:  # a warp per row (see the kernel)
+            self._launch(self._fn("scdl_gather", data.dtype, cols.dtype, file="gather.cu"), 32 * n_rows, args)
         return out_vals, out_cols
 
     def gather_chunks(self, chunks, row_chunk, src_start, row_ptr, dst_start, out_vals, out_cols, width, err, upload):

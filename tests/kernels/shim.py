@@ -224,8 +224,8 @@ class Kernels:
     def gather(self, data, cols, src_start, out_ptr, width, out_vals, out_cols, err, *, block=128, grid=None):
         n, n_rows = int(out_ptr[-1]), len(out_ptr) - 1
         assert len(src_start) >= n_rows and len(out_vals) >= n and len(out_cols) >= n and err.shape == (1,)
-        fn = self._fn("gather", CODE[data.dtype], CODE[cols.dtype])
-        fn(self._grid(n, block, grid), block, _ptr(data), _ptr(cols), len(data), _ptr(src_start, np.int64),
+        fn = self._fn("gather", CODE[data.dtype], CODE[cols.dtype])  # 32 threads per row, as the backend launches
+        fn(self._grid(32 * n_rows if n else 0, block, grid), block, _ptr(data), _ptr(cols), len(data), _ptr(src_start, np.int64),
            _ptr(out_ptr, np.int64), n_rows, width, _ptr(out_vals, data.dtype), _ptr(out_cols, cols.dtype),
            _ptr(err, np.int32))  # fmt: skip
 
