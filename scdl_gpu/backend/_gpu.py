@@ -319,10 +319,7 @@ class GPUBackend(OnDevice, Backend):
                 if bits:
                     raise self._device_error(bits, plan)
             with stages("dlpack"):
-                for a in (out.crow, out.col, out.values, out.dense):
-                    if a is not None:
-                        self.ctx.keep_until_released(a)
-                return to_batch(plan, (plan.n_rows, self.width), out, torch.from_dlpack,
+                return to_batch(plan, (plan.n_rows, self.width), out, self._to_torch,
                                 sorted=sorted_rows and opts.gene_remap is None)
 
     def batches(self, groups) -> list[Batch]:
@@ -355,6 +352,7 @@ class GPUBackend(OnDevice, Backend):
                              index_dtype, sorted=True)
 
     def _to_torch(self, array) -> torch.Tensor:
+        """``array`` handed to torch without a copy, its memory held until every stream is past its uses."""
         self.ctx.keep_until_released(array)
         return torch.from_dlpack(array)
 

@@ -126,9 +126,10 @@ class SingleCellLoader:
         GIL (measured on 2 cores: prefetch 0 was 10-50% faster at every batch size).
 
     Memory: about ``(prefetch + 2) * batch_size * bytes per cell``, plus ``fetch_factor`` batches
-    in ``block`` order with ``fetch_factor`` > 1 (with rows resident on the GPU: ``prefetch + 2``
-    groups of 8 batches, since a group's memory is freed with its last batch); on the CPU, outputs of 1 MiB or more are kept
-    for reuse once released (up to 8 arrays, about 4 batches), which spares a page fault per 4 KiB.
+    in ``block`` order with ``fetch_factor`` > 1 (with rows resident on the GPU, groups of 8 batches
+    instead of batches: a group's memory is freed with its last batch); on the CPU, outputs of 1 MiB
+    or more are kept for reuse once released (up to 8 arrays, about 4 batches), which spares a page
+    fault per 4 KiB.
     """
 
     def __init__(
@@ -361,9 +362,10 @@ class SingleCellLoader:
                 rows = [sh.batch(k) for k in ks]
             if ks[-1] + 1 < sh.n_batches:  # the backend may start reading (decoding) the next batch's bytes now
                 self.backend.will_need(sh.batch(ks[-1] + 1))
-            with self.backend.producing():  # per group, exited before the yields: the consumer's
-                got = self.backend.batches(rows) if group > 1 else [self.backend.batch(rows[0])]  # thread
-                outs = [self._finish(b, epoch, k) for b, k in zip(got, ks)]  # keeps its own stream
+            # per group, exited before the yields: the consumer's thread keeps its own stream
+            with self.backend.producing():
+                got = self.backend.batches(rows) if group > 1 else [self.backend.batch(rows[0])]
+                outs = [self._finish(b, epoch, k) for b, k in zip(got, ks)]
                 ready = self.backend.ready_event()
             for out in outs:
                 yield out, ready
