@@ -37,6 +37,7 @@ import datetime as dt
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -573,7 +574,25 @@ class Check:
                  + (f" (expected by the review: {' '.join(known)})" if known else ""))
         self.say(f"results: {self.out}/gpu_check.{{json,md,log}}" + ("" if dry else ", gpu_bench.{json,md}, gpu_profile.{json,md}"))
         self.log.close()
+        scrub_outputs(self.out, {"<checkout>": ROOT, "<out>": self.out, "<workdir>": self.work, "<site>": self.a.site,
+                                 "<python>": sys.prefix, "<home>": Path.home()})
         return 1 if fails else 0
+
+
+def scrub(text: str, roots: dict) -> str:
+    """``text`` with each of ``roots``' paths (``{label: path}``, longest first) written as its label and any
+    other temporary path as ``<tmp>/``: results get committed, and must not carry a machine's directories."""
+    for label, root in sorted(roots.items(), key=lambda kv: -len(str(kv[1] or ""))):
+        if root and Path(root).is_absolute() and str(root) != "/":
+            text = text.replace(str(root).rstrip("/"), label)
+    return re.sub(r"(?<![\w<>.])/tmp/", "<tmp>/", text)
+
+
+def scrub_outputs(out: Path, roots: dict) -> None:
+    """Every result file in ``out`` scrubbed (see :func:`scrub`)."""
+    for p in Path(out).iterdir():
+        if p.is_file() and p.suffix in (".json", ".md", ".log"):
+            p.write_text(scrub(p.read_text(errors="replace"), roots))
 
 
 ALIAS = '''# Written by benchmarks/gpu_check.py because `pip install -e .` failed on this machine: maps

@@ -63,6 +63,10 @@ def test_dry_run(tmp_path):
     assert all(x["cells_per_s"] > 0 and x["device"] == "cpu" for x in bench["results"])
     assert "| archive | PASS |" in (out / "gpu_check.md").read_text()
     assert "PASS archive" in (out / "gpu_check.log").read_text()  # the log has the console and every child's output
+    for f in out.iterdir():  # committed results name no directory of the machine that wrote them
+        text = f.read_text()
+        assert str(ROOT) not in text and str(tmp_path) not in text and sys.prefix not in text, f.name
+    assert "<checkout>/benchmarks/gpu_check.py" in (out / "gpu_check.log").read_text()
 
 
 def test_hung_check_is_killed_and_reported(gpu_check, check):
