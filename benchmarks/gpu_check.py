@@ -580,11 +580,14 @@ class Check:
 
 
 def scrub(text: str, roots: dict) -> str:
-    """``text`` with each of ``roots``' paths (``{label: path}``, longest first) written as its label and any
-    other temporary path as ``<tmp>/``: results get committed, and must not carry a machine's directories."""
-    for label, root in sorted(roots.items(), key=lambda kv: -len(str(kv[1] or ""))):
-        if root and Path(root).is_absolute() and str(root) != "/":
-            text = text.replace(str(root).rstrip("/"), label)
+    """``text`` with each of ``roots``' paths (``{label: path}``, longest first) written as its label
+    (``_report.portable``, as the other benchmarks write theirs) and any other temporary path as ``<tmp>/``:
+    results get committed, and must not carry a machine's directories."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _report
+
+    usable = {k: v for k, v in roots.items() if v and str(v) != "/"}  # "/" would label every path
+    text = _report.portable(text, dict(sorted(usable.items(), key=lambda kv: -len(str(kv[1])))))
     return re.sub(r"(?<![\w<>.])/tmp/", "<tmp>/", text)
 
 

@@ -286,7 +286,7 @@ class GPUBackend(OnDevice, Backend):
 
     # -- batches ------------------------------------------------------------------------------------
     def batch(self, rows) -> Batch:
-        cp, stages, opts = self.cp, self.stages, self.options
+        stages, opts = self.stages, self.options
         with self.ctx.activate():
             self.ctx.collect()
             sorted_rows = True
@@ -308,16 +308,7 @@ class GPUBackend(OnDevice, Backend):
                 else:
                     vals, cols = self._stage_host(plan)
                 in_ptr = None
-            with stages("kernels"):
-                if self._f16:
-                    vals = vals.view(cp.float16).astype(cp.float32)
-                if in_ptr is None:
-                    in_ptr = self.ctx.upload("in_ptr", plan.in_ptr)
-                out = assemble(self.kernels, cp, vals, cols, in_ptr, opts, self.width, self.remap, nnz=plan.nnz)
-                flagged = self.index is not None or self.decoder is not None
-                bits = int(self._err.get()[0]) if flagged else 0  # synchronize! (the one flag read)
-                if bits:
-                    raise self._device_error(bits, plan)
+            out = self._assembled(plan, in_ptr, vals, cols, flagged=self.index is not None or self.decoder is not None)
             with stages("dlpack"):
                 return to_batch(plan, (plan.n_rows, self.width), out, self._to_torch,
                                 sorted=sorted_rows and opts.gene_remap is None)
@@ -330,7 +321,7 @@ class GPUBackend(OnDevice, Backend):
         groups = [as_row_ids(g) for g in groups]
         if self.index is None or self.options.gene_remap is not None or len(groups) < 2:
             return [self.batch(g) for g in groups]
-        cp, stages, opts = self.cp, self.stages, self.options
+        stages, opts = self.stages, self.options
         cuts = np.concatenate([[0], np.cumsum([len(g) for g in groups])])
         with self.ctx.activate():
             self.ctx.collect()
@@ -340,16 +331,25 @@ class GPUBackend(OnDevice, Backend):
             index_dtype = opts.index_dtype_for(self.width, plan.nnz)
             if index_dtype != opts.index_dtype_for(self.width, 0):  # a group beyond 2**31 values: per batch
                 return [self.batch(g) for g in groups]
-            with stages("kernels"):
-                if self._f16:
-                    vals = vals.view(cp.float16).astype(cp.float32)
-                out = assemble(self.kernels, cp, vals, cols, in_ptr, opts, self.width, None, nnz=plan.nnz)
-                bits = int(self._err.get()[0])  # synchronize! (the group's one flag read)
-                if bits:
-                    raise self._device_error(bits, plan)
+            out = self._assembled(plan, in_ptr, vals, cols, flagged=True)
             with stages("dlpack"):
                 return split(plan, cuts, out, self.width, self._to_torch, lambda a: self.ctx.upload("crows", a),
                              index_dtype, sorted=True)
+
+    def _assembled(self, plan: RowPlan, in_ptr, vals, cols, flagged: bool):
+        """The staged entries through the batch kernels (``assemble``); then, when the staging kernel
+        ``flagged`` its reads, the one host read of the flag word per batch (or group)."""
+        cp = self.cp
+        with self.stages("kernels"):
+            if self._f16:
+                vals = vals.view(cp.float16).astype(cp.float32)
+            if in_ptr is None:
+                in_ptr = self.ctx.upload("in_ptr", plan.in_ptr)
+            out = assemble(self.kernels, cp, vals, cols, in_ptr, self.options, self.width, self.remap, nnz=plan.nnz)
+            bits = int(self._err.get()[0]) if flagged else 0  # synchronize! (the one flag read)
+            if bits:
+                raise self._device_error(bits, plan)
+        return out
 
     def _to_torch(self, array) -> torch.Tensor:
         """``array`` handed to torch without a copy, its memory held until every stream is past its uses."""
