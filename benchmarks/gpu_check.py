@@ -360,8 +360,11 @@ class Check:
         self._pytest_log = self.work / "pytest.log"
         self.raw(f"$ {' '.join(cmd)}  (in the background, output in {self._pytest_log})")
         with open(self._pytest_log, "w") as out:
+            # SIGINT restored: a shell's background job ignores it, and its children would inherit that,
+            # so the stop below could not give pytest the chance to print its summary
             self._pytest = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+                                            start_new_session=True,
+                                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self._pytest_t0 = time.monotonic()
 
     def pytest(self, dry: bool) -> None:
