@@ -1159,6 +1159,7 @@ def child_breakdown(path: Path) -> None:
     from scdl_gpu import SingleCellLoader
     from scdl_gpu.backend import get_backend
     from scdl_gpu.backend._assemble import assemble
+    from scdl_gpu.loader._loader import resident_group
 
     N_B = 200
 
@@ -1180,11 +1181,12 @@ def child_breakdown(path: Path) -> None:
         with get_backend(path, device="cuda", residency="device") as be:
             rng = np.random.default_rng(0)
             for bs in (64, 4096):
-                rows = [rng.integers(0, be.n_rows, bs) for _ in range(N_B)]
+                g = resident_group(bs)  # the loader's groups
+                rows = [rng.integers(0, be.n_rows, bs) for _ in range(max(N_B, 4 * g))]
                 for r in rows[:5]:
                     be.batch(r)
                 wall = per_batch(lambda i: be.batch(rows[i]))
-                grouped = per_batch(lambda i: be.batches(rows[i * 8 : i * 8 + 8]), N_B // 8) / 8  # the loader's groups
+                grouped = per_batch(lambda i: be.batches(rows[i * g : (i + 1) * g]), len(rows) // g) / g
                 # the launches alone: rows located and uploaded once, then gather + assembly queued N_B times
                 with be.ctx.activate():
                     starts, out_ptr = be.index.locate(rows[0])
@@ -1207,10 +1209,10 @@ def child_breakdown(path: Path) -> None:
                     e.record(be.ctx.torch_stream)
                     e.synchronize()
                     gpu = s.elapsed_time(e) / N_B
-                info[bs] = dict(backend_ms=round(wall, 4), grouped_ms=round(grouped, 4), launch_host_ms=round(host, 4),
+                info[bs] = dict(backend_ms=round(wall, 4), grouped_ms=round(grouped, 4), group=g, launch_host_ms=round(host, 4),
                                 launch_gpu_ms=round(gpu, 4),
                                 nnz=nnz, gather_gb_per_s=round(nnz * (be.data.itemsize + be.col_ptr.itemsize) / gpu / 1e6, 1))
-                print(f"batch {bs}: backend.batch {wall:.3f} ms, in groups of 8 {grouped:.3f} ms a batch; gather+assemble queued in {host:.3f} ms host, "
+                print(f"batch {bs}: backend.batch {wall:.3f} ms, in groups of {g} {grouped:.3f} ms a batch; gather+assemble queued in {host:.3f} ms host, "
                       f"{gpu:.3f} ms GPU ({info[bs]['gather_gb_per_s']} GB/s of entries)")
                 if bs == 4096:
                     prof = cProfile.Profile()

@@ -57,6 +57,7 @@ class DeviceContext:
         self._held: list[tuple[torch.cuda.Event, object]] = []
         self._held_lock = threading.Lock()
         self._staging: dict[str, tuple[np.ndarray, torch.cuda.Event | None]] = {}
+        self._handed: tuple[torch.cuda.Event, int] | None = None  #: the last hand-off's (event, consumer stream)
 
     # -- making the device and stream current ----------------------------------------------------
     def activate(self):
@@ -71,13 +72,20 @@ class DeviceContext:
 
     def handoff(self, ready: torch.cuda.Event, tensors) -> None:
         """In the consumer's thread: its current stream waits for the batch, and torch-allocated
-        tensors are marked as used there (so their memory is not reused under its reads)."""
+        tensors are marked as used there (so their memory is not reused under its reads).
+
+        A batch handed over with the event of the batch before, to the same stream, is of the same
+        group (the event is recorded once per group): its tensors are views of the ones already
+        marked, so nothing is done (``tensors`` is not even iterated)."""
         consumer = torch.cuda.current_stream(self.index)
         if consumer.cuda_stream == self.torch_stream.cuda_stream:
+            return
+        if self._handed is not None and self._handed[0] is ready and self._handed[1] == consumer.cuda_stream:
             return
         consumer.wait_event(ready)
         for t in tensors:
             t.record_stream(consumer)  # no-op for DLPack memory: keep_until_released covers that
+        self._handed = (ready, consumer.cuda_stream)
 
     def keep_until_released(self, array) -> None:
         """Hold ``array``'s device memory past its death until the releasing thread's stream is

@@ -24,10 +24,18 @@ from ._prefetch import prefetch as run_ahead
 from ._weights import Weighting, build_weighting, class_codes
 
 OUTPUTS = ("csr", "dense")
-#: batches a loader with rows resident on the GPU gathers at once (``GPUBackend.batches``): its per-batch
-#: launches and host work, which bound such a batch, are paid once per group (the first GPU run: a
-#: device-resident batch of 4,096 spent 0.07 ms of host time in launches and ~0.6 ms around them)
-RESIDENT_GROUP = 8
+#: rows a loader with rows resident on the GPU gathers at once (``GPUBackend.batches``), in whole batches:
+#: a device-resident batch is bound by its launches and host work, which a group pays once (the first GPU
+#: run: ~0.7 ms of host time a batch at 4,096 rows and ~0.3 ms at 64, whatever the GPU did). The group's
+#: outputs live until its last batch is released: 8 bytes a value in float32/int32 CSR, 0.4 GB for
+#: 32,768 rows of ~1,450 values.
+RESIDENT_GROUP_ROWS = 32768
+MAX_GROUP = 512  #: batches per group at most (small batches: bounded host lists)
+
+
+def resident_group(batch_size: int) -> int:
+    """Batches per group of a loader with rows resident on the GPU (at least 1)."""
+    return max(1, min(MAX_GROUP, RESIDENT_GROUP_ROWS // max(batch_size, 1)))
 
 
 class SingleCellLoader:
@@ -112,7 +120,8 @@ class SingleCellLoader:
         unlike a global permutation, which rows share a batch is limited to one part (harmless for
         SGD in expectation; with ``world_size`` 1 it *is* a global permutation). The CPU reads the
         archive's maps (``"auto"``/``"stream"``); ``neighbors=True`` streams. With ``device``/``pinned``
-        the loader gathers ``RESIDENT_GROUP`` (8) batches at once, each a view of the group's arrays.
+        the loader gathers batches in groups of about 32,768 rows (8 batches of 4,096, 512 of 64), each
+        batch a view of its group's arrays, its rows and obs read and moved once per group.
     storage_options
         For an archive or atlas at a URL: passed to fsspec (``endpoint_url``, ``anon``, ...);
         credentials otherwise come from the usual environment and configuration files. An atlas's
@@ -123,11 +132,13 @@ class SingleCellLoader:
         Batches assembled ahead by a background thread (0: none). Default: 2 on a GPU (the host
         thread builds the next batches while the device trains), 0 on the CPU, where the compiled
         gather already uses every core for each batch and a second thread only competes for the
-        GIL (measured on 2 cores: prefetch 0 was 10-50% faster at every batch size).
+        GIL (measured on 2 cores: prefetch 0 was 10-50% faster at every batch size). With rows
+        resident on the GPU the thread makes whole groups, so any ``prefetch`` > 0 is one group ahead.
 
     Memory: about ``(prefetch + 2) * batch_size * bytes per cell``, plus ``fetch_factor`` batches
-    in ``block`` order with ``fetch_factor`` > 1 (with rows resident on the GPU, groups of 8 batches
-    instead of batches: a group's memory is freed with its last batch); on the CPU, outputs of 1 MiB
+    in ``block`` order with ``fetch_factor`` > 1 (with rows resident on the GPU, up to three groups of
+    about 32,768 rows instead: the one being read, one made ahead, one being made; a group's memory is
+    freed with its last batch); on the CPU, outputs of 1 MiB
     or more are kept for reuse once released (up to 8 arrays, about 4 batches), which spares a page
     fault per 4 KiB.
     """
@@ -340,20 +351,30 @@ class SingleCellLoader:
         epoch, start = self.epoch, self._resume_at
         self._resume_at = 0
         self._done = start
-        for batch, ready in run_ahead(self._batches(epoch, start), self.prefetch):
-            if ready is not None:  # GPU: this thread's stream waits for the batch's
-                self.backend.handoff(ready, _tensors(batch))
-            self._done += 1
-            yield batch
+        group = self._group
+        # the thread hands over whole groups (a queue hand-off costs a thread switch): ``prefetch`` batches ahead
+        depth = -(-self.prefetch // group) if self.prefetch > 0 else 0
+        for batches, ready in run_ahead(self._groups(epoch, start, group), depth):
+            for batch in batches:
+                if ready is not None:  # GPU: this thread's stream waits for the batch's
+                    self.backend.handoff(ready, _tensors(batch))
+                self._done += 1
+                yield batch
         self.epoch, self._done = epoch + 1, 0  # a finished epoch moves on, as every rank does
 
-    def _batches(self, epoch: int, start: int) -> Iterator[dict]:
+    @property
+    def _group(self) -> int:
+        """Batches made at once: a group with rows resident on the GPU, else one."""
+        return resident_group(self.batch_size) if self.residency in ("device", "pinned") else 1
+
+    def _groups(self, epoch: int, start: int, group: int) -> Iterator[tuple[list[dict], object]]:
+        """``(batches, ready)`` from batch ``start`` on, ``group`` batches at a time: the batch dicts and the
+        event they are complete at (None on the CPU)."""
         with self.stages("sample"):
             sh = self._shard(epoch)
         if self.order == "block" and self.fetch_factor > 1 and self.backend.device == "cpu":
-            yield from self._fetched(sh, epoch, start)
+            yield from (([out], None) for out in self._fetched(sh, epoch, start))
             return
-        group = RESIDENT_GROUP if self.residency in ("device", "pinned") else 1
         if start < sh.n_batches:  # hinted first, so the first batch's reads are not queued behind the next's
             self.backend.will_need(sh.batch(start))
         for first in range(start, sh.n_batches, group):
@@ -365,10 +386,9 @@ class SingleCellLoader:
             # per group, exited before the yields: the consumer's thread keeps its own stream
             with self.backend.producing():
                 got = self.backend.batches(rows) if group > 1 else [self.backend.batch(rows[0])]
-                outs = [self._finish(b, epoch, k) for b, k in zip(got, ks)]
+                outs = self._finish_group(got, epoch, ks)
                 ready = self.backend.ready_event()
-            for out in outs:
-                yield out, ready
+            yield outs, ready
 
     def _fetched(self, sh: Shard, epoch: int, start: int) -> Iterator[dict]:
         """Block order: read ``fetch_factor`` batches of rows at once (sorted: few long spans), shuffle
@@ -395,19 +415,35 @@ class SingleCellLoader:
                     with self.stages("collate"):
                         b = (take_rows(m, local, batch_rows, fetched.crow.numpy().dtype) if m is not None else
                              type(fetched)(batch_rows, (len(local), fetched.shape[1]), dense=fetched.dense[torch.from_numpy(local)]))
-                yield self._finish(b, epoch, first + j), None
+                yield self._finish(b, epoch, first + j)
 
-    def _finish(self, b, epoch: int, k: int) -> dict:
+    def _finish_group(self, got: list, epoch: int, ks) -> list[dict]:
+        """The batch dicts of one group of batches: their rows, obs and obsm read and moved to the
+        device once for the group, each batch taking views (one copy per tensor, not per batch)."""
+        if len(got) == 1:
+            return [self._finish(got[0], epoch, ks[0])]
+        with self.stages("collate"):
+            cuts = np.cumsum([0] + [len(b.rows) for b in got]).tolist()
+            side = self._side(np.concatenate([np.asarray(b.rows, np.int64) for b in got]), got[0].device)
+            parts = [_cut(side, a, z) for a, z in zip(cuts[:-1], cuts[1:])]
+        return [self._finish(b, epoch, k, p) for b, k, p in zip(got, ks, parts)]
+
+    def _side(self, rows: np.ndarray, device: torch.device) -> dict:
+        """What a batch dict carries beside ``X`` for ``rows``: the row ids, obs and obsm, on ``device``."""
+        out = {"rows": torch.from_numpy(np.asarray(rows, dtype=np.int64)), "obs": self.obs.take(rows)}
+        if self.obsm is not None:
+            out["obsm"] = self.obsm.take(rows)
+        if device.type != "cpu":  # keep a batch on one device
+            out["rows"] = out["rows"].to(device, non_blocking=True)
+            for part in ("obs", "obsm"):
+                if part in out:
+                    out[part] = {k: v.to(device, non_blocking=True) for k, v in out[part].items()}
+        return out
+
+    def _finish(self, b, epoch: int, k: int, side: dict | None = None) -> dict:
         with self.stages("collate"):
             x = self._tensor(b)
-            out = {"X": x, "rows": torch.from_numpy(np.asarray(b.rows, dtype=np.int64)), "obs": self.obs.take(b.rows)}
-            if self.obsm is not None:
-                out["obsm"] = self.obsm.take(b.rows)
-            if x.device.type != "cpu":  # keep a batch on one device
-                out["rows"] = out["rows"].to(x.device, non_blocking=True)
-                for part in ("obs", "obsm"):
-                    if part in out:
-                        out[part] = {k: v.to(x.device, non_blocking=True) for k, v in out[part].items()}
+            out = {"X": x, **(side if side is not None else self._side(b.rows, x.device))}
         if self.neighbors is not None:
             with self.stages("sample"):
                 nrows = self._sample_neighbors(b.rows, epoch, k)
@@ -441,15 +477,19 @@ class SingleCellLoader:
                 f"rank={self.rank}/{self.world_size}, device={self.backend.device!r}, batches={len(self)})")
 
 
-def _tensors(batch: dict) -> list[torch.Tensor]:
-    """Every dense tensor a batch dict holds (CSR tensors by their parts)."""
-    out = []
+def _tensors(batch: dict) -> Iterator[torch.Tensor]:
+    """Every dense tensor a batch dict holds (CSR tensors by their parts), lazily: a hand-off that
+    finds the batch's group already handed over reads none of them."""
     for v in batch.values():
         if isinstance(v, dict):
-            out += _tensors(v)
+            yield from _tensors(v)
         elif isinstance(v, torch.Tensor):
-            out += [v.crow_indices(), v.col_indices(), v.values()] if v.layout == torch.sparse_csr else [v]
-    return out
+            yield from (v.crow_indices(), v.col_indices(), v.values()) if v.layout == torch.sparse_csr else (v,)
+
+
+def _cut(side: dict, a: int, z: int) -> dict:
+    """Rows ``a:z`` of every tensor in ``side`` (nested dicts too), as views."""
+    return {k: _cut(v, a, z) if isinstance(v, dict) else v[a:z] for k, v in side.items()}
 
 
 def _silence_csr_beta_warning() -> None:

@@ -129,16 +129,79 @@ def test_every_launch_and_copy_runs_on_the_backends_device_and_stream(world, tmp
     assert threading.current_thread() is threading.main_thread() and world.current() == (0, 0)  # consumer untouched
 
 
-def test_a_consumer_on_another_stream_waits_for_each_batch(world, tmp_path):
-    path = _archive(tmp_path)
-    loader = SingleCellLoader(path, batch_size=8, shuffle="random", device="cuda", prefetch=0, residency="device")
+@pytest.mark.parametrize("residency", ["stream", "device"])
+def test_a_consumer_on_another_stream_waits_for_each_batch(world, tmp_path, residency, monkeypatch):
+    """Streamed batches are handed over one by one; resident ones in groups (one event each), so the
+    consumer waits once per group."""
+    from scdl_gpu.loader import _loader
+
+    monkeypatch.setattr(_loader, "RESIDENT_GROUP_ROWS", 64)  # groups of 8 batches of 8
+    path = _archive(tmp_path, n=80)
+    loader = SingleCellLoader(path, batch_size=8, shuffle="random", device="cuda", prefetch=0, residency=residency)
     consumer = torch.cuda.Stream()
     with torch.cuda.stream(consumer):
         world.log.clear()
         batches = list(loader)
     waits = [e for e in world.log if e[0] == "wait_event" and e[1] == consumer.cuda_stream]
-    assert len(waits) == len(batches) == 5
+    assert len(batches) == 10
+    assert len(waits) == (10 if residency == "stream" else 2)
+    assert len({e[2] for e in waits}) == len(waits)  # each wait on another event
     assert any(e[0] == "record_stream" and e[1] == consumer.cuda_stream for e in world.log)
+
+
+def test_a_consumer_that_changes_stream_inside_a_group_waits_again(world, tmp_path):
+    path = _archive(tmp_path, n=80)
+    loader = SingleCellLoader(path, batch_size=8, shuffle="random", device="cuda", prefetch=0, residency="device")
+    first, second = torch.cuda.Stream(), torch.cuda.Stream()
+    it = iter(loader)
+    world.log.clear()
+    for stream in (first, first, second, second, first):  # five batches of the first group of eight
+        with torch.cuda.stream(stream):
+            next(it)
+    it.close()
+    waits = [(e[1], e[2]) for e in world.log if e[0] == "wait_event"]
+    assert [w[0] for w in waits] == [first.cuda_stream, second.cuda_stream, first.cuda_stream]
+    assert len({w[1] for w in waits}) == 1  # one group, one event
+    recorded = {e[1] for e in world.log if e[0] == "record_stream"}
+    assert recorded == {first.cuda_stream, second.cuda_stream}
+
+
+@pytest.fixture(scope="module")
+def with_obs(tmp_path_factory):
+    """An archive with obs columns, and its obs (made before the fake GPU: anndata probes CuPy)."""
+    from scdl_gpu import convert_h5ad
+    from tests.conftest import make_adata, random_csr
+
+    d = tmp_path_factory.mktemp("obs")
+    a = make_adata(random_csr(70, 30, density=0.2, seed=4))
+    a.write_h5ad(d / "s.h5ad")
+    return convert_h5ad(d / "s.h5ad", d / "a", use_X_not_raw=True), a.obs
+
+
+def test_a_resident_group_reads_obs_once_and_each_batch_gets_its_rows(with_obs, world, monkeypatch):
+    """A group's rows and obs are read (and moved to the device) once; each batch holds views of its
+    own rows, equal to the archive's obs at those rows."""
+    from scdl_gpu.loader import _loader, _obs
+
+    path, obs = with_obs
+    monkeypatch.setattr(_loader, "RESIDENT_GROUP_ROWS", 48)  # groups of 8 batches of 6
+    takes = []
+    real_take = _obs.ObsColumns.take
+    monkeypatch.setattr(_obs.ObsColumns, "take", lambda self, rows: takes.append(len(rows)) or real_take(self, rows))
+    loader = SingleCellLoader(path, batch_size=6, shuffle="random", device="cuda", residency="device", prefetch=0,
+                              obs_columns=["n_genes", "score"])
+    batches = list(loader)
+    assert len(batches) == 12 and takes == [48, 22]  # two groups: 8 batches of 6, then 3 and a last of 4
+    seen = []
+    for b in batches:
+        rows = b["rows"].numpy()
+        assert len(rows) == b["X"].shape[0] == len(b["obs"]["score"])
+        np.testing.assert_array_equal(b["obs"]["n_genes"].numpy(), obs["n_genes"].to_numpy()[rows])
+        np.testing.assert_array_equal(b["obs"]["score"].numpy(), obs["score"].to_numpy()[rows])
+        seen += rows.tolist()
+    assert set(seen) == set(range(70))
+    # views: the batches of a group share their rows' storage
+    assert batches[0]["rows"].untyped_storage().data_ptr() == batches[7]["rows"].untyped_storage().data_ptr()
 
 
 def test_pinned_staging_is_not_reused_while_its_copy_is_queued(world, tmp_path):
@@ -297,12 +360,13 @@ def test_batches_with_a_gene_remap_go_one_by_one(world, tmp_path):
 
 
 @pytest.mark.parametrize("prefetch", [0, 2])
-def test_a_resident_loader_gathers_groups_of_batches(world, tmp_path, prefetch):
-    """With rows resident the loader asks for ``RESIDENT_GROUP`` batches at once: every batch still equals
+def test_a_resident_loader_gathers_groups_of_batches(world, tmp_path, prefetch, monkeypatch):
+    """With rows resident the loader asks for a group of batches at once: every batch still equals
     the CPU's for its rows, an epoch still covers the share once, and a resumed epoch (inside a group)
     yields what the uninterrupted one did."""
-    from scdl_gpu.loader._loader import RESIDENT_GROUP
+    from scdl_gpu.loader import _loader
 
+    monkeypatch.setattr(_loader, "RESIDENT_GROUP_ROWS", 32)  # groups of 8 batches of 4
     path = _archive(tmp_path, n=60)
     kw = dict(batch_size=4, shuffle="random", device="cuda", residency="device", prefetch=prefetch, seed=2)
     loader = SingleCellLoader(path, **kw)
@@ -310,7 +374,7 @@ def test_a_resident_loader_gathers_groups_of_batches(world, tmp_path, prefetch):
     start = len(world.log)
     full = list(loader)
     gathers = [e for e in world.log[start:] if e[0] == "launch" and e[3] == "gather"]
-    assert len(full) == 15 and len(gathers) == -(-15 // RESIDENT_GROUP)  # 8 + 7 batches: two gathers
+    assert len(full) == 15 and len(gathers) == 2  # 8 + 7 batches: two gathers
     for b in full:
         torch.testing.assert_close(b["X"].to_dense(), cpu.batch(b["rows"].numpy()).to_sparse_csr().to_dense(),
                                    rtol=0, atol=0)
@@ -328,3 +392,12 @@ def test_a_resident_loader_gathers_groups_of_batches(world, tmp_path, prefetch):
     assert len(rest) == 12
     for a, b in zip(rest, full[3:]):
         assert torch.equal(a["rows"], b["rows"]) and torch.equal(a["X"].to_dense(), b["X"].to_dense())
+
+
+def test_resident_groups_hold_about_the_same_rows_at_every_batch_size():
+    from scdl_gpu.loader._loader import MAX_GROUP, RESIDENT_GROUP_ROWS, resident_group
+
+    assert resident_group(4096) == RESIDENT_GROUP_ROWS // 4096 == 8
+    assert resident_group(64) == 512 == MAX_GROUP
+    assert resident_group(1) == MAX_GROUP  # bounded
+    assert resident_group(RESIDENT_GROUP_ROWS) == resident_group(10 * RESIDENT_GROUP_ROWS) == 1
