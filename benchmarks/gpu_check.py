@@ -1186,7 +1186,16 @@ def child_breakdown(path: Path) -> None:
                 for r in rows[:5]:
                     be.batch(r)
                 wall = per_batch(lambda i: be.batch(rows[i]))
-                grouped = per_batch(lambda i: be.batches(rows[i * g : (i + 1) * g]), len(rows) // g) / g
+                n_g = len(rows) // g
+                grouped = per_batch(lambda i: be.batches(rows[i * g : (i + 1) * g]), n_g) / g
+                queued = []  # as the loader runs them: each group finished once the next is queued
+
+                def ahead(i):
+                    queued.append(be.batches_ahead(rows[i * g : (i + 1) * g]) if i < n_g else None)
+                    if len(queued) > 1:
+                        queued.pop(0)()
+
+                pipelined = per_batch(ahead, n_g + 1) * (n_g + 1) / (n_g * g)
                 # the launches alone: rows located and uploaded once, then gather + assembly queued N_B times
                 with be.ctx.activate():
                     starts, out_ptr = be.index.locate(rows[0])
@@ -1209,10 +1218,10 @@ def child_breakdown(path: Path) -> None:
                     e.record(be.ctx.torch_stream)
                     e.synchronize()
                     gpu = s.elapsed_time(e) / N_B
-                info[bs] = dict(backend_ms=round(wall, 4), grouped_ms=round(grouped, 4), group=g, launch_host_ms=round(host, 4),
+                info[bs] = dict(backend_ms=round(wall, 4), grouped_ms=round(grouped, 4), pipelined_ms=round(pipelined, 4), group=g, launch_host_ms=round(host, 4),
                                 launch_gpu_ms=round(gpu, 4),
                                 nnz=nnz, gather_gb_per_s=round(nnz * (be.data.itemsize + be.col_ptr.itemsize) / gpu / 1e6, 1))
-                print(f"batch {bs}: backend.batch {wall:.3f} ms, in groups of {g} {grouped:.3f} ms a batch; gather+assemble queued in {host:.3f} ms host, "
+                print(f"batch {bs}: backend.batch {wall:.3f} ms, in groups of {g} {grouped:.3f} ms a batch ({pipelined:.3f} with the next group queued first); gather+assemble queued in {host:.3f} ms host, "
                       f"{gpu:.3f} ms GPU ({info[bs]['gather_gb_per_s']} GB/s of entries)")
                 if bs == 4096:
                     prof = cProfile.Profile()
@@ -1221,7 +1230,7 @@ def child_breakdown(path: Path) -> None:
                         be.batch(r)
                     prof.disable()
                     top(prof, "backend.batch x100 @4096")
-        return "PASS", "; ".join(f"@{b}: backend {v['backend_ms']:.3f} ms/batch ({v['grouped_ms']:.3f} grouped), launches {v['launch_host_ms']:.3f} host / "
+        return "PASS", "; ".join(f"@{b}: backend {v['backend_ms']:.3f} ms/batch ({v['grouped_ms']:.3f} grouped, {v['pipelined_ms']:.3f} pipelined), launches {v['launch_host_ms']:.3f} host / "
                                  f"{v['launch_gpu_ms']:.3f} GPU" for b, v in info.items()), info
 
     def loader_part():

@@ -6,9 +6,11 @@ import contextlib
 import os
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..archive._constants import FileNames
 from ..archive._reader import load_feature_index, open_arrays, rows_sorted
@@ -163,8 +165,21 @@ class Backend(ABC):
 
     def batches(self, groups) -> list[Batch]:
         """One batch per array of row ids in ``groups``, each equal to ``batch`` of it. A GPU backend
-        with resident rows gathers and assembles them together (see ``GPUBackend.batches``)."""
+        with resident rows gathers and assembles them together (see ``GPUBackend.batches_ahead``)."""
         return [self.batch(rows) for rows in groups]
+
+    def batches_ahead(self, groups) -> Callable[[], list[Batch]]:
+        """``batches(groups)`` in two steps: this call starts them, the call it returns finishes them
+        and returns the batches (or raises what ``batches`` would), so a caller may start the next
+        groups in between. A GPU backend with resident rows queues a group's work and returns at
+        once; here the work is done in this call."""
+        got = self.batches(groups)
+        return lambda: got
+
+    @property
+    def tensor_device(self) -> torch.device:
+        """The torch device of this backend's batches."""
+        return torch.device("cpu")
 
     def will_need(self, rows) -> None:
         """A hint that ``rows`` come next: a compressed archive starts reading and decoding the chunks

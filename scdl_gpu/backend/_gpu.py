@@ -110,6 +110,7 @@ class GPUBackend(OnDevice, Backend):
         self.reader = reader if reader != "auto" else ("kvikio" if kvikio_available() and self.remote is None else "host")
         self.kvikio_min_span = int(kvikio_min_span)
         self._files = None
+        self._parity = 0  #: alternates per group of batches (see batches_ahead)
         if self.reader == "kvikio":
             _configure_kvikio(kvikio_threads, kvikio_task_size)
         self._f16 = self.data.dtype == np.float16
@@ -166,16 +167,17 @@ class GPUBackend(OnDevice, Backend):
         log.info("%s: %d rows (%.2f GiB) resident in %s memory", self.path, len(rows),
                  (self._res_data.nbytes + self._res_cols.nbytes) / 2**30, "GPU" if self.residency == "device" else "pinned host")
 
-    def _stage_resident(self, rows):
-        """Device/pinned: the batch's rows gathered from the resident arrays by one kernel launch."""
-        cp = self.cp
+    def _stage_resident(self, rows, err=None, staging: str = "ptrs"):
+        """Device/pinned: the batch's rows gathered from the resident arrays by one kernel launch, its
+        violations flagged in ``err`` (default: the backend's word), its row pointers uploaded through
+        the pinned buffer ``staging``."""
         rows = as_row_ids(rows)
         starts, out_ptr = self.index.locate(rows)
         n_b = len(starts)
-        dev = self.ctx.upload("ptrs", np.concatenate([out_ptr, starts]))  # one copy for both
+        dev = self.ctx.upload(staging, np.concatenate([out_ptr, starts]))  # one copy for both
         d_out_ptr, d_starts = dev[: n_b + 1], dev[n_b + 1 :]
         vals, cols = self.kernels.gather(self._res_data, self._res_cols, d_starts, d_out_ptr, int(out_ptr[-1]),
-                                         self.archive_cols, self._err)
+                                         self.archive_cols, self._err if err is None else err)
         return RowPlan(rows, out_ptr, starts), d_out_ptr, vals, cols
 
     # -- compressed chunks ------------------------------------------------------------------------
@@ -314,42 +316,78 @@ class GPUBackend(OnDevice, Backend):
                                 sorted=sorted_rows and opts.gene_remap is None)
 
     def batches(self, groups) -> list[Batch]:
-        """As ``Backend.batches``. With device or pinned residency and no gene remap, the groups' rows are
-        located, uploaded, gathered, assembled and flag-checked once for all, and each batch is a view
-        of the group's arrays: the per-batch launches and host work (what bounds a device-resident
-        batch) are paid once per group."""
+        return self.batches_ahead(groups)()
+
+    def batches_ahead(self, groups):
+        """As ``Backend.batches_ahead``. With device or pinned residency and no gene remap, the groups'
+        rows are located, uploaded, gathered, assembled and handed to torch once for all, each batch a
+        view of the group's arrays: the per-batch launches and host work (what bounds a device-resident
+        batch) are paid once per group. Nothing here waits for the device: the group's flag word comes
+        back by an asynchronous copy, which the returned call waits for and checks, so the host can
+        queue the next group while the device gathers this one."""
         groups = [as_row_ids(g) for g in groups]
         if self.index is None or self.options.gene_remap is not None or len(groups) < 2:
-            return [self.batch(g) for g in groups]
-        stages, opts = self.stages, self.options
+            return _done([self.batch(g) for g in groups])
+        cp, stages, opts = self.cp, self.stages, self.options
         cuts = np.concatenate([[0], np.cumsum([len(g) for g in groups])])
+        # Its own flag word and staging buffers, other than the last group's (which may still be in flight:
+        # reusing them would wait for it)
+        self._parity ^= 1
         with self.ctx.activate():
             self.ctx.collect()
+            err = cp.zeros(1, cp.int32)
             with stages("read"):
-                self._err.fill(0)
-                plan, in_ptr, vals, cols = self._stage_resident(np.concatenate(groups))
+                plan, in_ptr, vals, cols = self._stage_resident(np.concatenate(groups), err, f"ptrs{self._parity}")
             index_dtype = opts.index_dtype_for(self.width, plan.nnz)
             if index_dtype != opts.index_dtype_for(self.width, 0):  # a group beyond 2**31 values: per batch
-                return [self.batch(g) for g in groups]
-            out = self._assembled(plan, in_ptr, vals, cols, flagged=True)
+                return _done([self.batch(g) for g in groups])
+            out = self._assemble(plan, in_ptr, vals, cols)
             with stages("dlpack"):
-                return split(plan, cuts, out, self.width, self._to_torch, lambda a: self.ctx.upload("crows", a),
-                             index_dtype, sorted=True)
+                got = split(plan, cuts, out, self.width, self._to_torch,
+                            lambda a: self.ctx.upload(f"crows{self._parity}", a), index_dtype, sorted=True)
+            flag = self._pinned_word()
+            err.get(out=flag, blocking=False)  # queued behind the group's kernels
+            copied = self.ctx.record()
 
-    def _assembled(self, plan: RowPlan, in_ptr, vals, cols, flagged: bool):
-        """The staged entries through the batch kernels (``assemble``); then, when the staging kernel
-        ``flagged`` its reads, the one host read of the flag word per batch (or group)."""
+        def finish() -> list[Batch]:
+            with stages("kernels"):
+                copied.synchronize()  # synchronize! (the one flag read per group)
+            if flag[0]:
+                raise self._device_error(int(flag[0]), plan)
+            return got
+
+        return finish
+
+    def _pinned_word(self) -> np.ndarray:
+        """One int32 of pinned host memory (CuPy's pinned pool keeps the blocks), for a flag copied back
+        asynchronously."""
+        import cupyx
+
+        return cupyx.empty_pinned(1, np.int32)
+
+    def _assemble(self, plan: RowPlan, in_ptr, vals, cols):
+        """The staged entries through the batch kernels (``assemble``), queued."""
         cp = self.cp
         with self.stages("kernels"):
             if self._f16:
                 vals = vals.view(cp.float16).astype(cp.float32)
             if in_ptr is None:
                 in_ptr = self.ctx.upload("in_ptr", plan.in_ptr)
-            out = assemble(self.kernels, cp, vals, cols, in_ptr, self.options, self.width, self.remap, nnz=plan.nnz)
+            return assemble(self.kernels, cp, vals, cols, in_ptr, self.options, self.width, self.remap, nnz=plan.nnz)
+
+    def _assembled(self, plan: RowPlan, in_ptr, vals, cols, flagged: bool):
+        """``_assemble``; then, when the staging kernel ``flagged`` its reads, the one host read of the
+        flag word per batch."""
+        out = self._assemble(plan, in_ptr, vals, cols)
+        with self.stages("kernels"):
             bits = int(self._err.get()[0]) if flagged else 0  # synchronize! (the one flag read)
-            if bits:
-                raise self._device_error(bits, plan)
+        if bits:
+            raise self._device_error(bits, plan)
         return out
+
+    @property
+    def tensor_device(self) -> torch.device:
+        return torch.device("cuda", self.device_index)
 
     def _to_torch(self, array) -> torch.Tensor:
         """``array`` handed to torch without a copy, its memory held until every stream is past its uses."""
@@ -394,3 +432,6 @@ def _configure_kvikio(threads: int | None, task_size: int | None) -> None:
     kvikio.defaults.set(settings)
 
 
+def _done(batches: list[Batch]):
+    """A finished ``batches_ahead``."""
+    return lambda: batches

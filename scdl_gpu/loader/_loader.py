@@ -377,18 +377,44 @@ class SingleCellLoader:
             return
         if start < sh.n_batches:  # hinted first, so the first batch's reads are not queued behind the next's
             self.backend.will_need(sh.batch(start))
+        queued = None  # a group on the device: finished once the next one is queued behind it
         for first in range(start, sh.n_batches, group):
             ks = range(first, min(first + group, sh.n_batches))
             with self.stages("sample"):
                 rows = [sh.batch(k) for k in ks]
             if ks[-1] + 1 < sh.n_batches:  # the backend may start reading (decoding) the next batch's bytes now
                 self.backend.will_need(sh.batch(ks[-1] + 1))
-            # per group, exited before the yields: the consumer's thread keeps its own stream
+            # exited before each yield: the consumer's thread keeps its own stream
             with self.backend.producing():
-                got = self.backend.batches(rows) if group > 1 else [self.backend.batch(rows[0])]
-                outs = self._finish_group(got, epoch, ks)
+                if group == 1:
+                    made = self._finish_group([self.backend.batch(rows[0])], epoch, ks), self.backend.ready_event()
+                else:
+                    made, nxt = None, self._start_group(rows, ks)
+            if made is not None:
+                yield made
+                continue
+            if queued is not None:
+                yield self._end_group(queued, epoch)
+            queued = nxt
+        if queued is not None:
+            yield self._end_group(queued, epoch)
+
+    def _start_group(self, rows: list, ks) -> tuple:
+        """Queue a group's batches (``Backend.batches_ahead``) and its rows, obs and obsm on the device,
+        in the producing context; what ``_end_group`` needs, with the event after all of it."""
+        finish = self.backend.batches_ahead(rows)
+        with self.stages("collate"):
+            side = self._side(np.concatenate(rows), self.backend.tensor_device)
+        return finish, ks, side, self.backend.ready_event()
+
+    def _end_group(self, queued: tuple, epoch: int) -> tuple[list[dict], object]:
+        """``(batch dicts, ready event)`` of a queued group (waits for its flag: may raise ``ArchiveError``)."""
+        finish, ks, side, ready = queued
+        with self.backend.producing():
+            outs = self._finish_group(finish(), epoch, ks, side)
+            if self.transform is not None:  # its device work, queued just now, is the batches' too
                 ready = self.backend.ready_event()
-            yield outs, ready
+        return outs, ready
 
     def _fetched(self, sh: Shard, epoch: int, start: int) -> Iterator[dict]:
         """Block order: read ``fetch_factor`` batches of rows at once (sorted: few long spans), shuffle
@@ -417,14 +443,16 @@ class SingleCellLoader:
                              type(fetched)(batch_rows, (len(local), fetched.shape[1]), dense=fetched.dense[torch.from_numpy(local)]))
                 yield self._finish(b, epoch, first + j)
 
-    def _finish_group(self, got: list, epoch: int, ks) -> list[dict]:
-        """The batch dicts of one group of batches: their rows, obs and obsm read and moved to the
-        device once for the group, each batch taking views (one copy per tensor, not per batch)."""
-        if len(got) == 1:
+    def _finish_group(self, got: list, epoch: int, ks, side: dict | None = None) -> list[dict]:
+        """The batch dicts of one group of batches: their rows, obs and obsm (``side``: already read for
+        the group) read and moved to the device once for the group, each batch taking views (one copy
+        per tensor, not per batch)."""
+        if len(got) == 1 and side is None:
             return [self._finish(got[0], epoch, ks[0])]
         with self.stages("collate"):
             cuts = np.cumsum([0] + [len(b.rows) for b in got]).tolist()
-            side = self._side(np.concatenate([np.asarray(b.rows, np.int64) for b in got]), got[0].device)
+            if side is None:
+                side = self._side(np.concatenate([np.asarray(b.rows, np.int64) for b in got]), got[0].device)
             parts = [_cut(side, a, z) for a, z in zip(cuts[:-1], cuts[1:])]
         return [self._finish(b, epoch, k, p) for b, k, p in zip(got, ks, parts)]
 

@@ -118,8 +118,12 @@ def make_world_modules(world: World):
             world.note("h2d", *world.current(), host.ctypes.data, self.nbytes)
             self[...] = host
 
-        def get(self):
-            return np.asarray(self).copy()
+        def get(self, stream=None, out=None, blocking=True):
+            world.note("d2h", *world.current(), self.nbytes, blocking)
+            if out is None:
+                return np.asarray(self).copy()
+            out[...] = self  # the stand-in's kernels have run already: the bytes are final
+            return out
 
     def dev(a):
         return np.asarray(a).view(DeviceArray)
@@ -256,6 +260,8 @@ def install(monkeypatch) -> World:
     for mod in (_gpu, backend, _loader):
         monkeypatch.setattr(mod, "resolve_device", lambda device: "cuda" if str(device).startswith("cuda") else "cpu")
     monkeypatch.setattr(_gpu, "kvikio_available", lambda: False)
+    # the stand-in's device tensors are CPU tensors (see from_dlpack below)
+    monkeypatch.setattr(_gpu.GPUBackend, "tensor_device", property(lambda self: torch.device("cpu")))
     monkeypatch.setattr(_pinned, "mapped_empty", lambda n, dtype: (lambda h: (h, h.view(cp.ndarray)))(np.empty(n, dtype)))
     # stand-in arrays are host memory; copying also lets them die at once, as a released batch would
     monkeypatch.setattr(torch, "from_dlpack", lambda a: torch.from_numpy(np.array(a)))

@@ -401,3 +401,81 @@ def test_resident_groups_hold_about_the_same_rows_at_every_batch_size():
     assert resident_group(64) == 512 == MAX_GROUP
     assert resident_group(1) == MAX_GROUP  # bounded
     assert resident_group(RESIDENT_GROUP_ROWS) == resident_group(10 * RESIDENT_GROUP_ROWS) == 1
+
+
+def test_a_group_is_queued_without_waiting_and_its_flag_checked_when_finished(world, tmp_path):
+    """``batches_ahead``: nothing waits for the device until the returned call, which reads the group's
+    flag (copied back asynchronously) and raises for a damaged row; the next group may be queued first."""
+    path = _archive(tmp_path)
+    gpu = get_backend(path, device="cuda", residency="device")
+    start = len(world.log)
+    finish = gpu.batches_ahead([[1, 2], [3], [0, 9]])
+    queued = world.log[start:]
+    assert not [e for e in queued if e[0].startswith("sync")]
+    assert [e[4] for e in queued if e[0] == "d2h"] == [False]  # the flag: an asynchronous copy
+    later = gpu.batches_ahead([[4, 5], [6]])  # queued before the first is finished
+    got = finish()
+    assert [e for e in world.log[start:] if e[0] == "sync_event"]
+    cpu = get_backend(path, device="cpu")
+    for rows, b in zip([[1, 2], [3], [0, 9]], got):
+        _assert_same(b, cpu.batch(rows))
+    assert len(later()) == 2
+
+    gpu._res_cols[int(gpu.index.ptr[5])] = 90  # device memory overwritten after the checked load
+    bad, good = gpu.batches_ahead([[4], [5]]), gpu.batches_ahead([[6], [7]])
+    with pytest.raises(ArchiveError, match="col_ptr.npy"):
+        bad()
+    assert len(good()) == 2  # each group has its own flag word
+
+
+def test_a_resident_loader_queues_the_next_group_before_finishing_one(world, tmp_path, monkeypatch):
+    from scdl_gpu.loader import _loader
+
+    monkeypatch.setattr(_loader, "RESIDENT_GROUP_ROWS", 16)  # groups of 4 batches of 4
+    path = _archive(tmp_path, n=40)
+    loader = SingleCellLoader(path, batch_size=4, shuffle="random", device="cuda", residency="device", prefetch=0)
+    world.log.clear()
+    it = iter(loader)
+    next(it)
+    order = [e[0] for e in world.log if (e[0] == "launch" and e[3] == "gather") or e[0] == "sync_event"]
+    assert order[:3] == ["launch", "launch", "sync_event"]  # two groups queued, then the first's flag read
+    assert len(list(it)) == 9
+
+
+def test_a_damaged_row_stops_a_resident_loader_before_its_group(world, tmp_path, monkeypatch):
+    from scdl_gpu.loader import _loader
+
+    monkeypatch.setattr(_loader, "RESIDENT_GROUP_ROWS", 16)
+    path = _archive(tmp_path, n=40)
+    loader = SingleCellLoader(path, batch_size=4, shuffle="sequential", device="cuda", residency="device", prefetch=2)
+    loader.backend._res_cols[int(loader.backend.index.ptr[21])] = 90  # row 21: batch 5, the second group
+    seen = []
+    with pytest.raises(ArchiveError, match="col_ptr.npy"):
+        for b in loader:
+            seen += b["rows"].tolist()
+    assert seen == list(range(16))  # the first group only
+
+
+def test_a_transform_s_work_is_inside_the_event_the_consumer_waits_for(world, tmp_path, monkeypatch):
+    from scdl_gpu.loader import _loader
+
+    monkeypatch.setattr(_loader, "RESIDENT_GROUP_ROWS", 16)
+    path = _archive(tmp_path, n=40)
+
+    def transform(batch):
+        world.note("transform")
+        return batch
+
+    loader = SingleCellLoader(path, batch_size=4, shuffle="random", device="cuda", residency="device", prefetch=0,
+                              transform=transform)
+    recorded = []
+    make = loader.backend.ready_event
+    monkeypatch.setattr(loader.backend, "ready_event", lambda: (lambda ev: recorded.append((len(world.log), id(ev))) or ev)(make()))
+    consumer = torch.cuda.Stream()
+    with torch.cuda.stream(consumer):
+        world.log.clear()
+        assert len(list(loader)) == 10
+    at = {ev: i for i, ev in recorded}
+    transforms = [i for i, e in enumerate(world.log) if e[0] == "transform"]
+    for wait in (e for e in world.log if e[0] == "wait_event"):
+        assert any(t < at[wait[2]] for t in transforms)  # recorded after a transform of its group
