@@ -462,10 +462,10 @@ class SingleCellLoader:
         if self.obsm is not None:
             out["obsm"] = self.obsm.take(rows)
         if device.type != "cpu":  # keep a batch on one device
-            out["rows"] = out["rows"].to(device, non_blocking=True)
+            out["rows"] = _to_device(out["rows"], device)
             for part in ("obs", "obsm"):
                 if part in out:
-                    out[part] = {k: v.to(device, non_blocking=True) for k, v in out[part].items()}
+                    out[part] = {k: _to_device(v, device) for k, v in out[part].items()}
         return out
 
     def _finish(self, b, epoch: int, k: int, side: dict | None = None) -> dict:
@@ -513,6 +513,13 @@ def _tensors(batch: dict) -> Iterator[torch.Tensor]:
             yield from _tensors(v)
         elif isinstance(v, torch.Tensor):
             yield from (v.crow_indices(), v.col_indices(), v.values()) if v.layout == torch.sparse_csr else (v,)
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` copied to ``device`` without waiting: from pageable memory the driver may first wait for the
+    stream (the group just queued on it) to stage the copy, so through torch's pinned block cache, which
+    keeps a block until its copy is done."""
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def _cut(side: dict, a: int, z: int) -> dict:
