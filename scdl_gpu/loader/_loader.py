@@ -133,12 +133,14 @@ class SingleCellLoader:
         thread builds the next batches while the device trains), 0 on the CPU, where the compiled
         gather already uses every core for each batch and a second thread only competes for the
         GIL (measured on 2 cores: prefetch 0 was 10-50% faster at every batch size). With rows
-        resident on the GPU the thread makes whole groups, so any ``prefetch`` > 0 is one group ahead.
+        resident on the GPU the thread makes whole groups, so any ``prefetch`` > 0 is one group ahead
+        (and the next one queued on the device).
 
     Memory: about ``(prefetch + 2) * batch_size * bytes per cell``, plus ``fetch_factor`` batches
-    in ``block`` order with ``fetch_factor`` > 1 (with rows resident on the GPU, up to three groups of
-    about 32,768 rows instead: the one being read, one made ahead, one being made; a group's memory is
-    freed with its last batch); on the CPU, outputs of 1 MiB
+    in ``block`` order with ``fetch_factor`` > 1 (with rows resident on the GPU, up to four groups of
+    about 32,768 rows instead, 0.4 GB each at ~1,450 values a row: the one being read, the last batch
+    of the one before, one made ahead and one queued on the device; a group's memory is freed with
+    its last batch); on the CPU, outputs of 1 MiB
     or more are kept for reuse once released (up to 8 arrays, about 4 batches), which spares a page
     fault per 4 KiB.
     """
