@@ -1178,86 +1178,96 @@ def child_breakdown(path: Path) -> None:
 
     def backend_part():
         info = {}
-        with get_backend(path, device="cuda", residency="device") as be:
-            rng = np.random.default_rng(0)
-            for bs in (64, 4096):
-                g = resident_group(bs)  # the loader's groups
-                rows = [rng.integers(0, be.n_rows, bs) for _ in range(max(N_B, 4 * g))]
-                for r in rows[:5]:
-                    be.batch(r)
-                wall = per_batch(lambda i: be.batch(rows[i]))
-                n_g = len(rows) // g
-                grouped = per_batch(lambda i: be.batches(rows[i * g : (i + 1) * g]), n_g) / g
-                queued = []  # as the loader runs them: each group finished once the next is queued
-
-                def ahead(i):
-                    queued.append(be.batches_ahead(rows[i * g : (i + 1) * g]) if i < n_g else None)
-                    if len(queued) > 1:
-                        queued.pop(0)()
-
-                pipelined = per_batch(ahead, n_g + 1) * (n_g + 1) / (n_g * g)
-                # the launches alone: rows located and uploaded once, then gather + assembly queued N_B times
-                with be.ctx.activate():
-                    starts, out_ptr = be.index.locate(rows[0])
-                    dev = be.ctx.upload("ptrs", np.concatenate([out_ptr, starts]))
-                    d_out, d_st = dev[: bs + 1], dev[bs + 1:]
-                    nnz = int(out_ptr[-1])
-
-                    def launches(_):
-                        v, c = be.kernels.gather(be._res_data, be._res_cols, d_st, d_out, nnz, be.archive_cols, be._err)
-                        return assemble(be.kernels, be.cp, v, c, d_out, be.options, be.width, be.remap, nnz=nnz)
-
-                    launches(0)
-                    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    be.ctx.torch_stream.synchronize()
-                    t = time.perf_counter()
-                    s.record(be.ctx.torch_stream)
-                    for i in range(N_B):
-                        launches(i)
-                    host = (time.perf_counter() - t) / N_B * 1e3
-                    e.record(be.ctx.torch_stream)
-                    e.synchronize()
-                    gpu = s.elapsed_time(e) / N_B
-                info[bs] = dict(backend_ms=round(wall, 4), grouped_ms=round(grouped, 4), pipelined_ms=round(pipelined, 4), group=g, launch_host_ms=round(host, 4),
-                                launch_gpu_ms=round(gpu, 4),
-                                nnz=nnz, gather_gb_per_s=round(nnz * (be.data.itemsize + be.col_ptr.itemsize) / gpu / 1e6, 1))
-                print(f"batch {bs}: backend.batch {wall:.3f} ms, in groups of {g} {grouped:.3f} ms a batch ({pipelined:.3f} with the next group queued first); gather+assemble queued in {host:.3f} ms host, "
-                      f"{gpu:.3f} ms GPU ({info[bs]['gather_gb_per_s']} GB/s of entries)")
-                if bs == 4096:
-                    prof = cProfile.Profile()
-                    prof.enable()
-                    for r in rows[:100]:
-                        be.batch(r)
-                    prof.disable()
-                    top(prof, "backend.batch x100 @4096")
+        for residency, sizes in (("device", (64, 4096)), ("pinned", (4096,))):  # pinned: its kernel reads over the bus
+            with get_backend(path, device="cuda", residency=residency) as be:
+                rng = np.random.default_rng(0)
+                for bs in sizes:
+                    key = str(bs) if residency == "device" else f"{residency}@{bs}"
+                    info[key] = backend_timings(be, bs, rng)
+                    v = info[key]
+                    print(f"{residency} batch {bs}: backend.batch {v['backend_ms']:.3f} ms, in groups of {v['group']} "
+                          f"{v['grouped_ms']:.3f} ms a batch ({v['pipelined_ms']:.3f} with the next group queued first); "
+                          f"gather+assemble queued in {v['launch_host_ms']:.3f} ms host, {v['launch_gpu_ms']:.3f} ms GPU "
+                          f"({v['gather_gb_per_s']} GB/s of entries)")
+                    if key == "4096":
+                        prof = cProfile.Profile()
+                        prof.enable()
+                        for r in [rng.integers(0, be.n_rows, bs) for _ in range(100)]:
+                            be.batch(r)
+                        prof.disable()
+                        top(prof, "backend.batch x100 @4096")
         return "PASS", "; ".join(f"@{b}: backend {v['backend_ms']:.3f} ms/batch ({v['grouped_ms']:.3f} grouped, {v['pipelined_ms']:.3f} pipelined), launches {v['launch_host_ms']:.3f} host / "
                                  f"{v['launch_gpu_ms']:.3f} GPU" for b, v in info.items()), info
 
+    def backend_timings(be, bs: int, rng) -> dict:
+        """ms per batch of ``bs`` random rows: ``backend.batch``, in the loader's groups (each finished at
+        once, or once the next is queued), and the gather + assembly launches alone (host, and GPU by events)."""
+        g = resident_group(bs)
+        rows = [rng.integers(0, be.n_rows, bs) for _ in range(max(N_B, 4 * g))]
+        for r in rows[:5]:
+            be.batch(r)
+        wall = per_batch(lambda i: be.batch(rows[i]))
+        n_g = len(rows) // g
+        grouped = per_batch(lambda i: be.batches(rows[i * g : (i + 1) * g]), n_g) / g
+        queued = []  # as the loader runs them: each group finished once the next is queued
+
+        def ahead(i):
+            queued.append(be.batches_ahead(rows[i * g : (i + 1) * g]) if i < n_g else None)
+            if len(queued) > 1:
+                queued.pop(0)()
+
+        pipelined = per_batch(ahead, n_g + 1) * (n_g + 1) / (n_g * g)
+        # the launches alone: rows located and uploaded once, then gather + assembly queued N_B times
+        with be.ctx.activate():
+            starts, out_ptr = be.index.locate(rows[0])
+            dev = be.ctx.upload("ptrs", np.concatenate([out_ptr, starts]))
+            d_out, d_st = dev[: bs + 1], dev[bs + 1:]
+            nnz = int(out_ptr[-1])
+
+            def launches(_):
+                v, c = be.kernels.gather(be._res_data, be._res_cols, d_st, d_out, nnz, be.archive_cols, be._err)
+                return assemble(be.kernels, be.cp, v, c, d_out, be.options, be.width, be.remap, nnz=nnz)
+
+            launches(0)
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            be.ctx.torch_stream.synchronize()
+            t = time.perf_counter()
+            s.record(be.ctx.torch_stream)
+            for i in range(N_B):
+                launches(i)
+            host = (time.perf_counter() - t) / N_B * 1e3
+            e.record(be.ctx.torch_stream)
+            e.synchronize()
+            gpu = s.elapsed_time(e) / N_B
+        return dict(backend_ms=round(wall, 4), grouped_ms=round(grouped, 4), pipelined_ms=round(pipelined, 4), group=g,
+                    launch_host_ms=round(host, 4), launch_gpu_ms=round(gpu, 4), nnz=nnz,
+                    gather_gb_per_s=round(nnz * (be.data.itemsize + be.col_ptr.itemsize) / gpu / 1e6, 1))
+
     def loader_part():
         info = {}
-        for bs in (64, 4096):
-            for prefetch in (0, 2):
-                lo = SingleCellLoader(path, batch_size=bs, shuffle="random", device="cuda", residency="device",
-                                      prefetch=prefetch, seed=0)
+        for residency, bs, prefetch in [("device", b, p) for b in (64, 4096) for p in (0, 2)] + [("pinned", 4096, 2)]:
+            lo = SingleCellLoader(path, batch_size=bs, shuffle="random", device="cuda", residency=residency,
+                                  prefetch=prefetch, seed=0)
 
-                def epochs():  # 48 batches of 4,096 make an epoch of the archive
-                    while True:
-                        yield from lo
+            def epochs():  # 48 batches of 4,096 make an epoch of the archive
+                while True:
+                    yield from lo
 
-                it = epochs()
-                for _ in range(5):
-                    next(it)
-                prof = cProfile.Profile() if (bs, prefetch) == (4096, 0) else None
-                if prof:
-                    prof.enable()
-                ms = per_batch(lambda i: next(it))
-                if prof:
-                    prof.disable()
-                    top(prof, "loader batches @4096, prefetch 0")
-                it.close()
-                lo.close()
-                info[f"{bs}/p{prefetch}"] = round(ms, 4)
-                print(f"loader @{bs} prefetch {prefetch}: {ms:.3f} ms/batch = {bs / ms * 1e3:,.0f} cells/s")
+            it = epochs()
+            for _ in range(5):
+                next(it)
+            prof = cProfile.Profile() if (residency, bs, prefetch) == ("device", 4096, 0) else None
+            if prof:
+                prof.enable()
+            ms = per_batch(lambda i: next(it))
+            if prof:
+                prof.disable()
+                top(prof, "loader batches @4096, prefetch 0")
+            it.close()
+            lo.close()
+            key = f"{bs}/p{prefetch}" if residency == "device" else f"{residency}@{bs}/p{prefetch}"
+            info[key] = round(ms, 4)
+            print(f"loader {residency} @{bs} prefetch {prefetch}: {ms:.3f} ms/batch = {bs / ms * 1e3:,.0f} cells/s")
         return "PASS", "ms/batch " + ", ".join(f"@{k}: {v:.3f}" for k, v in info.items()), info
 
     run_checks([("breakdown:backend", backend_part), ("breakdown:loader", loader_part)])
