@@ -171,7 +171,11 @@ class Check:
                     current = msg["begin"]
                     check_end = time.monotonic() + per_check if per_check else end
                 else:
-                    self.info.update(msg.pop("info", None) or {})
+                    info = msg.pop("info", None) or {}
+                    if msg["name"].startswith("import:"):
+                        self.info.update(info)  # versions: facts of the machine, kept with the host
+                    elif info:
+                        msg["figures"] = info  # a check's own figures, kept with its record
                     results.append(msg)
                     current = None
                     self.record(**msg)

@@ -83,6 +83,15 @@ def test_hung_check_is_killed_and_reported(gpu_check, check):
     assert rc == 0 and current is None and [s["name"] for s in c.steps] == ["Y"]
 
 
+def test_versions_describe_the_host_and_a_checks_figures_stay_with_it(gpu_check, check):
+    said = [dict(name="import:torch", status="PASS", reason="2.11", info={"torch": "2.11"}),
+            dict(name="breakdown:backend", status="PASS", reason="ok", info={"4096": {"backend_ms": 0.5}})]
+    script = "import json\n" + "".join(f"print({gpu_check.PROTO!r} + json.dumps({m!r}), flush=True)\n" for m in said)
+    rc, _, results, _ = check.spawn([sys.executable, "-c", script], timeout=30)
+    assert rc == 0 and check.info == {"torch": "2.11"}
+    assert check.steps[1]["figures"] == {"4096": {"backend_ms": 0.5}} and "figures" not in check.steps[0]
+
+
 @pytest.mark.parametrize("script, status, says", [
     ("print('3 passed in 0.2s')", "PASS", "3 passed"),
     ("print('FAILED tests/x.py::t - boom'); print('1 failed, 2 passed in 0.2s'); raise SystemExit(1)", "FAIL", "tests/x.py::t"),
