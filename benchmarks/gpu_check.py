@@ -128,6 +128,8 @@ class Check:
         left = self.left()
         if left < need:
             return None
+        if not later:  # nothing after it (the rest skipped): the whole budget, e.g. the GPU tests alone
+            wanted = left
         return max(min(wanted, left - reserve), need)
 
     # processes ------------------------------------------------------------------------------------

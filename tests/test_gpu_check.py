@@ -117,6 +117,9 @@ def test_timeouts_leave_later_steps_what_they_need(gpu_check, check):
     later = plan["pytest"][1] + 4 * plan["bench"][1] + plan["report"][1] + plan["profile"][1]
     assert c.timeout("smoke") <= 300 - later
     assert c.timeout("profile") == pytest.approx(min(plan["profile"][0], c.left()), abs=1)  # the last step: all it wants
+    c.skip = {"bench", "report", "profile", "breakdown", "nvcomp"}  # the GPU tests alone: all the budget
+    assert c.timeout("pytest") == pytest.approx(c.left(), abs=1) and c.left() > plan["pytest"][0]
+    c.skip = set()
     c.deadline = time.monotonic() + plan["pytest"][1] - 5  # less left than pytest needs
     assert c.timeout("pytest") is None
 
