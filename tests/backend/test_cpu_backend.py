@@ -152,6 +152,20 @@ def test_batches_are_fresh_memory(archive):
     np.testing.assert_array_equal(backend.data[: b.values.numel()], before)
 
 
+def test_groups_of_batches_in_one_or_two_steps(archive):
+    """``batches`` and ``batches_ahead`` (what a resident GPU loader pipelines) give ``batch`` of each group."""
+    path, _ = archive
+    backend = get_backend(path, device="cpu")
+    groups = [np.arange(5), np.array([7, 3, 3]), np.array([], np.int64)]
+    assert backend.tensor_device == torch.device("cpu")
+    for got in (backend.batches(groups), backend.batches_ahead(groups)()):
+        assert len(got) == 3
+        for rows, b in zip(groups, got):
+            want = backend.batch(rows)
+            for name in ("crow", "col", "values"):
+                assert torch.equal(getattr(b, name), getattr(want, name)), name
+
+
 def test_bad_requests(tmp_path):
     path = write_archive(tmp_path / "a", random_matrix(10, 20, "float32"))
     backend = get_backend(path, device="cpu")
