@@ -56,6 +56,17 @@ class AtlasGPUBackend(OnDevice):
                 return dataclasses.replace(b, **{name: self._upload(name, getattr(b, name)) for name in _ARRAYS
                                                  if getattr(b, name) is not None})
 
+    def batches(self, groups) -> list[Batch]:  # not the host's: its batches stay on the host
+        return [self.batch(rows) for rows in groups]
+
+    def batches_ahead(self, groups):
+        got = self.batches(groups)
+        return lambda: got
+
+    @property
+    def tensor_device(self) -> torch.device:
+        return torch.device("cuda", self.ctx.index)
+
     def _upload(self, name: str, t: torch.Tensor) -> torch.Tensor:
         """``t`` (a host tensor) on the device, through this backend's pinned staging buffer ``name``."""
         host = t.numpy()

@@ -52,6 +52,20 @@ def test_batches_equal_the_host_backends_and_copy_on_the_backends_stream(world, 
         assert {(e[1], e[2]) for e in copies} == {(1, gpu.ctx.torch_stream.cuda_stream)}
 
 
+def test_groups_of_batches_come_to_the_device_too(world, atlas):
+    """``batches``/``batches_ahead`` are the GPU backend's, not the host's it delegates the rest to."""
+    gpu = get_backend(atlas, device="cuda:1")
+    assert gpu.tensor_device == torch.device("cuda", 1)
+    groups = [np.arange(4), np.array([9, 2])]
+    for got in (gpu.batches(groups), gpu.batches_ahead(groups)()):
+        world.log.clear()
+        assert [b.rows.tolist() for b in got] == [g.tolist() for g in groups]
+    world.log.clear()
+    gpu.batches(groups)
+    assert len([e for e in world.log if e[0] == "h2d"]) == 2 * 3  # each batch copied, on the backend's device
+    assert {e[1] for e in world.log if e[0] == "h2d"} == {1}
+
+
 def test_the_loader_over_an_atlas_on_a_gpu(world, atlas):
     loader = SingleCellLoader(atlas, batch_size=8, shuffle="random", device="cuda", seed=3)
     assert loader.prefetch == 2 and loader.residency == "stream"  # a GPU's defaults
