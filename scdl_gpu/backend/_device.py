@@ -120,6 +120,11 @@ class DeviceContext:
         self._staging[name] = (buf, None)
         return buf[:nbytes].view(dtype)
 
+    def drop_staging(self, *names: str) -> None:
+        """Let the staging buffers ``names`` go (once their copies are done: call after a synchronize)."""
+        for name in names:
+            self._staging.pop(name, None)
+
     def staged(self, name: str) -> None:
         """Mark ``name``'s staging buffer as read by copies queued on the stream just now."""
         buf, _ = self._staging[name]

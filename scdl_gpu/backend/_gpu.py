@@ -110,7 +110,7 @@ class GPUBackend(OnDevice, Backend):
         self.reader = reader if reader != "auto" else ("kvikio" if kvikio_available() and self.remote is None else "host")
         self.kvikio_min_span = int(kvikio_min_span)
         self._files = None
-        self._parity = 0  #: alternates per group of batches (see batches_ahead)
+        self._parity = 0  #: alternates per batch or group: which of two sets of staging buffers it uses
         if self.reader == "kvikio":
             _configure_kvikio(kvikio_threads, kvikio_task_size)
         self._f16 = self.data.dtype == np.float16
@@ -149,20 +149,22 @@ class GPUBackend(OnDevice, Backend):
         # in steps of about LOAD_CHUNK_VALUES values, so host staging stays bounded
         bounds = np.searchsorted(plan.in_ptr, np.arange(0, n + LOAD_CHUNK_VALUES, LOAD_CHUNK_VALUES), side="right") - 1
         cuts = np.unique(np.clip(np.append(bounds, len(rows)), 0, len(rows)))
-        for a, b in zip(cuts[:-1], cuts[1:]):
+        for step, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
             lo, hi = int(plan.in_ptr[a]), int(plan.in_ptr[b])
             part = RowPlan(plan.rows[a:b], plan.in_ptr[a : b + 1] - lo, plan.starts[a:b])
             if self.residency == "pinned":
                 self.gather(part, self._host_data[lo:hi].view(self.data.dtype), self._host_cols[lo:hi])
                 continue
-            vals = self.ctx.staging("load_vals", hi - lo, self.data.dtype)
-            cols = self.ctx.staging("load_cols", hi - lo, c_dt)
+            names = f"load_vals{step % 2}", f"load_cols{step % 2}"  # a step gathers while the last is copied
+            vals = self.ctx.staging(names[0], hi - lo, self.data.dtype)
+            cols = self.ctx.staging(names[1], hi - lo, c_dt)
             self.gather(part, vals, cols)
             self._res_data[lo:hi].set(vals.view(v_dt))
             self._res_cols[lo:hi].set(cols)
-            self.ctx.staged("load_vals")
-            self.ctx.staged("load_cols")
+            for name in names:
+                self.ctx.staged(name)
         self.ctx.synchronize()
+        self.ctx.drop_staging(*(f"load_{m}{k}" for m in ("vals", "cols") for k in (0, 1)))  # pinned, used once
         self.index = _residency.ResidentIndex(plan.rows, plan.in_ptr)
         log.info("%s: %d rows (%.2f GiB) resident in %s memory", self.path, len(rows),
                  (self._res_data.nbytes + self._res_cols.nbytes) / 2**30, "GPU" if self.residency == "device" else "pinned host")
@@ -272,23 +274,27 @@ class GPUBackend(OnDevice, Backend):
         return out
 
     def _stage_host(self, plan: RowPlan):
+        """The compiled host gather into pinned staging, then one copy per array. The staging buffers
+        alternate between batches, so this batch's gather runs while the one before is still copied."""
         cp, ctx = self.cp, self.ctx
+        names = f"vals{self._parity}", f"cols{self._parity}"
         with self.stages("read"):
-            vals = ctx.staging("vals", plan.nnz, self.data.dtype)
-            cols = ctx.staging("cols", plan.nnz, self.col_ptr.dtype)
+            vals = ctx.staging(names[0], plan.nnz, self.data.dtype)
+            cols = ctx.staging(names[1], plan.nnz, self.col_ptr.dtype)
             self.gather_native(plan, (vals, cols))
         with self.stages("h2d"):
             v_dt = self._v_dt
             out = (cp.empty(plan.nnz, v_dt), cp.empty(plan.nnz, self.col_ptr.dtype))
             out[0].set(vals.view(v_dt))
             out[1].set(cols)
-            ctx.staged("vals")
-            ctx.staged("cols")
+            for name in names:
+                ctx.staged(name)
         return out
 
     # -- batches ------------------------------------------------------------------------------------
     def batch(self, rows) -> Batch:
         stages, opts = self.stages, self.options
+        self._parity ^= 1  # this batch's staging buffers: not the last batch's, whose copies may be queued
         with self.ctx.activate():
             self.ctx.collect()
             sorted_rows = True
@@ -372,7 +378,7 @@ class GPUBackend(OnDevice, Backend):
             if self._f16:
                 vals = vals.view(cp.float16).astype(cp.float32)
             if in_ptr is None:
-                in_ptr = self.ctx.upload("in_ptr", plan.in_ptr)
+                in_ptr = self.ctx.upload(f"in_ptr{self._parity}", plan.in_ptr)
             return assemble(self.kernels, cp, vals, cols, in_ptr, self.options, self.width, self.remap, nnz=plan.nnz)
 
     def _assembled(self, plan: RowPlan, in_ptr, vals, cols, flagged: bool):

@@ -209,13 +209,28 @@ def test_pinned_staging_is_not_reused_while_its_copy_is_queued(world, tmp_path):
     path = _archive(tmp_path)
     gpu = get_backend(path, device="cuda", residency="stream")
     gpu.batch(np.arange(10))
-    buf, copied = gpu.ctx._staging["vals"]
+    (name, (buf, copied)), = [(k, v) for k, v in gpu.ctx._staging.items() if k.startswith("vals")]
     assert copied is not None and not copied.query()  # the copy is (still) queued
     world.log.clear()
-    gpu.batch(np.arange(20, 30))
+    gpu.batch(np.arange(20, 30))  # the other buffers: its gather does not wait for the copy before
+    assert ("sync_event", id(copied)) not in world.log and not gpu.ctx._staging[name][1].query()
+    world.log.clear()
+    gpu.batch(np.arange(30, 40))  # the first buffers again
     assert ("sync_event", id(copied)) in world.log  # waited before writing the buffer again
     first_h2d = next(i for i, e in enumerate(world.log) if e[0] == "h2d")
     assert world.log.index(("sync_event", id(copied))) < first_h2d
+
+
+def test_loading_resident_rows_double_buffers_and_lets_the_staging_go(world, tmp_path, monkeypatch):
+    from scdl_gpu.backend import _gpu
+
+    monkeypatch.setattr(_gpu, "LOAD_CHUNK_VALUES", 50)  # several steps
+    path = _archive(tmp_path, n=40)
+    gpu = get_backend(path, device="cuda", residency="device")
+    steps = [e for e in world.log if e[0] == "h2d"]
+    assert len(steps) >= 8 and len({e[3] for e in steps}) == 4  # two pinned buffers per array, alternating
+    assert not [k for k in gpu.ctx._staging if k.startswith("load_")]  # dropped once loaded
+    _assert_same(gpu.batch(np.arange(40)), get_backend(path, device="cpu").batch(np.arange(40)))
 
 
 def test_batch_memory_is_held_until_the_releasing_stream_passes_it(world, tmp_path):
