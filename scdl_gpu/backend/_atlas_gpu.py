@@ -15,6 +15,7 @@ import dataclasses
 import torch
 
 from ._atlas import AtlasBackend
+from ._base import finished
 from ._batch import Batch
 from ._device import OnDevice
 
@@ -60,8 +61,7 @@ class AtlasGPUBackend(OnDevice):
         return [self.batch(rows) for rows in groups]
 
     def batches_ahead(self, groups):
-        got = self.batches(groups)
-        return lambda: got
+        return finished(self.batches(groups))
 
     @property
     def tensor_device(self) -> torch.device:

@@ -22,6 +22,11 @@ from ._plan import RowPlan, plan_rows
 from ._stages import NO_STAGES
 
 
+def finished(batches: list[Batch]) -> Callable[[], list[Batch]]:
+    """A ``batches_ahead`` whose work is already done."""
+    return lambda: batches
+
+
 class Backend(ABC):
     """Assembles batches of archive rows on one device.
 
@@ -173,8 +178,7 @@ class Backend(ABC):
         and returns the batches (or raises what ``batches`` would), so a caller may start the next
         groups in between. A GPU backend with resident rows queues a group's work and returns at
         once; here the work is done in this call."""
-        got = self.batches(groups)
-        return lambda: got
+        return finished(self.batches(groups))
 
     @property
     def tensor_device(self) -> torch.device:

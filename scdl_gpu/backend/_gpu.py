@@ -29,7 +29,7 @@ from ..archive._constants import FileNames
 from ..errors import ArchiveError
 from . import _residency
 from ._assemble import assemble, split, to_batch
-from ._base import Backend, _cache_groups, available_host_memory
+from ._base import Backend, _cache_groups, available_host_memory, finished
 from ._batch import Batch, BatchOptions
 from ._detect import kvikio_available, resolve_device
 from ._device import OnDevice
@@ -149,6 +149,7 @@ class GPUBackend(OnDevice, Backend):
         # in steps of about LOAD_CHUNK_VALUES values, so host staging stays bounded
         bounds = np.searchsorted(plan.in_ptr, np.arange(0, n + LOAD_CHUNK_VALUES, LOAD_CHUNK_VALUES), side="right") - 1
         cuts = np.unique(np.clip(np.append(bounds, len(rows)), 0, len(rows)))
+        used = set()
         for step, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
             lo, hi = int(plan.in_ptr[a]), int(plan.in_ptr[b])
             part = RowPlan(plan.rows[a:b], plan.in_ptr[a : b + 1] - lo, plan.starts[a:b])
@@ -156,6 +157,7 @@ class GPUBackend(OnDevice, Backend):
                 self.gather(part, self._host_data[lo:hi].view(self.data.dtype), self._host_cols[lo:hi])
                 continue
             names = f"load_vals{step % 2}", f"load_cols{step % 2}"  # a step gathers while the last is copied
+            used.update(names)
             vals = self.ctx.staging(names[0], hi - lo, self.data.dtype)
             cols = self.ctx.staging(names[1], hi - lo, c_dt)
             self.gather(part, vals, cols)
@@ -164,19 +166,18 @@ class GPUBackend(OnDevice, Backend):
             for name in names:
                 self.ctx.staged(name)
         self.ctx.synchronize()
-        self.ctx.drop_staging(*(f"load_{m}{k}" for m in ("vals", "cols") for k in (0, 1)))  # pinned, used once
+        self.ctx.drop_staging(*used)  # pinned, used once
         self.index = _residency.ResidentIndex(plan.rows, plan.in_ptr)
         log.info("%s: %d rows (%.2f GiB) resident in %s memory", self.path, len(rows),
                  (self._res_data.nbytes + self._res_cols.nbytes) / 2**30, "GPU" if self.residency == "device" else "pinned host")
 
-    def _stage_resident(self, rows, err=None, staging: str = "ptrs"):
+    def _stage_resident(self, rows, err=None):
         """Device/pinned: the batch's rows gathered from the resident arrays by one kernel launch, its
-        violations flagged in ``err`` (default: the backend's word), its row pointers uploaded through
-        the pinned buffer ``staging``."""
+        violations flagged in ``err`` (default: the backend's word)."""
         rows = as_row_ids(rows)
         starts, out_ptr = self.index.locate(rows)
         n_b = len(starts)
-        dev = self.ctx.upload(staging, np.concatenate([out_ptr, starts]))  # one copy for both
+        dev = self.ctx.upload(f"ptrs{self._parity}", np.concatenate([out_ptr, starts]))  # one copy for both
         d_out_ptr, d_starts = dev[: n_b + 1], dev[n_b + 1 :]
         vals, cols = self.kernels.gather(self._res_data, self._res_cols, d_starts, d_out_ptr, int(out_ptr[-1]),
                                          self.archive_cols, self._err if err is None else err)
@@ -333,7 +334,7 @@ class GPUBackend(OnDevice, Backend):
         queue the next group while the device gathers this one."""
         groups = [as_row_ids(g) for g in groups]
         if self.index is None or self.options.gene_remap is not None or len(groups) < 2:
-            return _done([self.batch(g) for g in groups])
+            return finished([self.batch(g) for g in groups])
         cp, stages, opts = self.cp, self.stages, self.options
         cuts = np.concatenate([[0], np.cumsum([len(g) for g in groups])])
         # Its own flag word and staging buffers, other than the last group's (which may still be in flight:
@@ -343,10 +344,10 @@ class GPUBackend(OnDevice, Backend):
             self.ctx.collect()
             err = cp.zeros(1, cp.int32)
             with stages("read"):
-                plan, in_ptr, vals, cols = self._stage_resident(np.concatenate(groups), err, f"ptrs{self._parity}")
+                plan, in_ptr, vals, cols = self._stage_resident(np.concatenate(groups), err)
             index_dtype = opts.index_dtype_for(self.width, plan.nnz)
             if index_dtype != opts.index_dtype_for(self.width, 0):  # a group beyond 2**31 values: per batch
-                return _done([self.batch(g) for g in groups])
+                return finished([self.batch(g) for g in groups])
             out = self._assemble(plan, in_ptr, vals, cols)
             with stages("dlpack"):
                 got = split(plan, cuts, out, self.width, self._to_torch,
@@ -436,8 +437,3 @@ def _configure_kvikio(threads: int | None, task_size: int | None) -> None:
     if task_size:
         settings["task_size"] = task_size
     kvikio.defaults.set(settings)
-
-
-def _done(batches: list[Batch]):
-    """A finished ``batches_ahead``."""
-    return lambda: batches

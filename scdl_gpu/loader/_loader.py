@@ -389,7 +389,7 @@ class SingleCellLoader:
             # exited before each yield: the consumer's thread keeps its own stream
             with self.backend.producing():
                 if group == 1:
-                    made = self._finish_group([self.backend.batch(rows[0])], epoch, ks), self.backend.ready_event()
+                    made = [self._finish(self.backend.batch(rows[0]), epoch, ks[0])], self.backend.ready_event()
                 else:
                     made, nxt = None, self._start_group(rows, ks)
             if made is not None:
@@ -445,16 +445,11 @@ class SingleCellLoader:
                              type(fetched)(batch_rows, (len(local), fetched.shape[1]), dense=fetched.dense[torch.from_numpy(local)]))
                 yield self._finish(b, epoch, first + j)
 
-    def _finish_group(self, got: list, epoch: int, ks, side: dict | None = None) -> list[dict]:
-        """The batch dicts of one group of batches: their rows, obs and obsm (``side``: already read for
-        the group) read and moved to the device once for the group, each batch taking views (one copy
-        per tensor, not per batch)."""
-        if len(got) == 1 and side is None:
-            return [self._finish(got[0], epoch, ks[0])]
+    def _finish_group(self, got: list, epoch: int, ks, side: dict) -> list[dict]:
+        """The batch dicts of one group of batches, each taking views of ``side``: the group's rows, obs
+        and obsm, read and moved to the device once (one copy per tensor, not per batch)."""
         with self.stages("collate"):
             cuts = np.cumsum([0] + [len(b.rows) for b in got]).tolist()
-            if side is None:
-                side = self._side(np.concatenate([np.asarray(b.rows, np.int64) for b in got]), got[0].device)
             parts = [_cut(side, a, z) for a, z in zip(cuts[:-1], cuts[1:])]
         return [self._finish(b, epoch, k, p) for b, k, p in zip(got, ks, parts)]
 
