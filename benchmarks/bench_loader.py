@@ -30,12 +30,13 @@ Runners (:data:`RUNNERS`), each a stream of ``(B, n_genes)`` torch sparse CSR ba
 * ``annbatch``: needs Python >= 3.12 and has no runner yet: reported as not measured.
 
 Ceiling: a ``memcpy`` (``np.copyto``, 64 MiB chunks) of each archive's page-cached value and column
-bytes, as cells/s (bytes/s over the archive's bytes per cell), measured just before every measurement
-of a loader reading that archive; on a GPU the ``scdl-gpu bench`` bound of the residency the loader
-chose. This machine's speed drifts between phases within a run, so what a target compares is paired
-inside each repeat (a loader and the memcpy just before it; the aligned archive and the unaligned
-one, measured one after the other) and the median of the repeats' ratios is the verdict; the ratio
-to the run's best memcpy is reported beside it. ``scdl-gpu bench``'s ceilings
+bytes, as cells/s (bytes/s over the archive's bytes per cell), measured just before and just after
+every measurement of a loader reading that archive (the mean of the two is that measurement's
+ceiling); on a GPU the ``scdl-gpu bench`` bound of the residency the loader chose. This machine's
+speed drifts between phases within a run, so what a target compares is paired inside each repeat
+(a loader and the memcpy around it; the aligned archive and the unaligned one, measured one after
+the other) and the median of the repeats' ratios is the verdict; the ratio to the run's best
+memcpy is reported beside it. ``scdl-gpu bench``'s ceilings
 (page-cache read, cold read, ...) are recorded beside it. Shuffle quality: distinct ``--label``
 values (plates, contiguous in the inputs) per batch. :data:`TARGETS` are evaluated and printed as
 met or not met. ``--profile SHUFFLE:BATCH`` also runs ``scdl-gpu profile`` (ms per stage) on the
@@ -384,7 +385,7 @@ def distinct_per_batch(logged: list, labels_of_rows: np.ndarray | None) -> float
 def summarize(m: Measurement, ceiling: dict | None, labels: np.ndarray | None) -> dict:
     """The median repeat by cells/s, every repeat's cells/s, its spread and fraction of the ceiling.
 
-    ``of_ceiling``: with a memcpy measured just before each repeat (``paired_ceiling``), the median
+    ``of_ceiling``: with a memcpy measured around each repeat (``paired_ceiling``), the median
     of the repeats' own fractions, so a slow phase of the machine lowers both sides of one fraction
     rather than one side of another; else the median repeat over ``ceiling``. ``of_best_ceiling``:
     the median repeat over the run's best ceiling (the stricter reading)."""
@@ -448,7 +449,7 @@ def evaluate(runs: list[dict]) -> list[dict]:
                     continue
                 value, ref, text = ours["of_ceiling"], ours["ceiling_cells_per_s"], f"{order} @{bs} >= {thr:.0%} of the ceiling"
                 each = ours.get("all_of_ceiling") or []
-                numbers = (f"median {value:.1%} of the memcpy measured just before each repeat{_each(each, '.1%')}; "
+                numbers = (f"median {value:.1%} of the memcpy measured around each repeat{_each(each, '.1%')}; "
                            f"{cps:,.0f} of the run's best {ref:,.0f} cells/s = {ours['of_best_ceiling']:.1%}" if each
                            else f"{cps:,.0f} of {ref:,.0f} cells/s = {value:.1%}")
             else:
@@ -496,8 +497,8 @@ def markdown(result: dict) -> str:
         f"and first batch untimed; median of {c['repeats']} interleaved repeats (± sd; all in the JSON); page cache "
         "warmed before each repeat and each measurement's files again before it; every batch a full-width torch "
         "sparse CSR tensor on the device; ceiling = memcpy of the archive's value and column bytes as cells/s, "
-        "measured just before each measurement of that archive (the run's best below); 'of ceiling' and the targets: "
-        "the median over repeats of each repeat's own ratio (loader over the memcpy just before it; aligned over "
+        "measured just before and just after each measurement of that archive (the run's best below); 'of ceiling' and "
+        "the targets: the median over repeats of each repeat's own ratio (loader over the mean of the memcpys around it; aligned over "
         "unaligned, measured one after the other), as this machine's speed drifts between phases of a run",
         "", f"| runner | archive | order | batch | cells/s | of ceiling | x bionemo-scdl | distinct {c['label']}s per batch "
         "| first batch ms | peak anon MiB |",
@@ -628,8 +629,8 @@ def main(argv=None) -> int:
     ap.add_argument("--label", default="plate", help="obs column for the shuffle quality")
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--peer-seconds", type=float, default=2.0, help=f"time box for {' and '.join(PEERS_TIMED_SHORTER)}")
-    ap.add_argument("--ceiling-seconds", type=float, default=1.0,
-                    help="memcpy time box, before each archive-backed measurement on the CPU")
+    ap.add_argument("--ceiling-seconds", type=float, default=0.5,
+                    help="memcpy time box, before and after each archive-backed measurement on the CPU")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the median is reported")
     ap.add_argument("--profile", nargs="*", default=["block:4096", "random:64"], metavar="SHUFFLE:BATCH",
@@ -687,16 +688,19 @@ def main(argv=None) -> int:
         print(f"r{rep} warm {warm_s[-1]:.1f} s", file=sys.stderr)
         for m in plan_:
             warm_page_cache(_files_read(m, archives, a.workdir, inputs))  # what the machine evicted since
-            ce = None
-            if m.archive is not None and a.device == "cpu":  # this repeat's ceiling, measured next to it
+            # this repeat's ceiling: a memcpy just before the measurement and one just after, averaged
+            paired = m.archive is not None and a.device == "cpu"
+            if paired:
                 info = infos[m.archive]
-                ce = memcpy_ceiling(info["arrays"], info["bytes_per_cell"], a.ceiling_seconds)
-                memcpy[m.archive].append(ce)
+                memcpy[m.archive].append(memcpy_ceiling(info["arrays"], info["bytes_per_cell"], a.ceiling_seconds))
             t = measure(m.make, a.device, m.seconds, a.warmup)
-            m.repeats.append(dict(t.to_dict(), paired_ceiling=ce and ce["cells_per_s"]))
+            ce = None
+            if paired:
+                memcpy[m.archive].append(memcpy_ceiling(info["arrays"], info["bytes_per_cell"], a.ceiling_seconds))
+                ce = statistics.mean(c["cells_per_s"] for c in memcpy[m.archive][-2:])
+            m.repeats.append(dict(t.to_dict(), paired_ceiling=ce))
             print(f"r{rep} {m.runner} [{m.archive or 'h5ad'}] {m.order} @{m.batch_size}: {t.cells_per_s:,.0f} cells/s "
-                  f"({t.batches} batches)" + (f"; memcpy just before {ce['cells_per_s']:,.0f}" if ce else ""),
-                  file=sys.stderr)
+                  f"({t.batches} batches)" + (f"; memcpy around it {ce:,.0f}" if ce else ""), file=sys.stderr)
     for k, info in infos.items():  # a run measuring no archive-backed loader still states each ceiling
         if not memcpy[k]:
             memcpy[k].append(memcpy_ceiling(info["arrays"], info["bytes_per_cell"], a.ceiling_seconds))
