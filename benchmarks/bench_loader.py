@@ -35,7 +35,8 @@ a GPU the ``scdl-gpu bench`` bound of the residency the loader chose. A target t
 loaders (the aligned archive against the unaligned one, scdl_gpu against bionemo-scdl) takes the
 ratio inside each repeat and the median of those: this machine's speed drifts between phases of
 one run, and the two are measured one after the other, so a repeat's ratio spans seconds, not
-minutes. (Pairing the memcpy the same way was tried: a memcpy measured just after a loader ran
+minutes. Two threads copying at once are measured too (both cores' memory bandwidth, for context, not a
+target). (Pairing the memcpy the same way was tried: a memcpy measured just after a loader ran
 0.5-3.4M cells/s within one run, too unsteady to divide by.) ``scdl-gpu bench``'s ceilings
 (page-cache read, cold read, ...) are recorded beside it. Shuffle quality: distinct ``--label``
 values (plates, contiguous in the inputs) per batch. :data:`TARGETS` are evaluated and printed as
@@ -59,6 +60,7 @@ import sys
 import tempfile
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -207,21 +209,32 @@ def warm_page_cache(paths: list[Path]) -> float:
     return time.perf_counter() - t0
 
 
-def memcpy_ceiling(arrays, bytes_per_cell: float, seconds: float) -> dict:
-    """Bytes/s of ``np.copyto`` out of the archive's mapped value and column files, as cells/s."""
+def memcpy_ceiling(arrays, bytes_per_cell: float, seconds: float, threads: int = 1) -> dict:
+    """Bytes/s of ``np.copyto`` out of the archive's mapped value and column files, as cells/s.
+    ``threads`` > 1: that many threads copy at once (``np.copyto`` releases the GIL), each its own
+    buffers and offsets, and the bytes/s are their sum: how much more a second core gets."""
     srcs = [arrays.data.view(np.ndarray), arrays.col_ptr.view(np.ndarray)]
-    bufs = [np.empty(min(CHUNK // s.itemsize, len(s)), s.dtype) for s in srcs]
-    rng = np.random.default_rng(0)
-    total, n = 0, 0
     t0 = time.perf_counter()
-    while n < 2 or time.perf_counter() - t0 < seconds:
-        for buf, src in zip(bufs, srcs):
-            off = int(rng.integers(0, len(src) - len(buf) + 1))
-            np.copyto(buf, src[off : off + len(buf)])
-            total += buf.nbytes
-        n += 1
+
+    def copy(seed: int) -> int:
+        bufs = [np.empty(min(CHUNK // s.itemsize, len(s)), s.dtype) for s in srcs]
+        rng = np.random.default_rng(seed)
+        total, n = 0, 0
+        while n < 2 or time.perf_counter() - t0 < seconds:
+            for buf, src in zip(bufs, srcs):
+                off = int(rng.integers(0, len(src) - len(buf) + 1))
+                np.copyto(buf, src[off : off + len(buf)])
+                total += buf.nbytes
+            n += 1
+        return total
+
+    if threads == 1:
+        total = copy(0)
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            total = sum(pool.map(copy, range(threads)))
     dt = time.perf_counter() - t0
-    return dict(bytes_per_s=total / dt, cells_per_s=total / dt / bytes_per_cell, bytes=total, seconds=dt)
+    return dict(bytes_per_s=total / dt, cells_per_s=total / dt / bytes_per_cell, bytes=total, seconds=dt, threads=threads)
 
 
 # -- runners: each returns make_stream() -> batches (a loader's dicts, or torch CSR tensors) -------------
@@ -503,7 +516,9 @@ def markdown(result: dict) -> str:
                           if x.get("bytes_per_s"))
         lines.append(f"- ceiling `{name}`: {ce['name']} {ce['bytes_per_s'] / 1e9:.2f} GB/s = {ce['cells_per_s']:,.0f} cells/s, "
                      f"the best of {len(ce['all_cells_per_s'])} (range {min(ce['all_cells_per_s']):,.0f}–"
-                     f"{max(ce['all_cells_per_s']):,.0f}); `scdl-gpu bench`'s: {other}")
+                     f"{max(ce['all_cells_per_s']):,.0f})" + (f"; two threads copying at once: "
+                     f"{ce['two_threads']['bytes_per_s'] / 1e9:.2f} GB/s together, best of {len(ce['all_cells_per_s'])}"
+                     if ce.get("two_threads") else "") + f"; `scdl-gpu bench`'s: {other}")
     for t in result["targets"]:
         lines.append(f"- target ({t['archive']}): {t['target']}: {t['numbers']}: **{'met' if t['met'] else 'NOT met'}**")
     lines += [f"- note: {n}" for n in result["notes"]]
@@ -663,12 +678,15 @@ def main(argv=None) -> int:
 
         warm += discover_inputs([inputs])
     memcpy = {k: [] for k in archives}
+    memcpy2 = {k: [] for k in archives}
     warm_s = []
     loadavg_before = os.getloadavg()
     for rep in range(a.repeats):  # interleaved, so a slow phase of a shared machine hits every configuration
         warm_s.append(warm_page_cache(warm))
         for k, info in infos.items():
             memcpy[k].append(memcpy_ceiling(info["arrays"], info["bytes_per_cell"], a.ceiling_seconds))
+            if a.device == "cpu":  # what both cores copy together: the memory bandwidth the loader's threads share
+                memcpy2[k].append(memcpy_ceiling(info["arrays"], info["bytes_per_cell"], a.ceiling_seconds, threads=2))
         print(f"r{rep} warm {warm_s[-1]:.1f} s; memcpy " + ", ".join(f"{k} {v[-1]['cells_per_s']:,.0f}"
                                                                    for k, v in memcpy.items()) + " cells/s", file=sys.stderr)
         for m in plan_:
@@ -684,6 +702,8 @@ def main(argv=None) -> int:
         best = max(memcpy[k], key=lambda c: c["bytes_per_s"])
         ceilings[k] = dict(name="memcpy", **best, all_cells_per_s=[c["cells_per_s"] for c in memcpy[k]],
                            bench=bench_ceilings[k])
+        if memcpy2[k]:
+            ceilings[k]["two_threads"] = max(memcpy2[k], key=lambda c: c["bytes_per_s"])
     runs = []
     for m in plan_:
         ce = ceilings.get(m.archive)
