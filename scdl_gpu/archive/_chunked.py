@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import ArchiveError, ArchiveNotFoundError
 from ._constants import CHUNK_DIR_FORMAT, COMPRESSION_FILE, Backend, FileNames
 from ._header import ChunkedInfo, SCDLHeader
-from ._memmap import map_values, raw_length
+from ._memmap import check_map_room, map_values, raw_length
 from ._parse import parsing
 
 __all__ = ["ChunkedStorage", "ChunkedVector", "chunk_dir", "open_chunked", "value_files"]
@@ -189,6 +189,8 @@ def open_chunked(path: Path, header: SCDLHeader, dtypes: dict[str, str]):
         raise ArchiveError(f"{path / extra[0]} is not one of the {info.num_chunks} chunks {hpath} declares")
     compressed = header.backend is Backend.COMPRESSED_CHUNKED_V0
     root = str(path)
+    if not compressed:  # each chunk's values and columns stay mapped (a compressed chunk's only while decoded)
+        check_map_room(2 * info.num_chunks, f"{path} ({info.num_chunks:,} chunks, their values and columns each mapped)")
     chunks = [_open_chunk(root, k, info.rows_of(k), dtypes, not compressed) for k in range(info.num_chunks)]
     offsets = np.zeros(info.num_chunks + 1, np.int64)
     np.cumsum([int(c[0][-1]) for c in chunks], out=offsets[1:])

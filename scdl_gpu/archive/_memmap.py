@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -22,6 +23,38 @@ def raw_length(path: Path, dtype: str | np.dtype) -> int:
             f"items the header declares (truncated or mistyped file) in {path.parent}"
         )
     return size // itemsize
+
+
+MAP_RESERVE = 2048  #: maps left for everything else a process holds (allocations, libraries, other archives)
+MAP_CHECK_FROM = 1024  #: fewer new maps than this are not checked (reading /proc/self/maps costs ~1 ms)
+
+
+def _max_map_count() -> int | None:
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None  # not Linux, or not readable: nothing to check against
+
+
+def _maps_in_use() -> int:
+    with open("/proc/self/maps", "rb") as f:
+        return sum(1 for _ in f)
+
+
+def check_map_room(needed: int, what: str) -> None:
+    """Raise ``OSError(ENOMEM)`` saying so when mapping ``needed`` more files would pass the kernel's
+    limit on one process's memory maps (``vm.max_map_count``, 65,530 by default): past it ``mmap``
+    fails part-way with a bare "Cannot allocate memory". ``what`` names who needs them."""
+    limit = _max_map_count() if needed >= MAP_CHECK_FROM else None
+    if limit is None:
+        return
+    used = _maps_in_use()
+    if used + needed + MAP_RESERVE > limit:
+        raise OSError(errno.ENOMEM, f"{what} needs {needed:,} memory maps, and this process already holds {used:,} "
+                      f"of the {limit:,} the kernel allows one process (vm.max_map_count, keeping {MAP_RESERVE:,} "
+                      f"spare); raise the limit (as root: sysctl -w vm.max_map_count={2 * (used + needed + MAP_RESERVE)}), "
+                      "or write the archive with fewer, larger chunks")
 
 
 def map_raw(path: Path, dtype: str | np.dtype, length: int, writable: bool = False) -> np.ndarray:

@@ -13,6 +13,7 @@ byte in a length field is an error, not a terabyte allocation.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 from collections.abc import Iterator
@@ -28,16 +29,25 @@ __all__ = ["parsing", "read_json", "npy_header", "read_npy"]
 @contextlib.contextmanager
 def parsing(path: Path | str, what: str = "") -> Iterator[None]:
     """Run the body as the parse of ``path``: ``ArchiveError`` (ours) passes through, a vanished
-    file becomes ``ArchiveNotFoundError``, anything else ``ArchiveError`` naming ``path``."""
+    file becomes ``ArchiveNotFoundError``, an ``OSError`` of ENOMEM (a map the kernel refused)
+    passes through, anything else ``ArchiveError`` naming ``path``."""
     try:
         yield
     except ArchiveError:
         raise
     except FileNotFoundError as e:
         raise ArchiveNotFoundError(f"{path} does not exist ({e})") from e
+    except OSError as e:
+        if e.errno != errno.ENOMEM:
+            raise _damaged(path, what, e) from e
+        raise  # the kernel out of memory or of maps (vm.max_map_count): not the file's fault
     except Exception as e:  # any parser failure on damaged bytes; BaseException (Ctrl-C) passes
-        detail = f"{type(e).__name__}: {e}"[:500]
-        raise ArchiveError(f"Cannot read {what + ' ' if what else ''}{path}: {detail}; the file is damaged") from e
+        raise _damaged(path, what, e) from e
+
+
+def _damaged(path, what: str, e: Exception) -> ArchiveError:
+    detail = f"{type(e).__name__}: {e}"[:500]
+    return ArchiveError(f"Cannot read {what + ' ' if what else ''}{path}: {detail}; the file is damaged")
 
 
 def read_json(path: Path):

@@ -319,3 +319,52 @@ def test_value_files_are_the_chunks_files_in_row_order(flat, chunked):
     files = value_files(chunked)
     assert files == [chunked / f"chunk_{k:05d}" / n for k in range(5) for n in ("data.npy", "col_ptr.npy")]
     assert sum(f.stat().st_size for f in files) == sum(f.stat().st_size for f in value_files(flat))
+
+
+# ---------------------------------------------------------------- the kernel's limit on memory maps
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_map_limit_is_read_from_the_kernel():
+    from scdl_gpu.archive import _memmap
+
+    limit, used = _memmap._max_map_count(), _memmap._maps_in_use()
+    assert limit > 0 and 0 < used < limit
+
+
+def test_more_chunks_than_the_map_limit_allows_say_so(chunked, monkeypatch):
+    """An archive of ~10^5 small chunks needs twice as many maps; past vm.max_map_count mmap failed
+    part-way with a bare ENOMEM, which read as a damaged file. Now the open says what and why."""
+    import errno
+
+    from scdl_gpu.archive import _memmap
+
+    monkeypatch.setattr(_memmap, "MAP_CHECK_FROM", 1)
+    monkeypatch.setattr(_memmap, "_maps_in_use", lambda: 60_000)
+    monkeypatch.setattr(_memmap, "_max_map_count", lambda: 60_000 + _memmap.MAP_RESERVE + 9)  # room for 4.5 chunks
+    with pytest.raises(OSError) as info:
+        open_arrays(chunked)  # 5 chunks: 10 maps
+    e = info.value
+    assert e.errno == errno.ENOMEM and not isinstance(e, ArchiveError)
+    assert str(chunked) in str(e) and "5 chunks" in str(e) and "vm.max_map_count" in str(e) and "10 memory maps" in str(e)
+    monkeypatch.setattr(_memmap, "_max_map_count", lambda: 60_000 + _memmap.MAP_RESERVE + 10)  # just enough
+    assert open_arrays(chunked).chunks.num_chunks == 5
+    monkeypatch.setattr(_memmap, "_max_map_count", lambda: None)  # no /proc: nothing to check
+    monkeypatch.setattr(_memmap, "_maps_in_use", lambda: pytest.fail("counted maps without a limit"))
+    assert open_arrays(chunked).chunks.num_chunks == 5
+
+
+@pytest.mark.parametrize("err, raised", [("ENOMEM", OSError), ("EIO", ArchiveError)])
+def test_running_out_of_memory_is_not_called_damage(chunked, monkeypatch, err, raised):
+    import errno
+
+    from scdl_gpu.archive import _memmap
+
+    def fail(*args, **kwargs):
+        raise OSError(getattr(errno, err), os.strerror(getattr(errno, err)))
+
+    monkeypatch.setattr(_memmap.np, "memmap", fail)
+    with pytest.raises(raised) as info:
+        open_arrays(chunked)
+    assert ("damaged" in str(info.value)) == (raised is ArchiveError)
+    if raised is OSError:
+        assert not isinstance(info.value, ArchiveError)
