@@ -35,8 +35,8 @@ a GPU the ``scdl-gpu bench`` bound of the residency the loader chose. A target t
 loaders (the aligned archive against the unaligned one, scdl_gpu against bionemo-scdl) takes the
 ratio inside each repeat and the median of those: this machine's speed drifts between phases of
 one run, and the two are measured one after the other, so a repeat's ratio spans seconds, not
-minutes. Two threads copying at once are measured too (both cores' memory bandwidth, for context, not a
-target). (Pairing the memcpy the same way was tried: a memcpy measured just after a loader ran
+minutes. As many threads as the gather's copying at once are measured too (the memory bandwidth they
+share; for context, not a target). (Pairing the memcpy the same way was tried: a memcpy measured just after a loader ran
 0.5-3.4M cells/s within one run, too unsteady to divide by.) ``scdl-gpu bench``'s ceilings
 (page-cache read, cold read, ...) are recorded beside it. Shuffle quality: distinct ``--label``
 values (plates, contiguous in the inputs) per batch. :data:`TARGETS` are evaluated and printed as
@@ -64,6 +64,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numba
 import numpy as np
 import torch
 
@@ -418,8 +419,9 @@ def find(runs: list[dict], runner: str, archive: str | None, order: str, bs: int
 
 
 def paired_ratio(ours: dict, other: dict) -> tuple[float, list[float]]:
-    """``ours`` over ``other``: the median of the repeats' ratios when both have every repeat (the
-    same repeat measured them minutes apart, not a whole run), else the ratio of the medians."""
+    """``ours`` over ``other``: the median of the repeats' ratios when both have every repeat (one
+    repeat measures both within minutes, while their medians may come from different phases of the
+    run), else the ratio of the medians."""
     a, b = ours.get("all_cells_per_s"), other.get("all_cells_per_s")
     if a and b and len(a) == len(b):
         ratios = [x / y for x, y in zip(a, b)]
@@ -516,9 +518,9 @@ def markdown(result: dict) -> str:
                           if x.get("bytes_per_s"))
         lines.append(f"- ceiling `{name}`: {ce['name']} {ce['bytes_per_s'] / 1e9:.2f} GB/s = {ce['cells_per_s']:,.0f} cells/s, "
                      f"the best of {len(ce['all_cells_per_s'])} (range {min(ce['all_cells_per_s']):,.0f}–"
-                     f"{max(ce['all_cells_per_s']):,.0f})" + (f"; two threads copying at once: "
-                     f"{ce['two_threads']['bytes_per_s'] / 1e9:.2f} GB/s together, best of {len(ce['all_cells_per_s'])}"
-                     if ce.get("two_threads") else "") + f"; `scdl-gpu bench`'s: {other}")
+                     f"{max(ce['all_cells_per_s']):,.0f})" + (f"; {ce['all_threads']['threads']} threads copying at once "
+                     f"(the gather's): {ce['all_threads']['bytes_per_s'] / 1e9:.2f} GB/s together, best of "
+                     f"{len(ce['all_cells_per_s'])}" if ce.get("all_threads") else "") + f"; `scdl-gpu bench`'s: {other}")
     for t in result["targets"]:
         lines.append(f"- target ({t['archive']}): {t['target']}: {t['numbers']}: **{'met' if t['met'] else 'NOT met'}**")
     lines += [f"- note: {n}" for n in result["notes"]]
@@ -685,8 +687,9 @@ def main(argv=None) -> int:
         warm_s.append(warm_page_cache(warm))
         for k, info in infos.items():
             memcpy[k].append(memcpy_ceiling(info["arrays"], info["bytes_per_cell"], a.ceiling_seconds))
-            if a.device == "cpu":  # what both cores copy together: the memory bandwidth the loader's threads share
-                memcpy2[k].append(memcpy_ceiling(info["arrays"], info["bytes_per_cell"], a.ceiling_seconds, threads=2))
+            if a.device == "cpu":  # as many threads as the gather's: the memory bandwidth they share
+                memcpy2[k].append(memcpy_ceiling(info["arrays"], info["bytes_per_cell"], a.ceiling_seconds,
+                                                 threads=numba.get_num_threads()))
         print(f"r{rep} warm {warm_s[-1]:.1f} s; memcpy " + ", ".join(f"{k} {v[-1]['cells_per_s']:,.0f}"
                                                                    for k, v in memcpy.items()) + " cells/s", file=sys.stderr)
         for m in plan_:
@@ -703,7 +706,7 @@ def main(argv=None) -> int:
         ceilings[k] = dict(name="memcpy", **best, all_cells_per_s=[c["cells_per_s"] for c in memcpy[k]],
                            bench=bench_ceilings[k])
         if memcpy2[k]:
-            ceilings[k]["two_threads"] = max(memcpy2[k], key=lambda c: c["bytes_per_s"])
+            ceilings[k]["all_threads"] = max(memcpy2[k], key=lambda c: c["bytes_per_s"])
     runs = []
     for m in plan_:
         ce = ceilings.get(m.archive)

@@ -232,7 +232,7 @@ def test_bench_loader_end_to_end(ms, tmp_path):
             assert 1 <= r["distinct_labels"] <= 14, r  # the generator's plates
     for ce in res["ceilings"].values():
         assert ce["name"] == "memcpy" and len(ce["all_cells_per_s"]) == 2 and ce["bench"]["page_cache_read"]["bytes_per_s"]
-        assert ce["two_threads"]["threads"] == 2 and ce["two_threads"]["bytes_per_s"] > 0
+        assert ce["all_threads"]["threads"] >= 1 and ce["all_threads"]["bytes_per_s"] > 0
     # what a target compares is measured side by side: the aligned archive right after the unaligned one
     ours = [(r["archive"], r["order"]) for r in res["runs"] if r["runner"] == "scdl_gpu"]
     assert ours == [("scdl_gpu", "random"), ("aligned", "random"), ("bionemo", "random"),
