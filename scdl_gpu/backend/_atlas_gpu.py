@@ -63,10 +63,6 @@ class AtlasGPUBackend(OnDevice):
     def batches_ahead(self, groups):
         return finished(self.batches(groups))
 
-    @property
-    def tensor_device(self) -> torch.device:
-        return torch.device("cuda", self.ctx.index)
-
     def _upload(self, name: str, t: torch.Tensor) -> torch.Tensor:
         """``t`` (a host tensor) on the device, through this backend's pinned staging buffer ``name``."""
         host = t.numpy()

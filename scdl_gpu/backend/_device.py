@@ -160,6 +160,11 @@ class OnDevice:
     def handoff(self, ready, tensors) -> None:
         self.ctx.handoff(ready, tensors)
 
+    @property
+    def tensor_device(self) -> torch.device:
+        """The torch device of this backend's batches."""
+        return torch.device("cuda", self.ctx.index)
+
 
 class _Active:
     def __init__(self, ctx: DeviceContext) -> None:

@@ -392,10 +392,6 @@ class GPUBackend(OnDevice, Backend):
             raise self._device_error(bits, plan)
         return out
 
-    @property
-    def tensor_device(self) -> torch.device:
-        return torch.device("cuda", self.device_index)
-
     def _to_torch(self, array) -> torch.Tensor:
         """``array`` handed to torch without a copy, its memory held until every stream is past its uses."""
         self.ctx.keep_until_released(array)
