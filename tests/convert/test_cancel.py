@@ -62,6 +62,13 @@ def inputs(tmp_path_factory) -> Path:
     return d
 
 
+def default_sigint() -> None:
+    """In the child before exec: SIGINT as a terminal would send it. A shell's background job (a test
+    run started with ``&``) ignores SIGINT, its children inherit that, and Python then never raises
+    ``KeyboardInterrupt``: the tests would measure how they were started, not the command."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _writing(out: Path) -> bool:
     """Whether the conversion into ``out`` has started writing rows (its partial directory has data)."""
     for partial in out.parent.glob(f".{out.name}.partial-*"):
@@ -78,6 +85,7 @@ def _interrupt(args: list[str], out: Path, sig: int) -> tuple[int, float, str, s
         stderr=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).resolve().parents[2],
+        preexec_fn=default_sigint,
     )
     assert p.stdout.readline().strip() == "ready"
     deadline = time.monotonic() + 60

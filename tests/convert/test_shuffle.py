@@ -24,6 +24,7 @@ from scdl_gpu.convert import _shuffle
 from scdl_gpu.errors import ConversionError
 from tests.conftest import make_adata, random_csr
 from tests.convert.sources import reference
+from tests.convert.test_cancel import default_sigint
 
 GENES = [f"ENSG{i:011d}" for i in range(60)]
 
@@ -217,7 +218,7 @@ def test_sigint_during_the_shuffle_removes_everything(tmp_path, inputs):
     argv = ["convert", *map(str, inputs), "-o", str(out), "--use-X-not-raw", "-q", "--row-order", "shuffle", "--seed", "1",
             "--max-memory", "2GB"]
     p = subprocess.Popen([sys.executable, "-c", textwrap.dedent(SLOW_SHUFFLE), *argv], stderr=subprocess.PIPE, text=True,
-                         cwd=Path(__file__).resolve().parents[2])
+                         cwd=Path(__file__).resolve().parents[2], preexec_fn=default_sigint)
     deadline = time.monotonic() + 60
     while not any(tmp_path.glob(f".out.scdl.partial-*/{_shuffle.BUCKET_DIR}/*")):  # dealing has begun
         assert p.poll() is None and time.monotonic() < deadline, p.communicate()
